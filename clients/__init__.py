@@ -1,0 +1,1 @@
+"""Typed async clients for meshkit's services. Each is an async context manager."""

@@ -1,0 +1,63 @@
+"""What every client shares: one channel per client, errors decoded into domain errors."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from types import TracebackType
+from typing import Self, TypeVar
+
+import grpc
+
+from core.errors import from_rpc_error
+
+T = TypeVar("T")
+
+
+class Client:
+    """Opens a channel to `address` on enter and closes it on exit."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self._channel: grpc.aio.Channel | None = None
+
+    @property
+    def channel(self) -> grpc.aio.Channel:
+        if self._channel is None:
+            raise RuntimeError(f"{type(self).__name__} is not open: use `async with`")
+        return self._channel
+
+    async def __aenter__(self) -> Self:
+        self._channel = grpc.aio.insecure_channel(self.address)
+        self._open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+
+    def _open(self) -> None:
+        """Builds the stubs on the new channel."""
+
+
+async def call(rpc: Callable[[], Awaitable[T]]) -> T:
+    """Awaits one unary call; a failed call raises the matching `core.errors` exception."""
+    try:
+        return await rpc()
+    except grpc.RpcError as exc:
+        raise from_rpc_error(exc) from None
+
+
+@asynccontextmanager
+async def translated() -> AsyncIterator[None]:
+    """Like `call`, for the body of a streaming call."""
+    try:
+        yield
+    except grpc.RpcError as exc:
+        raise from_rpc_error(exc) from None

@@ -1,0 +1,132 @@
+"""Settings read once from `MESH_*` environment variables and validated at start.
+
+Usage::
+
+    settings = Settings.from_env()          # in __main__ only
+    container = Container(settings.start_policy)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from core.errors import ConfigError
+
+T = TypeVar("T")
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+
+
+@dataclass(frozen=True, slots=True)
+class StartPolicy:
+    """How the container retries and bounds component starts and stops."""
+
+    attempts: int = 3
+    base_delay: float = 0.5
+    max_delay: float = 10.0
+    start_timeout: float = 30.0
+    stop_timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything a meshkit process is configured with. Secrets stay out of `repr`."""
+
+    service_name: str = "mesh"
+    address: str = DEFAULT_ADDRESS
+    data_dir: Path = Path("var")
+    grace_seconds: float = 10.0
+    max_message_bytes: int = 4 * 1024 * 1024
+    log_format: str = "auto"
+    log_level: str = "info"
+    health_interval: float = 5.0
+    health_timeout: float = 2.0
+    start_policy: StartPolicy = field(default_factory=StartPolicy)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Reads and validates every `MESH_*` variable; raises ConfigError naming the bad one."""
+        env = os.environ if env is None else env
+        reader = _Reader(env)
+        settings = cls(
+            service_name=reader.get("MESH_SERVICE_NAME", str, "mesh"),
+            address=reader.get("MESH_ADDRESS", _address, DEFAULT_ADDRESS),
+            data_dir=Path(reader.get("MESH_DATA_DIR", str, "var")),
+            grace_seconds=reader.get("MESH_GRACE_SECONDS", _non_negative, 10.0),
+            max_message_bytes=reader.get("MESH_MAX_MESSAGE_BYTES", _positive_int, 4 * 1024 * 1024),
+            log_format=reader.get("MESH_LOG_FORMAT", _choice("auto", "json", "console"), "auto"),
+            log_level=reader.get(
+                "MESH_LOG_LEVEL", _choice("debug", "info", "warning", "error"), "info"
+            ),
+            health_interval=reader.get("MESH_HEALTH_INTERVAL_SECONDS", _positive, 5.0),
+            health_timeout=reader.get("MESH_HEALTH_TIMEOUT_SECONDS", _positive, 2.0),
+            start_policy=StartPolicy(
+                attempts=reader.get("MESH_START_ATTEMPTS", _positive_int, 3),
+                base_delay=reader.get("MESH_START_BASE_DELAY_SECONDS", _non_negative, 0.5),
+                max_delay=reader.get("MESH_START_MAX_DELAY_SECONDS", _non_negative, 10.0),
+                start_timeout=reader.get("MESH_START_TIMEOUT_SECONDS", _positive, 30.0),
+                stop_timeout=reader.get("MESH_STOP_TIMEOUT_SECONDS", _positive, 10.0),
+            ),
+        )
+        if reader.errors:
+            raise ConfigError("invalid configuration: " + "; ".join(reader.errors))
+        return settings
+
+
+class _Reader:
+    """Collects every bad variable instead of stopping at the first, so one run shows them all."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+        self.errors: list[str] = []
+
+    def get(self, name: str, parse: Callable[[str], T], default: T) -> T:
+        raw = self._env.get(name)
+        if raw is None or raw == "":
+            return default
+        try:
+            return parse(raw.strip())
+        except ValueError as exc:
+            self.errors.append(f"{name}={raw!r} is not valid: {exc}")
+            return default
+
+
+def _positive(raw: str) -> float:
+    value = float(raw)
+    if not value > 0:
+        raise ValueError("must be greater than 0")
+    return value
+
+
+def _non_negative(raw: str) -> float:
+    value = float(raw)
+    if not value >= 0:
+        raise ValueError("must be 0 or more")
+    return value
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value <= 0:
+        raise ValueError("must be a whole number greater than 0")
+    return value
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if raw.lower() not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}")
+        return raw.lower()
+
+    return parse
+
+
+def _address(raw: str) -> str:
+    host, sep, port = raw.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:50051")
+    return raw

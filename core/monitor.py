@@ -1,0 +1,110 @@
+"""Runs component health checks in the background and keeps their results and history.
+
+Checks run at an interval, each bounded by a timeout (a check that hangs is UNHEALTHY,
+not a hang); readers get the cached result of the last run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable, Sequence
+
+import structlog
+
+from core.health import Health, HealthState
+from core.lifecycle import Component, Status
+
+log = structlog.get_logger()
+
+HISTORY_SIZE = 20
+
+
+class ChangeFeed:
+    """Wakes every waiter when something changed; waiters then re-read the state.
+
+    Take `waiter()` *before* reading the state, then wait on it: a change made in
+    between has already set that event, so no change is ever missed.
+    """
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def waiter(self) -> asyncio.Event:
+        return self._event
+
+    def notify(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
+
+
+class HealthMonitor:
+    """Caches each component's latest `Health` and the history of its state changes."""
+
+    def __init__(self, interval: float, timeout: float, on_change: Callable[[], None]) -> None:
+        self.interval = interval
+        self.timeout = timeout
+        self._on_change = on_change
+        self._latest: dict[str, Health] = {}
+        self._history: dict[str, deque[Health]] = {}
+
+    def latest(self, component: Component) -> Health:
+        if component.status is not Status.RUNNING:
+            return self._latest.get(component.name) or _not_running(component)
+        return self._latest.get(component.name) or Health.healthy()
+
+    def history(self, name: str) -> list[Health]:
+        return list(self._history.get(name, ()))
+
+    def record(self, name: str, health: Health) -> None:
+        """Stores a result; a change of state is logged, kept in history and announced."""
+        previous = self._latest.get(name)
+        self._latest[name] = health
+        if previous is not None and previous.state is health.state:
+            return
+        self._history.setdefault(name, deque(maxlen=HISTORY_SIZE)).append(health)
+        if previous is not None:
+            logger = log.info if health.state is HealthState.HEALTHY else log.warning
+            logger(
+                "health.changed",
+                component=name,
+                old=previous.state.value,
+                new=health.state.value,
+                reason=health.reason,
+            )
+        self._on_change()
+
+    def record_status(self, component: Component) -> None:
+        """Follows a lifecycle change: a started component counts as healthy until checked."""
+        if component.status is Status.RUNNING:
+            self.record(component.name, Health.healthy())
+        else:
+            self.record(component.name, _not_running(component))
+
+    async def check(self, components: Sequence[Component]) -> None:
+        """Runs every running component's check at once, each bounded by the timeout."""
+        running = [c for c in components if c.status is Status.RUNNING]
+        results = await asyncio.gather(*(self._check_one(c) for c in running))
+        for component, health in zip(running, results, strict=True):
+            if component.status is Status.RUNNING:  # it may have stopped meanwhile
+                self.record(component.name, health)
+
+    async def run(self, components: Sequence[Component]) -> None:
+        """Checks forever at the interval; the container owns and cancels this task."""
+        while True:
+            await self.check(components)
+            await asyncio.sleep(self.interval)
+
+    async def _check_one(self, component: Component) -> Health:
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await component.check_health()
+        except TimeoutError:
+            return Health.unhealthy(f"health check timed out after {self.timeout:g}s")
+        except Exception as exc:
+            log.exception("health.check_failed", component=component.name)
+            return Health.unhealthy(f"health check failed: {type(exc).__name__}")
+
+
+def _not_running(component: Component) -> Health:
+    return Health.unhealthy(f"component is {component.status.value}")

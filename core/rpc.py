@@ -1,0 +1,179 @@
+"""The error boundary: one server interceptor that every call passes through.
+
+- A `DomainError` becomes its gRPC code with a `google.rpc.Status` carrying `ErrorInfo`
+  (and `BadRequest` field violations for bad fields).
+- Any other exception is logged with its traceback and reaches the client as INTERNAL
+  with the fixed message "internal error": no class name, text, path or URL leaks.
+- A request whose bytes do not decode is INVALID_ARGUMENT, not UNKNOWN.
+- Every call writes one `rpc.finished` line with method, code, duration and peer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, cast
+
+import grpc
+import structlog
+from structlog.contextvars import bound_contextvars
+
+from core.errors import DETAILS_KEY, DomainError, InternalError, InvalidArgumentError, to_status
+
+log = structlog.get_logger()
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class _Undecodable:
+    """Stands in for a request message whose bytes did not parse."""
+
+
+UNDECODABLE = _Undecodable()
+
+
+async def abort_with(context: Context, exc: DomainError) -> None:
+    """Ends the call with the status for `exc`, details included. Always raises AbortError."""
+    status = to_status(exc)
+    await context.abort(exc.code, exc.message, ((DETAILS_KEY, status.SerializeToString()),))
+
+
+class RpcBoundary(grpc.aio.ServerInterceptor):
+    """Wraps every handler of the server with the error mapping and the `rpc.finished` log."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        return _wrap(handler, handler_call_details.method)
+
+
+def _wrap(handler: grpc.RpcMethodHandler[Any, Any], method: str) -> grpc.RpcMethodHandler[Any, Any]:
+    # grpc's stubs describe the synchronous handler shape; the aio server stores
+    # coroutine functions and async generators in the same attributes, hence Any.
+    h = cast(Any, handler)
+    decode = _safe_decoder(h.request_deserializer)
+    if h.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(
+            _unary(h.unary_unary, method, unary_request=True), decode, h.response_serializer
+        )
+    if h.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(
+            _unary(h.stream_unary, method, unary_request=False), decode, h.response_serializer
+        )
+    behavior = h.unary_stream or h.stream_stream
+    wrap = _streaming_gen if inspect.isasyncgenfunction(behavior) else _streaming_coro
+    build = (
+        grpc.unary_stream_rpc_method_handler
+        if h.unary_stream
+        else grpc.stream_stream_rpc_method_handler
+    )
+    return build(
+        wrap(behavior, method, unary_request=bool(h.unary_stream)), decode, h.response_serializer
+    )
+
+
+def _safe_decoder(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def decode(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception:
+            return UNDECODABLE
+
+    return decode
+
+
+_MALFORMED = InvalidArgumentError(
+    "the request message could not be decoded", reason="MALFORMED_REQUEST"
+)
+
+
+def _checked(request: Any, unary_request: bool) -> Any:
+    """Rejects an undecodable unary request, or wraps a request stream to reject one later."""
+    if unary_request:
+        if request is UNDECODABLE:
+            raise _MALFORMED
+        return request
+
+    async def messages() -> AsyncIterator[Any]:
+        async for message in request:
+            if message is UNDECODABLE:
+                raise _MALFORMED
+            yield message
+
+    return messages()
+
+
+def _unary(behavior: Any, method: str, *, unary_request: bool) -> Any:
+    async def handle(request: Any, context: Context) -> Any:
+        async with _boundary(method, context):
+            return await behavior(_checked(request, unary_request), context)
+
+    return handle
+
+
+def _streaming_gen(behavior: Any, method: str, *, unary_request: bool) -> Any:
+    async def handle(request: Any, context: Context) -> AsyncIterator[Any]:
+        async with _boundary(method, context):
+            async for response in behavior(_checked(request, unary_request), context):
+                yield response
+
+    return handle
+
+
+def _streaming_coro(behavior: Any, method: str, *, unary_request: bool) -> Any:
+    async def handle(request: Any, context: Context) -> None:
+        async with _boundary(method, context):
+            await behavior(_checked(request, unary_request), context)
+
+    return handle
+
+
+class _boundary:  # noqa: N801 - used like a function: `async with _boundary(...)`
+    """Maps exceptions raised inside the block and logs `rpc.finished` when it ends."""
+
+    def __init__(self, method: str, context: Context) -> None:
+        self._method = method
+        self._context = context
+        self._started = 0.0
+        self._bound = bound_contextvars(rpc=method, peer=context.peer())
+
+    async def __aenter__(self) -> None:
+        self._bound.__enter__()
+        self._started = time.perf_counter()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> bool:
+        context = self._context
+        replacement: DomainError | None = None
+        if exc is None:
+            code = context.code() or grpc.StatusCode.OK
+        elif isinstance(exc, asyncio.CancelledError | GeneratorExit):
+            code = grpc.StatusCode.CANCELLED
+        elif isinstance(exc, grpc.aio.AbortError):
+            code = context.code() or grpc.StatusCode.UNKNOWN
+        elif isinstance(exc, DomainError):
+            code, replacement = exc.code, exc
+        elif isinstance(exc, Exception):
+            log.error("rpc.unexpected_error", exc_info=exc)
+            code, replacement = grpc.StatusCode.INTERNAL, InternalError("internal error")
+        else:  # KeyboardInterrupt and the like are not ours to turn into a status
+            code = grpc.StatusCode.UNKNOWN
+        ms = round((time.perf_counter() - self._started) * 1000, 3)
+        log.info("rpc.finished", code=code.name, ms=ms)
+        self._bound.__exit__(None, None, None)
+        if replacement is not None:
+            await abort_with(context, replacement)  # raises AbortError in place of `exc`
+        return False

@@ -1,0 +1,191 @@
+"""The server runner: one grpc.aio server per process, run as the container's last component.
+
+Usage::
+
+    container = Container(settings.start_policy)
+    container.register(Database(settings.database_url))
+    server = GrpcServer.for_container(container, [admin_service(container)], settings)
+    exit_code = await serve(container)   # until SIGTERM or SIGINT
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import structlog
+from google.protobuf.descriptor import ServiceDescriptor
+from grpc_health.v1 import health_pb2_grpc
+
+from core.config import Settings
+from core.container import Container, StartError, StopError
+from core.lifecycle import Component, FatalStartError
+from core.probes import HealthPublisher, HealthServicer
+from core.reflection import enable_reflection
+from core.rpc import RpcBoundary
+
+log = structlog.get_logger()
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    """One gRPC service a server hosts.
+
+    Args:
+        descriptor: The service's descriptor, e.g.
+            `admin_pb2.DESCRIPTOR.services_by_name["AdminService"]`.
+        servicer: The implementation.
+        add_to_server: The generated `add_<Name>Servicer_to_server` function.
+        needs: Components whose health decides this service's health status;
+            None means all of them.
+    """
+
+    descriptor: ServiceDescriptor
+    servicer: Any
+    add_to_server: Callable[[Any, grpc.aio.Server], None]
+    needs: tuple[str, ...] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.descriptor.full_name
+
+
+class GrpcServer(Component):
+    """Serves the given services plus health and reflection through the error boundary."""
+
+    name = "grpc-server"
+
+    def __init__(
+        self,
+        container: Container,
+        services: Sequence[Service],
+        *,
+        address: str,
+        grace: float,
+        max_message_bytes: int,
+        depends_on: tuple[str, ...] = (),
+    ) -> None:
+        self.services = list(services)
+        self.address = address
+        self.grace = grace
+        self.depends_on = depends_on
+        self.port = 0
+        self.health = HealthServicer()
+        self._publisher = HealthPublisher(
+            self.health, container, {s.name: s.needs for s in self.services}
+        )
+        self._options = [
+            ("grpc.so_reuseport", 0),  # a taken port must fail, not be shared
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+        ]
+        self._server: grpc.aio.Server | None = None
+        self._publishing: asyncio.Task[None] | None = None
+
+    @classmethod
+    def for_container(
+        cls, container: Container, services: Sequence[Service], settings: Settings
+    ) -> GrpcServer:
+        """Builds the server, registers it last (after every component so far) and returns it."""
+        server = cls(
+            container,
+            services,
+            address=settings.address,
+            grace=settings.grace_seconds,
+            max_message_bytes=settings.max_message_bytes,
+            depends_on=tuple(c.name for c in container.components),
+        )
+        container.register(server)
+        return server
+
+    @property
+    def service_names(self) -> list[str]:
+        return [s.name for s in self.services]
+
+    async def start(self) -> None:
+        server = grpc.aio.server(interceptors=[RpcBoundary()], options=self._options)
+        for service in self.services:
+            service.add_to_server(service.servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        enable_reflection(server, self.service_names)
+        try:
+            self.port = server.add_insecure_port(self.address)
+        except RuntimeError:
+            raise FatalStartError(
+                f"cannot listen on {self.address}: the address is already in use or not "
+                "available here (set MESH_ADDRESS to another HOST:PORT)"
+            ) from None
+        await server.start()
+        self._server = server
+        await self._publisher.publish()
+        self._publishing = asyncio.create_task(self._publisher.run(), name="health-publisher")
+        host = self.address.rpartition(":")[0]
+        log.info("server.listening", address=f"{host}:{self.port}", services=self.service_names)
+
+    async def stop(self) -> None:
+        """Readiness NOT_SERVING and Watch streams ended first, then in-flight calls drain."""
+        if self._publishing is not None:
+            self._publishing.cancel()
+            await asyncio.gather(self._publishing, return_exceptions=True)
+        await self.health.close()
+        if self._server is not None:
+            log.info("server.draining", grace_s=self.grace)
+            await self._server.stop(self.grace)
+            self._server = None
+
+
+async def serve(container: Container) -> int:
+    """Runs the container until SIGTERM or SIGINT, then stops it; returns the exit code.
+
+    A second signal exits at once. Returns 0 after a clean stop, 1 when the start or
+    the stop failed.
+    """
+    loop = asyncio.get_running_loop()
+    stop_requested = asyncio.Event()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if stop_requested.is_set():
+            log.warning("shutdown.forced", signal=sig.name)
+            os._exit(128 + sig.value)
+        log.info("shutdown.requested", signal=sig.name)
+        stop_requested.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        return await _run(container, stop_requested)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+async def _run(container: Container, stop_requested: asyncio.Event) -> int:
+    starting = asyncio.create_task(container.start(), name="container-start")
+    waiting = asyncio.create_task(stop_requested.wait(), name="stop-signal")
+    await asyncio.wait({starting, waiting}, return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():  # a signal arrived while starting: undo the start and leave
+        starting.cancel()
+        await asyncio.gather(starting, return_exceptions=True)
+        log.info("shutdown.finished", during="start")
+        return 0
+    try:
+        starting.result()
+    except StartError as exc:
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
+        log.error("service.start_failed", cause=str(exc))
+        return 1
+    log.info("service.running")
+    await waiting
+    try:
+        await container.stop("signal received")
+    except StopError as exc:
+        log.error("shutdown.failed", cause=str(exc))
+        return 1
+    log.info("shutdown.finished")
+    return 0

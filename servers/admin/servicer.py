@@ -1,0 +1,130 @@
+"""AdminService: protobuf <-> the container's summary, nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from core.container import ComponentSummary, Container, ContainerSummary
+from core.errors import FieldViolation, InvalidArgumentError
+from core.health import Health, HealthState
+from core.lifecycle import Status, Transition
+from core.rpc import Context
+from mesh.admin.v1 import admin_pb2, admin_pb2_grpc
+
+MAX_PING_DELAY = 60.0
+_ENDED = (Status.STOPPING, Status.STOPPED, Status.ERROR)
+
+
+class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
+    def __init__(
+        self,
+        container: Container,
+        *,
+        service: str,
+        version: str,
+        grpc_services: Callable[[], list[str]],
+    ) -> None:
+        self._container = container
+        self._service = service
+        self._version = version
+        self._grpc_services = grpc_services
+
+    async def GetServiceSummary(
+        self, request: admin_pb2.GetServiceSummaryRequest, context: Context
+    ) -> admin_pb2.GetServiceSummaryResponse:
+        return admin_pb2.GetServiceSummaryResponse(summary=self._summary())
+
+    async def WatchServiceStatus(
+        self, request: admin_pb2.WatchServiceStatusRequest, context: Context
+    ) -> AsyncIterator[admin_pb2.WatchServiceStatusResponse]:
+        # Ends once the process stops, so an open watch never holds the shutdown grace.
+        changes = self._container.changes
+        while True:
+            changed = changes.waiter()
+            yield admin_pb2.WatchServiceStatusResponse(summary=self._summary())
+            if self._container.lifecycle.status in _ENDED:
+                return
+            await changed.wait()
+
+    async def Ping(
+        self, request: admin_pb2.PingRequest, context: Context
+    ) -> admin_pb2.PingResponse:
+        delay = request.delay.ToTimedelta().total_seconds()
+        if not 0 <= delay <= MAX_PING_DELAY:
+            raise InvalidArgumentError(
+                "delay must be between 0 and 60 seconds",
+                violations=[FieldViolation("delay", f"{delay:g}s is outside 0..60s")],
+            )
+        await asyncio.sleep(delay)
+        now = Timestamp()
+        now.GetCurrentTime()
+        return admin_pb2.PingResponse(message=request.message, server_time=now)
+
+    def _summary(self) -> admin_pb2.ServiceSummary:
+        return summary_to_proto(
+            self._container.summary(), self._service, self._version, self._grpc_services()
+        )
+
+
+def summary_to_proto(
+    summary: ContainerSummary, service: str, version: str, grpc_services: list[str]
+) -> admin_pb2.ServiceSummary:
+    return admin_pb2.ServiceSummary(
+        service=service,
+        version=version,
+        status=_STATUS[summary.status],
+        health=_HEALTH[summary.health],
+        health_score=summary.score,
+        uptime=_duration(summary.uptime),
+        components=[_component(c) for c in summary.components],
+        total_components=len(summary.components),
+        healthy_components=summary.healthy_components,
+        grpc_services=grpc_services,
+    )
+
+
+def _component(c: ComponentSummary) -> admin_pb2.ComponentSummary:
+    return admin_pb2.ComponentSummary(
+        name=c.name,
+        version=c.version,
+        status=_STATUS[c.status],
+        health=_health(c.health),
+        uptime=_duration(c.uptime),
+        dependencies=c.depends_on,
+        transitions=[_transition(t) for t in c.transitions],
+        health_history=[_health(h) for h in c.health_history],
+        groups=c.groups,
+    )
+
+
+def _health(h: Health) -> admin_pb2.HealthReport:
+    return admin_pb2.HealthReport(
+        state=_HEALTH[h.state], reason=h.reason, details=h.details, check_time=_time(h.checked_at)
+    )
+
+
+def _transition(t: Transition) -> admin_pb2.StatusTransition:
+    return admin_pb2.StatusTransition(
+        old_status=_STATUS[t.old], new_status=_STATUS[t.new], cause=t.cause, time=_time(t.at)
+    )
+
+
+def _duration(seconds: float) -> Duration:
+    d = Duration()
+    d.FromNanoseconds(int(seconds * 1e9))
+    return d
+
+
+def _time(at: datetime) -> Timestamp:
+    ts = Timestamp()
+    ts.FromDatetime(at.astimezone(UTC))
+    return ts
+
+
+_STATUS = {s: admin_pb2.ComponentStatus.Value(f"COMPONENT_STATUS_{s.value}") for s in Status}
+_HEALTH = {h: admin_pb2.HealthState.Value(f"HEALTH_STATE_{h.value}") for h in HealthState}
