@@ -15,7 +15,11 @@ T = TypeVar("T")
 
 
 class Client:
-    """Opens a channel to `address` on enter and closes it on exit."""
+    """Opens a channel to `address` on enter and closes it on exit.
+
+    Subclasses build stubs on `self.channel`, which raises a RuntimeError that says
+    how to open the client when it is not open.
+    """
 
     def __init__(self, address: str) -> None:
         self.address = address
@@ -29,7 +33,6 @@ class Client:
 
     async def __aenter__(self) -> Self:
         self._channel = grpc.aio.insecure_channel(self.address)
-        self._open()
         return self
 
     async def __aexit__(
@@ -41,9 +44,6 @@ class Client:
         if self._channel is not None:
             await self._channel.close()
             self._channel = None
-
-    def _open(self) -> None:
-        """Builds the stubs on the new channel."""
 
 
 async def call(rpc: Callable[[], Awaitable[T]]) -> T:

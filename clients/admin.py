@@ -19,8 +19,9 @@ from mesh.admin.v1 import admin_pb2, admin_pb2_grpc
 
 
 class AdminClient(Client):
-    def _open(self) -> None:
-        self._stub = admin_pb2_grpc.AdminServiceStub(self.channel)
+    @property
+    def _stub(self) -> admin_pb2_grpc.AdminServiceAsyncStub:
+        return admin_pb2_grpc.AdminServiceStub(self.channel)
 
     async def get_service_summary(self, *, timeout: float = 5.0) -> admin_pb2.ServiceSummary:
         request = admin_pb2.GetServiceSummaryRequest()

@@ -22,8 +22,9 @@ def status_name(status: int) -> str:
 
 
 class HealthClient(Client):
-    def _open(self) -> None:
-        self._stub = health_pb2_grpc.HealthStub(self.channel)
+    @property
+    def _stub(self) -> health_pb2_grpc.HealthStub:
+        return health_pb2_grpc.HealthStub(self.channel)
 
     async def check(self, service: str = "", *, timeout: float = 5.0) -> str:
         """The status name of `service`; raises NotFoundError for an unknown name."""

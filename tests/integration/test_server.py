@@ -1,0 +1,48 @@
+"""The server runner: ports, message sizes, start failures."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from clients.admin import AdminClient
+from core.config import Settings
+from core.container import StartError
+from core.errors import ResourceExhaustedError
+from core.lifecycle import Status
+from core.server import GrpcServer
+from tests.conftest import Running, make_container
+
+
+async def test_a_taken_port_fails_at_start_with_a_clear_error(mesh: Running) -> None:
+    container = make_container()
+    settings = Settings(address=mesh.address)
+    server = GrpcServer.for_container(container, [], settings)
+    with pytest.raises(StartError, match="already in use"):
+        await container.start()
+    starts = [t for t in server.lifecycle.history if t.new is Status.STARTING]
+    assert len(starts) == 1  # not worth retrying
+    assert container.lifecycle.status is Status.ERROR
+
+
+async def test_messages_over_the_configured_limit_are_refused() -> None:
+    container = make_container()
+    settings = Settings(address="127.0.0.1:0", max_message_bytes=1024)
+    server = GrpcServer.for_container(container, [], settings)
+    async with (
+        container.running(),
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+    ):
+        call = channel.unary_unary("/grpc.health.v1.Health/Check")(b"\x0a\x82\x08" + b"x" * 1026)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+async def test_client_outside_a_context_manager_is_refused() -> None:
+    with pytest.raises(RuntimeError, match="async with"):
+        await AdminClient("127.0.0.1:1").get_service_summary()
+
+
+def test_resource_exhausted_is_a_domain_error() -> None:
+    assert ResourceExhaustedError("x").code is grpc.StatusCode.RESOURCE_EXHAUSTED
