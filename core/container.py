@@ -21,7 +21,7 @@ from typing import TypeVar, overload
 import structlog
 
 from core.config import StartPolicy
-from core.health import Health, HealthState, worst
+from core.health import Health, HealthState
 from core.lifecycle import Component, FatalStartError, Lifecycle, Status, Transition
 from core.monitor import ChangeFeed, HealthMonitor
 
@@ -58,10 +58,12 @@ class ComponentSummary:
 @dataclass(frozen=True, slots=True)
 class ContainerSummary:
     status: Status
-    health: HealthState
+    health: Health
     score: int
     uptime: float
     components: list[ComponentSummary]
+    transitions: list[Transition]
+    health_history: list[Health]
 
     @property
     def healthy_components(self) -> int:
@@ -225,14 +227,15 @@ class Container:
             )
             for c in self.components
         ]
-        states = [c.health.state for c in components]
-        score = round(sum(s.score for s in states) / len(states)) if states else 100
+        scores = [c.health.state.score for c in components]
         return ContainerSummary(
             status=self.lifecycle.status,
-            health=worst(states),
-            score=score,
+            health=self.monitor.overall(),
+            score=round(sum(scores) / len(scores)) if scores else 100,
             uptime=self.lifecycle.uptime,
             components=components,
+            transitions=list(self.lifecycle.history),
+            health_history=self.monitor.overall_history(),
         )
 
     def ready(self, names: Iterable[str] | None = None) -> bool:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 import structlog
 
-from core.health import Health, HealthState
+from core.health import Health, HealthState, worst
 from core.lifecycle import Component, Status
 
 log = structlog.get_logger()
@@ -47,14 +47,24 @@ class HealthMonitor:
         self._on_change = on_change
         self._latest: dict[str, Health] = {}
         self._history: dict[str, deque[Health]] = {}
+        self._overall: deque[Health] = deque(maxlen=HISTORY_SIZE)
 
     def latest(self, component: Component) -> Health:
-        if component.status is not Status.RUNNING:
-            return self._latest.get(component.name) or _not_running(component)
-        return self._latest.get(component.name) or Health.healthy()
+        return self._latest.get(component.name) or _not_running(component)
 
     def history(self, name: str) -> list[Health]:
+        """The component's recent health state changes, oldest first."""
         return list(self._history.get(name, ()))
+
+    def overall(self) -> Health:
+        """The worst state of all components, with the reasons of those not healthy."""
+        state = worst(h.state for h in self._latest.values())
+        reasons = [f"{n}: {h.reason}" for n, h in self._latest.items() if h.reason]
+        return Health(state, "; ".join(reasons))
+
+    def overall_history(self) -> list[Health]:
+        """The recent changes of the overall state, oldest first."""
+        return list(self._overall)
 
     def record(self, name: str, health: Health) -> None:
         """Stores a result; a change of state is logged, kept in history and announced."""
@@ -63,6 +73,9 @@ class HealthMonitor:
         if previous is not None and previous.state is health.state:
             return
         self._history.setdefault(name, deque(maxlen=HISTORY_SIZE)).append(health)
+        overall = self.overall()
+        if not self._overall or self._overall[-1].state is not overall.state:
+            self._overall.append(overall)
         if previous is not None:
             logger = log.info if health.state is HealthState.HEALTHY else log.warning
             logger(

@@ -160,6 +160,8 @@ def _status_table(summary: admin_pb2.ServiceSummary) -> str:
             f"{uptime:>10}  {detail}"
         )
     lines.append("services: " + ", ".join(summary.grpc_services))
+    if summary.overall.reason:
+        lines.append("not healthy: " + summary.overall.reason)
     return "\n".join(lines)
 
 

@@ -78,13 +78,16 @@ def summary_to_proto(
         service=service,
         version=version,
         status=_STATUS[summary.status],
-        health=_HEALTH[summary.health],
+        health=_HEALTH[summary.health.state],
+        overall=_health(summary.health),
         health_score=summary.score,
         uptime=_duration(summary.uptime),
         components=[_component(c) for c in summary.components],
         total_components=len(summary.components),
         healthy_components=summary.healthy_components,
         grpc_services=grpc_services,
+        transitions=[_transition(t) for t in summary.transitions],
+        health_history=[_health(h) for h in summary.health_history],
     )
 
 

@@ -36,6 +36,10 @@ async def test_summary_lists_every_component_with_its_facts() -> None:
     assert (summary.total_components, summary.healthy_components) == (2, 2)
     assert summary.health_score == 100
     assert list(summary.grpc_services) == ["mesh.admin.v1.AdminService"]
+    assert [t.new_status for t in summary.transitions] == [
+        admin_pb2.COMPONENT_STATUS_STARTING,
+        admin_pb2.COMPONENT_STATUS_RUNNING,
+    ]
     by_name = {c.name: c for c in summary.components}
     assert list(by_name) == ["cache", "grpc-server"]
     assert by_name["cache"].version == "7.0"
@@ -66,6 +70,9 @@ async def test_summary_reports_a_degraded_component_with_its_reason() -> None:
     assert dict(report.details) == {"errors": "3"}
     assert summary.health_score == 75
     assert summary.healthy_components == 1
+    assert summary.overall.reason == "cache: redis unreachable"
+    states = [h.state for h in summary.health_history]
+    assert states[-1] == admin_pb2.HEALTH_STATE_DEGRADED
 
 
 async def test_watch_streams_changes_and_ends_at_shutdown() -> None:

@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19mesh/admin/v1/admin.proto\x12\rmesh.admin.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb3\x01\n\x10StatusTransition\x12\x32\n\nold_status\x18\x01 \x01(\x0e\x32\x1e.mesh.admin.v1.ComponentStatus\x12\x32\n\nnew_status\x18\x02 \x01(\x0e\x32\x1e.mesh.admin.v1.ComponentStatus\x12\r\n\x05\x63\x61use\x18\x03 \x01(\t\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe4\x01\n\x0cHealthReport\x12)\n\x05state\x18\x01 \x01(\x0e\x32\x1a.mesh.admin.v1.HealthState\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x39\n\x07\x64\x65tails\x18\x03 \x03(\x0b\x32(.mesh.admin.v1.HealthReport.DetailsEntry\x12.\n\ncheck_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a.\n\x0c\x44\x65tailsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xca\x02\n\x10\x43omponentSummary\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12.\n\x06status\x18\x03 \x01(\x0e\x32\x1e.mesh.admin.v1.ComponentStatus\x12+\n\x06health\x18\x04 \x01(\x0b\x32\x1b.mesh.admin.v1.HealthReport\x12)\n\x06uptime\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0c\x64\x65pendencies\x18\x06 \x03(\t\x12\x34\n\x0btransitions\x18\x07 \x03(\x0b\x32\x1f.mesh.admin.v1.StatusTransition\x12\x33\n\x0ehealth_history\x18\x08 \x03(\x0b\x32\x1b.mesh.admin.v1.HealthReport\x12\x0e\n\x06groups\x18\t \x03(\t\"\xd1\x02\n\x0eServiceSummary\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12.\n\x06status\x18\x03 \x01(\x0e\x32\x1e.mesh.admin.v1.ComponentStatus\x12*\n\x06health\x18\x04 \x01(\x0e\x32\x1a.mesh.admin.v1.HealthState\x12\x14\n\x0chealth_score\x18\x05 \x01(\x05\x12)\n\x06uptime\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x33\n\ncomponents\x18\x07 \x03(\x0b\x32\x1f.mesh.admin.v1.ComponentSummary\x12\x18\n\x10total_components\x18\x08 \x01(\x05\x12\x1a\n\x12healthy_components\x18\t \x01(\x05\x12\x15\n\rgrpc_services\x18\n \x03(\t\"\x1a\n\x18GetServiceSummaryRequest\"K\n\x19GetServiceSummaryResponse\x12.\n\x07summary\x18\x01 \x01(\x0b\x32\x1d.mesh.admin.v1.ServiceSummary\"\x1b\n\x19WatchServiceStatusRequest\"L\n\x1aWatchServiceStatusResponse\x12.\n\x07summary\x18\x01 \x01(\x0b\x32\x1d.mesh.admin.v1.ServiceSummary\"H\n\x0bPingRequest\x12\x0f\n\x07message\x18\x01 \x01(\t\x12(\n\x05\x64\x65lay\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"P\n\x0cPingResponse\x12\x0f\n\x07message\x18\x01 \x01(\t\x12/\n\x0bserver_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xc9\x01\n\x0f\x43omponentStatus\x12 \n\x1c\x43OMPONENT_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x43OMPONENT_STATUS_STOPPED\x10\x01\x12\x1d\n\x19\x43OMPONENT_STATUS_STARTING\x10\x02\x12\x1c\n\x18\x43OMPONENT_STATUS_RUNNING\x10\x03\x12\x1d\n\x19\x43OMPONENT_STATUS_STOPPING\x10\x04\x12\x1a\n\x16\x43OMPONENT_STATUS_ERROR\x10\x05*|\n\x0bHealthState\x12\x1c\n\x18HEALTH_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14HEALTH_STATE_HEALTHY\x10\x01\x12\x19\n\x15HEALTH_STATE_DEGRADED\x10\x02\x12\x1a\n\x16HEALTH_STATE_UNHEALTHY\x10\x03\x32\xa4\x02\n\x0c\x41\x64minService\x12\x66\n\x11GetServiceSummary\x12\'.mesh.admin.v1.GetServiceSummaryRequest\x1a(.mesh.admin.v1.GetServiceSummaryResponse\x12k\n\x12WatchServiceStatus\x12(.mesh.admin.v1.WatchServiceStatusRequest\x1a).mesh.admin.v1.WatchServiceStatusResponse0\x01\x12?\n\x04Ping\x12\x1a.mesh.admin.v1.PingRequest\x1a\x1b.mesh.admin.v1.PingResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19mesh/admin/v1/admin.proto\x12\rmesh.admin.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb3\x01\n\x10StatusTransition\x12\x32\n\nold_status\x18\x01 \x01(\x0e\x32\x1e.mesh.admin.v1.ComponentStatus\x12\x32\n\nnew_status\x18\x02 \x01(\x0e\x32\x1e.mesh.admin.v1.ComponentStatus\x12\r\n\x05\x63\x61use\x18\x03 \x01(\t\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe4\x01\n\x0cHealthReport\x12)\n\x05state\x18\x01 \x01(\x0e\x32\x1a.mesh.admin.v1.HealthState\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x39\n\x07\x64\x65tails\x18\x03 \x03(\x0b\x32(.mesh.admin.v1.HealthReport.DetailsEntry\x12.\n\ncheck_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a.\n\x0c\x44\x65tailsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xca\x02\n\x10\x43omponentSummary\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12.\n\x06status\x18\x03 \x01(\x0e\x32\x1e.mesh.admin.v1.ComponentStatus\x12+\n\x06health\x18\x04 \x01(\x0b\x32\x1b.mesh.admin.v1.HealthReport\x12)\n\x06uptime\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0c\x64\x65pendencies\x18\x06 \x03(\t\x12\x34\n\x0btransitions\x18\x07 \x03(\x0b\x32\x1f.mesh.admin.v1.StatusTransition\x12\x33\n\x0ehealth_history\x18\x08 \x03(\x0b\x32\x1b.mesh.admin.v1.HealthReport\x12\x0e\n\x06groups\x18\t \x03(\t\"\xea\x03\n\x0eServiceSummary\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12.\n\x06status\x18\x03 \x01(\x0e\x32\x1e.mesh.admin.v1.ComponentStatus\x12*\n\x06health\x18\x04 \x01(\x0e\x32\x1a.mesh.admin.v1.HealthState\x12\x14\n\x0chealth_score\x18\x05 \x01(\x05\x12)\n\x06uptime\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x33\n\ncomponents\x18\x07 \x03(\x0b\x32\x1f.mesh.admin.v1.ComponentSummary\x12\x18\n\x10total_components\x18\x08 \x01(\x05\x12\x1a\n\x12healthy_components\x18\t \x01(\x05\x12\x15\n\rgrpc_services\x18\n \x03(\t\x12,\n\x07overall\x18\x0b \x01(\x0b\x32\x1b.mesh.admin.v1.HealthReport\x12\x34\n\x0btransitions\x18\x0c \x03(\x0b\x32\x1f.mesh.admin.v1.StatusTransition\x12\x33\n\x0ehealth_history\x18\r \x03(\x0b\x32\x1b.mesh.admin.v1.HealthReport\"\x1a\n\x18GetServiceSummaryRequest\"K\n\x19GetServiceSummaryResponse\x12.\n\x07summary\x18\x01 \x01(\x0b\x32\x1d.mesh.admin.v1.ServiceSummary\"\x1b\n\x19WatchServiceStatusRequest\"L\n\x1aWatchServiceStatusResponse\x12.\n\x07summary\x18\x01 \x01(\x0b\x32\x1d.mesh.admin.v1.ServiceSummary\"H\n\x0bPingRequest\x12\x0f\n\x07message\x18\x01 \x01(\t\x12(\n\x05\x64\x65lay\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"P\n\x0cPingResponse\x12\x0f\n\x07message\x18\x01 \x01(\t\x12/\n\x0bserver_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xc9\x01\n\x0f\x43omponentStatus\x12 \n\x1c\x43OMPONENT_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x43OMPONENT_STATUS_STOPPED\x10\x01\x12\x1d\n\x19\x43OMPONENT_STATUS_STARTING\x10\x02\x12\x1c\n\x18\x43OMPONENT_STATUS_RUNNING\x10\x03\x12\x1d\n\x19\x43OMPONENT_STATUS_STOPPING\x10\x04\x12\x1a\n\x16\x43OMPONENT_STATUS_ERROR\x10\x05*|\n\x0bHealthState\x12\x1c\n\x18HEALTH_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14HEALTH_STATE_HEALTHY\x10\x01\x12\x19\n\x15HEALTH_STATE_DEGRADED\x10\x02\x12\x1a\n\x16HEALTH_STATE_UNHEALTHY\x10\x03\x32\xa4\x02\n\x0c\x41\x64minService\x12\x66\n\x11GetServiceSummary\x12\'.mesh.admin.v1.GetServiceSummaryRequest\x1a(.mesh.admin.v1.GetServiceSummaryResponse\x12k\n\x12WatchServiceStatus\x12(.mesh.admin.v1.WatchServiceStatusRequest\x1a).mesh.admin.v1.WatchServiceStatusResponse0\x01\x12?\n\x04Ping\x12\x1a.mesh.admin.v1.PingRequest\x1a\x1b.mesh.admin.v1.PingResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,10 +35,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_HEALTHREPORT_DETAILSENTRY']._loaded_options = None
   _globals['_HEALTHREPORT_DETAILSENTRY']._serialized_options = b'8\001'
-  _globals['_COMPONENTSTATUS']._serialized_start=1564
-  _globals['_COMPONENTSTATUS']._serialized_end=1765
-  _globals['_HEALTHSTATE']._serialized_start=1767
-  _globals['_HEALTHSTATE']._serialized_end=1891
+  _globals['_COMPONENTSTATUS']._serialized_start=1717
+  _globals['_COMPONENTSTATUS']._serialized_end=1918
+  _globals['_HEALTHSTATE']._serialized_start=1920
+  _globals['_HEALTHSTATE']._serialized_end=2044
   _globals['_STATUSTRANSITION']._serialized_start=110
   _globals['_STATUSTRANSITION']._serialized_end=289
   _globals['_HEALTHREPORT']._serialized_start=292
@@ -48,19 +48,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_COMPONENTSUMMARY']._serialized_start=523
   _globals['_COMPONENTSUMMARY']._serialized_end=853
   _globals['_SERVICESUMMARY']._serialized_start=856
-  _globals['_SERVICESUMMARY']._serialized_end=1193
-  _globals['_GETSERVICESUMMARYREQUEST']._serialized_start=1195
-  _globals['_GETSERVICESUMMARYREQUEST']._serialized_end=1221
-  _globals['_GETSERVICESUMMARYRESPONSE']._serialized_start=1223
-  _globals['_GETSERVICESUMMARYRESPONSE']._serialized_end=1298
-  _globals['_WATCHSERVICESTATUSREQUEST']._serialized_start=1300
-  _globals['_WATCHSERVICESTATUSREQUEST']._serialized_end=1327
-  _globals['_WATCHSERVICESTATUSRESPONSE']._serialized_start=1329
-  _globals['_WATCHSERVICESTATUSRESPONSE']._serialized_end=1405
-  _globals['_PINGREQUEST']._serialized_start=1407
-  _globals['_PINGREQUEST']._serialized_end=1479
-  _globals['_PINGRESPONSE']._serialized_start=1481
-  _globals['_PINGRESPONSE']._serialized_end=1561
-  _globals['_ADMINSERVICE']._serialized_start=1894
-  _globals['_ADMINSERVICE']._serialized_end=2186
+  _globals['_SERVICESUMMARY']._serialized_end=1346
+  _globals['_GETSERVICESUMMARYREQUEST']._serialized_start=1348
+  _globals['_GETSERVICESUMMARYREQUEST']._serialized_end=1374
+  _globals['_GETSERVICESUMMARYRESPONSE']._serialized_start=1376
+  _globals['_GETSERVICESUMMARYRESPONSE']._serialized_end=1451
+  _globals['_WATCHSERVICESTATUSREQUEST']._serialized_start=1453
+  _globals['_WATCHSERVICESTATUSREQUEST']._serialized_end=1480
+  _globals['_WATCHSERVICESTATUSRESPONSE']._serialized_start=1482
+  _globals['_WATCHSERVICESTATUSRESPONSE']._serialized_end=1558
+  _globals['_PINGREQUEST']._serialized_start=1560
+  _globals['_PINGREQUEST']._serialized_end=1632
+  _globals['_PINGRESPONSE']._serialized_start=1634
+  _globals['_PINGRESPONSE']._serialized_end=1714
+  _globals['_ADMINSERVICE']._serialized_start=2047
+  _globals['_ADMINSERVICE']._serialized_end=2339
 # @@protoc_insertion_point(module_scope)

@@ -229,13 +229,18 @@ class ServiceSummary(_message.Message):
     TOTAL_COMPONENTS_FIELD_NUMBER: _builtins.int
     HEALTHY_COMPONENTS_FIELD_NUMBER: _builtins.int
     GRPC_SERVICES_FIELD_NUMBER: _builtins.int
+    OVERALL_FIELD_NUMBER: _builtins.int
+    TRANSITIONS_FIELD_NUMBER: _builtins.int
+    HEALTH_HISTORY_FIELD_NUMBER: _builtins.int
     service: _builtins.str
     """The service name from MESH_SERVICE_NAME."""
     version: _builtins.str
     status: Global___ComponentStatus.ValueType
     """The container's own status: RUNNING once every component is RUNNING."""
     health: Global___HealthState.ValueType
-    """The worst health of any component."""
+    """The worst health of any component; `overall.reason` names the components that are
+    not healthy and why.
+    """
     health_score: _builtins.int
     """0 to 100: the mean of the components' scores (healthy 100, degraded 50, unhealthy 0)."""
     total_components: _builtins.int
@@ -247,6 +252,18 @@ class ServiceSummary(_message.Message):
     @_builtins.property
     def grpc_services(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Full names of the gRPC services this process hosts."""
+
+    @_builtins.property
+    def overall(self) -> Global___HealthReport:
+        """The overall health with the reasons of the components that are not healthy."""
+
+    @_builtins.property
+    def transitions(self) -> _containers.RepeatedCompositeFieldContainer[Global___StatusTransition]:
+        """The process's own lifecycle transitions, oldest first."""
+
+    @_builtins.property
+    def health_history(self) -> _containers.RepeatedCompositeFieldContainer[Global___HealthReport]:
+        """The recent changes of the overall health state, oldest first."""
 
     def __init__(
         self,
@@ -261,10 +278,13 @@ class ServiceSummary(_message.Message):
         total_components: _builtins.int = ...,
         healthy_components: _builtins.int = ...,
         grpc_services: _abc.Iterable[_builtins.str] | None = ...,
+        overall: Global___HealthReport | None = ...,
+        transitions: _abc.Iterable[Global___StatusTransition] | None = ...,
+        health_history: _abc.Iterable[Global___HealthReport] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["uptime", b"uptime"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["overall", b"overall", "uptime", b"uptime"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["components", b"components", "grpc_services", b"grpc_services", "health", b"health", "health_score", b"health_score", "healthy_components", b"healthy_components", "service", b"service", "status", b"status", "total_components", b"total_components", "uptime", b"uptime", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["components", b"components", "grpc_services", b"grpc_services", "health", b"health", "health_history", b"health_history", "health_score", b"health_score", "healthy_components", b"healthy_components", "overall", b"overall", "service", b"service", "status", b"status", "total_components", b"total_components", "transitions", b"transitions", "uptime", b"uptime", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
