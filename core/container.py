@@ -259,15 +259,16 @@ class Container:
         for attempt in range(1, policy.attempts + 1):
             cause = "start requested" if attempt == 1 else f"retry {attempt}/{policy.attempts}"
             await component.lifecycle.move(Status.STARTING, cause)
+            deadline = asyncio.timeout(policy.start_timeout)
             try:
-                async with asyncio.timeout(policy.start_timeout):
+                async with deadline:
                     await component.start()
             except asyncio.CancelledError:
                 await component.lifecycle.move(Status.ERROR, "start cancelled")
                 raise
             except Exception as exc:
                 reason = _describe(exc)
-                if isinstance(exc, TimeoutError):
+                if deadline.expired():  # ours, not a TimeoutError of the component's own
                     reason = f"start timed out after {policy.start_timeout:g}s"
                 await component.lifecycle.move(Status.ERROR, reason)
                 if isinstance(exc, FatalStartError) or attempt == policy.attempts:
@@ -295,12 +296,13 @@ class Container:
 
     async def _stop_one(self, component: Component) -> str:
         await component.lifecycle.move(Status.STOPPING, "stop requested")
+        deadline = asyncio.timeout(self.policy.stop_timeout)
         try:
-            async with asyncio.timeout(self.policy.stop_timeout):
+            async with deadline:
                 await component.stop()
         except Exception as exc:
             reason = _describe(exc)
-            if isinstance(exc, TimeoutError):
+            if deadline.expired():
                 reason = f"stop timed out after {self.policy.stop_timeout:g}s"
             await component.lifecycle.move(Status.ERROR, reason)
             return f"{component.name}: {reason}"

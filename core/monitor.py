@@ -109,12 +109,13 @@ class HealthMonitor:
             await asyncio.sleep(self.interval)
 
     async def _check_one(self, component: Component) -> Health:
+        deadline = asyncio.timeout(self.timeout)
         try:
-            async with asyncio.timeout(self.timeout):
+            async with deadline:
                 return await component.check_health()
-        except TimeoutError:
-            return Health.unhealthy(f"health check timed out after {self.timeout:g}s")
         except Exception as exc:
+            if deadline.expired():  # ours, not a TimeoutError of the check's own
+                return Health.unhealthy(f"health check timed out after {self.timeout:g}s")
             log.exception("health.check_failed", component=component.name)
             return Health.unhealthy(f"health check failed: {type(exc).__name__}")
 
