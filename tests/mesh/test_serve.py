@@ -16,7 +16,7 @@ import pytest
 
 from clients.admin import AdminClient
 from clients.health import HealthClient
-from core.errors import UnavailableError
+from core.errors import CancelledError, UnavailableError
 
 BIN = Path(sys.executable).parent
 MESH = str(BIN / "mesh")
@@ -110,8 +110,11 @@ async def test_sigterm_drains_the_call_in_flight_then_exits_zero(served: Process
         in_flight = asyncio.create_task(admin.ping("drain me", delay=2.0))
         await asyncio.sleep(0.5)  # the server gives no signal that a call has begun
         served.proc.send_signal(signal.SIGTERM)
-        with pytest.raises(UnavailableError):  # new calls are refused while draining
+        with pytest.raises((UnavailableError, CancelledError)):  # refused while draining
             await _ping_until_refused(late)
+        for _ in range(3):  # and refused for good
+            with pytest.raises((UnavailableError, CancelledError)):
+                await late.ping("still too late")
         response = await in_flight
     assert response.message == "drain me"
     assert await _exit_code(served, 10) == 0
