@@ -16,6 +16,12 @@ from typing import TypeVar
 
 from core.errors import ConfigError
 
+
+def sqlite_url(data_dir: Path) -> str:
+    """The embedded default: one SQLite file in the data folder."""
+    return f"sqlite+aiosqlite:///{(data_dir / 'mesh.db').resolve()}"
+
+
 T = TypeVar("T")
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
@@ -46,6 +52,21 @@ class Settings:
     health_interval: float = 5.0
     health_timeout: float = 2.0
     start_policy: StartPolicy = field(default_factory=StartPolicy)
+    # URLs may carry passwords: kept out of repr; log them through core.database.redacted.
+    database_url: str = field(default="", repr=False)
+    redis_url: str = field(default="", repr=False)
+    migrate_on_start: bool | None = None
+    purge_interval: float = 60.0
+
+    def database(self) -> str:
+        """MESH_DATABASE_URL, or the embedded SQLite file under the data folder."""
+        return self.database_url or sqlite_url(self.data_dir)
+
+    def migrates_on_start(self) -> bool:
+        """The embedded default upgrades itself; a shared database does when asked to."""
+        if self.migrate_on_start is not None:
+            return self.migrate_on_start
+        return self.database().startswith("sqlite")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -64,6 +85,10 @@ class Settings:
             ),
             health_interval=reader.get("MESH_HEALTH_INTERVAL_SECONDS", _positive, 5.0),
             health_timeout=reader.get("MESH_HEALTH_TIMEOUT_SECONDS", _positive, 2.0),
+            database_url=reader.get("MESH_DATABASE_URL", _database_url, ""),
+            redis_url=reader.get("MESH_REDIS_URL", _redis_url, ""),
+            migrate_on_start=reader.get("MESH_MIGRATE_ON_START", _bool, None),
+            purge_interval=reader.get("MESH_PURGE_INTERVAL_SECONDS", _positive, 60.0),
             start_policy=StartPolicy(
                 attempts=reader.get("MESH_START_ATTEMPTS", _positive_int, 3),
                 base_delay=reader.get("MESH_START_BASE_DELAY_SECONDS", _non_negative, 0.5),
@@ -91,7 +116,8 @@ class _Reader:
         try:
             return parse(raw.strip())
         except ValueError as exc:
-            self.errors.append(f"{name}={raw!r} is not valid: {exc}")
+            shown = "(hidden)" if name.endswith("_URL") else repr(raw)
+            self.errors.append(f"{name}={shown} is not valid: {exc}")
             return default
 
 
@@ -123,6 +149,26 @@ def _choice(*allowed: str) -> Callable[[str], str]:
         return raw.lower()
 
     return parse
+
+
+def _bool(raw: str) -> bool | None:
+    value = raw.lower()
+    if value not in ("true", "false", "1", "0"):
+        raise ValueError("must be true or false")
+    return value in ("true", "1")
+
+
+def _database_url(raw: str) -> str:
+    if not raw.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+        # The value is not echoed: it may hold a password.
+        raise ValueError("must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
+    return raw
+
+
+def _redis_url(raw: str) -> str:
+    if not raw.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError("must start with redis://, rediss:// or unix://")
+    return raw
 
 
 def _address(raw: str) -> str:

@@ -137,6 +137,19 @@ class Container:
             raise LookupError(f"expected one {key.__name__}, found {found}")
         return matches[0]
 
+    def provide(self, kind: type[C], make: Callable[[], C]) -> C:
+        """The one component of type `kind`, registering `make()` if there is none yet.
+
+        Services that share a resource (one database, one cache per process) ask for it
+        this way, so whichever registers first provides it for all.
+        """
+        existing = [c for c in self._components.values() if isinstance(c, kind)]
+        if existing:
+            return self.get(kind)
+        component = make()
+        self.register(component)
+        return component
+
     def group(self, name: str) -> list[Component]:
         """Every component in the group, in start order."""
         return [c for c in self.components if name in c.groups]

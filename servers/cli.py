@@ -27,6 +27,7 @@ from core.logging import configure_logging
 from core.server import GrpcServer, Service, serve
 from mesh.admin.v1 import admin_pb2
 from servers.admin.server import admin_service
+from servers.projects import server as projects
 
 VERSION = package_version("meshkit")
 
@@ -44,7 +45,13 @@ def _admin(
     ]
 
 
-SERVICES: dict[str, ServiceFactory] = {"admin": _admin}
+def _projects(
+    container: Container, settings: Settings, names: Callable[[], list[str]]
+) -> list[Service]:
+    return projects.register(container, settings)
+
+
+SERVICES: dict[str, ServiceFactory] = {"admin": _admin, "projects": _projects}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

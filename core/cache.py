@@ -1,0 +1,443 @@
+"""A two-tier read-through cache: an in-process LRU in front of Redis, for serialized resources.
+
+Values are `bytes` (callers serialize). A miss in both tiers calls the loader once per key,
+however many callers are waiting. Writers call `invalidate` after their transaction commits;
+the keys are dropped here, tombstoned in Redis and announced on a pub/sub channel so every
+other process drops its copy. Without Redis, or while it is down, the cache keeps serving
+from the loader and reports DEGRADED.
+
+Usage::
+
+    cache = Cache(settings.redis_url)          # None: in-process only
+    container.register(Database(url), cache)
+
+    async def get_project(name: str) -> Project:
+        raw = await cache.get(f"project:{name}", lambda: repository.load_raw(name))
+        ...
+
+    async def update_project(project: Project) -> None:
+        await repository.save(project)          # committed
+        await cache.invalidate(f"project:{project.name}")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import structlog
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from core.health import Health
+from core.lifecycle import Component
+
+log = structlog.get_logger()
+
+T = TypeVar("T")
+Loader = Callable[[], Awaitable[bytes | None]]
+"""Loads one value from the source of truth; None means "no such resource"."""
+
+# Redis values carry a one-byte tag, so a cached None and a tombstone differ from any bytes.
+_VALUE, _NONE, _TOMBSTONE = b"v", b"n", b"t"
+_REDIS_ERRORS = (RedisError, OSError, TimeoutError)
+_KEEPALIVE = 5.0  # the listener pings after this much silence; no pong in as long: reconnect
+_MIN_RECONNECT = 0.05
+_MAX_PENDING = 1_000  # invalidations kept for retry while Redis is unreachable
+
+
+class _UnavailableError(Exception):
+    """Redis is backing off or the operation just failed; the caller falls back."""
+
+
+@dataclass(slots=True)
+class _Entry:
+    value: bytes | None
+    size: int
+    expires: float  # time.monotonic()
+
+
+@dataclass(eq=False, slots=True)
+class _Flight:
+    """One load in progress. `stale` is set when the key is invalidated meanwhile."""
+
+    key: str
+    stale: bool = False
+    task: asyncio.Task[bytes | None] = field(init=False)
+
+
+class Cache(Component):
+    """In-process LRU (by entries and bytes, TTL with jitter) in front of an optional Redis.
+
+    Args:
+        redis_url: For example "redis://127.0.0.1:6379/0"; None keeps the cache in-process.
+        max_entries: Most entries held in process.
+        max_bytes: Most value bytes held in process; larger values skip the local tier.
+        ttl: Seconds a value lives in either tier, jittered by +-10%.
+        negative_ttl: Seconds a None result (a missing resource) is remembered.
+        tombstone_ttl: Seconds an invalidated key refuses fills in Redis; must exceed the
+            slowest load, or a fill that raced the invalidation could store old data.
+        redis_timeout: Bound on each Redis operation.
+        backoff: Seconds Redis is left alone after a failure, and the cap on the
+            listener's reconnect delay.
+        channel: Pub/sub channel carrying invalidations.
+        prefix: Prefix of every Redis key.
+    """
+
+    name = "cache"
+
+    def __init__(
+        self,
+        redis_url: str | None = None,
+        *,
+        max_entries: int = 10_000,
+        max_bytes: int = 64 * 1024 * 1024,
+        ttl: float = 300.0,
+        negative_ttl: float = 5.0,
+        tombstone_ttl: float = 10.0,
+        redis_timeout: float = 0.25,
+        backoff: float = 1.0,
+        channel: str = "mesh:cache:invalidate",
+        prefix: str = "mesh:cache:",
+    ) -> None:
+        if max_entries < 1 or max_bytes < 0 or min(ttl, negative_ttl, tombstone_ttl) <= 0:
+            raise ValueError("cache limits must be positive")
+        self._url = redis_url
+        self._max_entries, self._max_bytes = max_entries, max_bytes
+        self._ttl, self._negative_ttl, self._tombstone_ttl = ttl, negative_ttl, tombstone_ttl
+        self._timeout, self._backoff = redis_timeout, backoff
+        self._channel, self._prefix = channel, prefix
+        self._id = uuid.uuid4().hex  # lets the listener skip this instance's own messages
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._bytes = 0
+        self._flights: dict[str, _Flight] = {}
+        self._tasks: set[asyncio.Task[bytes | None]] = set()
+        self._pending: set[str] = set()
+        self._counts = dict.fromkeys(
+            ("hits_local", "hits_redis", "misses", "loads", "load_errors", "errors", "evictions"),
+            0,
+        )
+        self._client: Redis | None = None
+        self._listener: asyncio.Task[None] | None = None
+        self._subscribed = asyncio.Event()
+        self._down_until = 0.0
+        self._redis_ok = True
+        self._last_error = "not connected"
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connects to Redis if configured. An unreachable Redis degrades health; never fails."""
+        if self._url is None:
+            return
+        # No retries inside redis-py: our backoff decides, and a hidden reconnect would
+        # resubscribe the listener without telling us that messages were lost.
+        self._client = Redis.from_url(
+            self._url, socket_connect_timeout=self._timeout, retry=Retry(NoBackoff(), 0)
+        )
+        self._listener = asyncio.create_task(self._listen(), name="cache-invalidations")
+        with contextlib.suppress(_UnavailableError, TimeoutError):
+            await self._redis_call(lambda r: r.ping(), force=True)  # down: start, degraded
+            async with asyncio.timeout(4 * self._timeout):  # up: healthy from the first check
+                await self._subscribed.wait()
+
+    async def stop(self) -> None:
+        """Cancels the listener and any loads in flight, then closes the Redis client."""
+        tasks = [*self._tasks, *([self._listener] if self._listener else [])]
+        for task in tasks:
+            task.cancel()
+        try:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            self._listener = None
+            self._subscribed.clear()
+            self._clear_local()
+            if self._client is not None:
+                client, self._client = self._client, None
+                await client.aclose()
+
+    async def check_health(self) -> Health:
+        """HEALTHY when Redis answers and invalidations flow, else DEGRADED; details: stats."""
+        details = {name: str(value) for name, value in self.stats().items()}
+        if self._url is None:
+            return Health.healthy(mode="local", **details)
+        try:
+            await self._redis_call(lambda r: r.ping(), force=True)
+        except _UnavailableError:
+            return Health.degraded(f"redis unreachable: {self._last_error}", **details)
+        if not self._subscribed.is_set():
+            return Health.degraded("invalidation listener reconnecting", **details)
+        await self._flush_pending()
+        return Health.healthy(**details)
+
+    # -- public API -----------------------------------------------------------------------
+
+    async def get(self, key: str, loader: Loader) -> bytes | None:
+        """Returns the value for `key` from the local tier, Redis or, failing both, `loader`.
+
+        Concurrent misses for one key share a single load; if it raises, every waiter gets
+        the exception and nothing is cached. Cancelling a waiter does not cancel the load.
+        """
+        entry = self._lookup(key)
+        if entry is not None:
+            self._counts["hits_local"] += 1
+            return entry.value
+        self._counts["misses"] += 1
+        flight = self._flights.get(key)
+        if flight is None:
+            flight = self._flights[key] = _Flight(key)
+            flight.task = asyncio.create_task(self._load(flight, loader), name="cache-load")
+            self._tasks.add(flight.task)
+            flight.task.add_done_callback(lambda task: self._landed(flight, task))
+        return await asyncio.shield(flight.task)
+
+    async def invalidate(self, *keys: str) -> None:
+        """Drops `keys` everywhere. Call after the transaction that changed them commits.
+
+        Never raises for Redis trouble: keys that could not be invalidated there are kept
+        and retried once Redis answers again.
+        """
+        self._forget(keys)
+        if self._url is not None and keys and not await self._invalidate_remote(keys):
+            if len(self._pending) + len(keys) > _MAX_PENDING:
+                log.error("cache.pending_overflow", dropped=len(keys))
+                return
+            self._pending.update(keys)
+
+    def stats(self) -> dict[str, int]:
+        """Counters since construction plus the local tier's current `entries` and `bytes`.
+
+        `misses` counts gets the local tier could not answer; `hits_redis` and `loads`
+        count shared loads (one per key however many waited); `errors` are Redis failures.
+        """
+        return {**self._counts, "entries": len(self._entries), "bytes": self._bytes}
+
+    def __contains__(self, key: object) -> bool:
+        """True if the local tier holds a live entry for `key`; does not touch LRU order."""
+        entry = self._entries.get(key) if isinstance(key, str) else None
+        return entry is not None and entry.expires > time.monotonic()
+
+    # -- local tier -----------------------------------------------------------------------
+
+    def _lookup(self, key: str) -> _Entry | None:
+        entry = self._entries.get(key)
+        if entry is not None and entry.expires <= time.monotonic():
+            self._drop(key)
+            return None
+        if entry is not None:
+            self._entries.move_to_end(key)
+        return entry
+
+    def _store(self, key: str, value: bytes | None) -> None:
+        self._drop(key)
+        size = 0 if value is None else len(value)
+        if size > self._max_bytes:
+            return
+        ttl = self._negative_ttl if value is None else self._ttl
+        self._entries[key] = _Entry(value, size, time.monotonic() + _jitter(ttl))
+        self._bytes += size
+        while len(self._entries) > self._max_entries or self._bytes > self._max_bytes:
+            _, evicted = self._entries.popitem(last=False)
+            self._bytes -= evicted.size
+            self._counts["evictions"] += 1
+
+    def _drop(self, key: str) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self._bytes -= entry.size
+
+    # A load that started before an invalidation of its key must not store what it read.
+    # Each load is a _Flight; invalidating a key retires its flight (a per-key generation
+    # bump, kept only while a load is in flight so memory stays bounded): its waiters still
+    # get the result, later callers start a fresh load, and the retired one stores nothing.
+    def _forget(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            self._drop(key)
+            flight = self._flights.pop(key, None)
+            if flight is not None:
+                flight.stale = True
+
+    def _clear_local(self) -> None:
+        self._entries.clear()
+        self._bytes = 0
+        self._forget(list(self._flights))
+
+    # -- loads ----------------------------------------------------------------------------
+
+    async def _load(self, flight: _Flight, loader: Loader) -> bytes | None:
+        found, value = await self._read_remote(flight.key)
+        if found:
+            self._counts["hits_redis"] += 1
+        else:
+            self._counts["loads"] += 1
+            try:
+                value = await loader()
+            except Exception:
+                self._counts["load_errors"] += 1
+                raise
+            if value is not None and not isinstance(value, bytes):
+                raise TypeError(f"cache loader returned {type(value).__name__}, not bytes")
+            if not flight.stale:
+                await self._write_remote(flight.key, value)
+        if not flight.stale:
+            self._store(flight.key, value)
+        return value
+
+    def _landed(self, flight: _Flight, task: asyncio.Task[bytes | None]) -> None:
+        self._tasks.discard(task)
+        if self._flights.get(flight.key) is flight:
+            del self._flights[flight.key]
+        if not task.cancelled():
+            task.exception()  # retrieved: every waiter may have been cancelled
+
+    # -- Redis tier -----------------------------------------------------------------------
+
+    # Races in Redis: invalidate() overwrites each key with a tombstone (SET PX, no NX) and
+    # fills use SET NX, so a fill that read the database before the commit cannot replace
+    # the tombstone, however the two interleave. A tombstone reads as a miss. We chose
+    # tombstones over a generation counter: one key per resource, one round trip per fill,
+    # nothing left behind once they expire.
+    async def _read_remote(self, key: str) -> tuple[bool, bytes | None]:
+        try:
+            raw = await self._redis_call(lambda r: r.get(self._prefix + key))
+        except _UnavailableError:
+            return False, None
+        if not isinstance(raw, bytes) or raw[:1] not in (_VALUE, _NONE):
+            return False, None  # absent, tombstoned or not ours: load from the source
+        return True, (raw[1:] if raw[:1] == _VALUE else None)
+
+    async def _write_remote(self, key: str, value: bytes | None) -> None:
+        raw = _NONE if value is None else _VALUE + value
+        px = _ms(_jitter(self._negative_ttl if value is None else self._ttl))
+        with contextlib.suppress(_UnavailableError):
+            await self._redis_call(lambda r: r.set(self._prefix + key, raw, nx=True, px=px))
+
+    async def _invalidate_remote(self, keys: Iterable[str]) -> bool:
+        """Tombstones `keys` and announces them in one round trip; False if Redis failed."""
+        batch = list(keys)
+
+        async def send(r: Redis) -> None:
+            async with r.pipeline(transaction=False) as pipe:
+                for key in batch:
+                    pipe.set(self._prefix + key, _TOMBSTONE, px=_ms(self._tombstone_ttl))
+                pipe.publish(self._channel, json.dumps({"from": self._id, "keys": batch}))
+                await pipe.execute()
+
+        try:
+            await self._redis_call(send)
+        except _UnavailableError:
+            return False
+        return True
+
+    async def _flush_pending(self) -> None:
+        if self._pending:
+            keys, self._pending = self._pending, set()
+            if not await self._invalidate_remote(keys):
+                self._pending |= keys
+
+    async def _redis_call(self, op: Callable[[Redis], Awaitable[T]], *, force: bool = False) -> T:
+        """Runs `op` within the timeout; raises _UnavailableError on failure or in backoff."""
+        client = self._client
+        if client is None or (not force and time.monotonic() < self._down_until):
+            raise _UnavailableError
+        try:
+            async with asyncio.timeout(self._timeout):
+                result = await op(client)
+        except _REDIS_ERRORS as exc:
+            self._mark_down(exc)
+            raise _UnavailableError from exc
+        self._mark_up()
+        return result
+
+    def _mark_down(self, exc: BaseException) -> None:
+        self._counts["errors"] += 1
+        self._down_until = time.monotonic() + self._backoff
+        self._last_error = type(exc).__name__
+        if self._redis_ok:
+            self._redis_ok = False
+            log.warning("cache.redis_unreachable", error=self._last_error)
+
+    def _mark_up(self) -> None:
+        self._down_until = 0.0
+        if not self._redis_ok:
+            self._redis_ok = True
+            log.info("cache.redis_reachable")
+
+    # -- invalidation listener ------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        """Owned by the component: reconnects with backoff until stop() cancels it."""
+        delay = _MIN_RECONNECT
+        while True:
+            try:
+                await self._listen_once()
+            except _REDIS_ERRORS as exc:
+                self._mark_down(exc)
+            except Exception:
+                log.exception("cache.listener_failed")
+            if self._subscribed.is_set():
+                self._subscribed.clear()
+                delay = _MIN_RECONNECT
+            await asyncio.sleep(random.uniform(delay / 2, delay))
+            delay = min(delay * 2, self._backoff)
+
+    async def _listen_once(self) -> None:
+        assert self._client is not None
+        async with self._client.pubsub() as pubsub:
+            async with asyncio.timeout(4 * self._timeout):
+                await pubsub.subscribe(self._channel)
+                confirmed = None
+                while confirmed is None or confirmed["type"] != "subscribe":
+                    confirmed = await pubsub.get_message(timeout=self._timeout)
+            # Invalidations sent while we were not subscribed are lost: start from empty.
+            self._clear_local()
+            self._subscribed.set()
+            self._mark_up()
+            log.info("cache.listener_subscribed", channel=self._channel)
+            await self._flush_pending()
+            pong_due = False
+            while True:
+                message = await pubsub.get_message(timeout=_KEEPALIVE)
+                if message is None:
+                    if pong_due:
+                        raise TimeoutError("no pong from redis")
+                    async with asyncio.timeout(self._timeout):
+                        await pubsub.ping()
+                    pong_due = True
+                    continue
+                pong_due = False
+                if message["type"] == "subscribe":  # redis-py reconnected under us
+                    self._clear_local()
+                elif message["type"] == "message":
+                    self._on_message(message["data"])
+
+    def _on_message(self, data: bytes) -> None:
+        try:
+            payload = json.loads(data)
+            origin, keys = payload["from"], payload["keys"]
+            if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+                raise TypeError("keys")
+        except (ValueError, KeyError, TypeError):
+            log.warning("cache.bad_invalidation")
+            self._clear_local()  # unknown keys: the safe answer is to forget everything
+            return
+        if origin != self._id:
+            self._forget(keys)
+
+
+def _jitter(seconds: float) -> float:
+    return seconds * random.uniform(0.9, 1.1)
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))

@@ -1,0 +1,459 @@
+"""A CRUD engine for AIP-style resources: one resource takes a proto, a table and a mapping.
+
+It owns the parts every resource repeats: names, field masks, etags, request ids, page
+tokens, filters, order, soft delete and purge, outbox events in the same transaction,
+and a read-through cache invalidated after commit. Hot paths use SQLAlchemy Core with
+statements built once, so SQLAlchemy's compiled-statement cache serves every call.
+
+Usage (see servers/projects for the whole thing)::
+
+    PROJECTS = Resource(message=Project, collection="projects", singular="project",
+                        table=projects, source=SOURCE, event_prefix="mesh.projects.v1.project",
+                        writable=WRITABLE, to_columns=to_columns, to_message=to_message,
+                        validate=validate, filter_fields=FILTERS, order_fields=ORDER)
+    crud = Crud(PROJECTS, database, cache)
+    project = await crud.get("projects/demo")
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Generic, TypeVar, cast
+
+import sqlalchemy as sa
+from google.protobuf.field_mask_pb2 import FieldMask
+from google.protobuf.message import Message
+from sqlalchemy.exc import IntegrityError
+
+from core.cache import Cache
+from core.database import Database, Transaction
+from core.errors import (
+    AbortedError,
+    AlreadyExistsError,
+    FailedPreconditionError,
+    FieldViolation,
+    InvalidArgumentError,
+    NotFoundError,
+)
+from core.filtering import FilterField, compile_filter, parse_order_by
+from core.idempotency import check_request_id, claim, fingerprint, forget_expired, recall, record
+from core.outbox import emit, metadata
+from core.pagination import PageTokens, after, page_size
+from core.resource import apply_paths, check_id, etag_for, mask_paths, parse_name, timestamp
+
+M = TypeVar("M", bound=Message)
+RowLike = Mapping[Any, Any]  # a row's mapping (SQLAlchemy's RowMapping) or a dict of values
+T = TypeVar("T")
+
+MAX_BATCH = 1000
+OUTPUT_ONLY = ("name", "state", "create_time", "update_time", "delete_time", "purge_time", "etag")
+_secrets = sa.Table(
+    "mesh_secrets",
+    metadata,
+    sa.Column("name", sa.String(100), primary_key=True),
+    sa.Column("value", sa.String(200), nullable=False),
+)
+
+
+def standard_columns() -> list[sa.Column[Any]]:
+    """The columns every resource table has, beside its own."""
+    return [
+        sa.Column("id", sa.String(63), primary_key=True),
+        sa.Column("revision", sa.Integer(), nullable=False),
+        sa.Column("create_time", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("update_time", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("delete_time", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("purge_time", sa.DateTime(timezone=True), nullable=True),
+    ]
+
+
+@dataclass(frozen=True)
+class Resource(Generic[M]):
+    """What the engine needs to know about one resource type.
+
+    `to_columns` maps the writable fields of a message to column values; `to_message`
+    builds a message from a row's own columns (the engine fills name, etag, state and
+    the timestamps); `validate` returns the violations of a whole message, with field
+    paths relative to the message (`display_name`).
+    """
+
+    message: type[M]
+    collection: str
+    singular: str
+    table: sa.Table
+    source: str
+    event_prefix: str
+    writable: tuple[str, ...]
+    to_columns: Callable[[M], dict[str, Any]]
+    to_message: Callable[[RowLike], M]
+    validate: Callable[[M], list[FieldViolation]]
+    filter_fields: Mapping[str, FilterField]
+    order_fields: Mapping[str, str]
+    default_order: str = "create_time"
+    purge_after: timedelta = timedelta(days=30)
+    request_id_retention: timedelta = timedelta(days=1)
+    output_only: tuple[str, ...] = field(default=OUTPUT_ONLY)
+
+
+class _DuplicateRequestError(Exception):
+    """A concurrent request with the same request id committed first."""
+
+
+class Crud(Generic[M]):
+    """Create, read, update, delete, undelete and purge for one `Resource`."""
+
+    def __init__(
+        self, resource: Resource[M], database: Database, cache: Cache | None = None
+    ) -> None:
+        self.resource = r = resource
+        self.db = database
+        self.cache = cache
+        self._upper = r.singular.upper()
+        table = r.table
+        by_id = table.c.id == sa.bindparam("id")
+        self._select_one = sa.select(table).where(by_id)
+        self._select_for_update = sa.select(table).where(by_id).with_for_update()
+        self._insert = table.insert()
+        self._tokens: PageTokens | None = None
+
+    # -- reads ----------------------------------------------------------------------------
+
+    async def get(self, name: str) -> M:
+        resource_id = parse_name(name, self.resource.collection)
+        raw = await self._cached(resource_id)
+        if raw is None:
+            raise self._not_found(name)
+        return self.resource.message.FromString(raw)
+
+    async def batch_get(self, names: Sequence[str]) -> list[M]:
+        if len(names) > MAX_BATCH:
+            raise InvalidArgumentError(
+                f"at most {MAX_BATCH} names per call",
+                reason="TOO_MANY_NAMES",
+                violations=[FieldViolation("names", f"at most {MAX_BATCH}")],
+            )
+        ids = [parse_name(n, self.resource.collection, f"names[{i}]") for i, n in enumerate(names)]
+        table = self.resource.table
+        async with self.db.engine.connect() as conn:
+            rows = (await conn.execute(sa.select(table).where(table.c.id.in_(ids)))).all()
+        found = {row.id: self._message(row._mapping) for row in rows}
+        for name, resource_id in zip(names, ids, strict=True):
+            if resource_id not in found:
+                raise self._not_found(name)
+        return [found[i] for i in ids]
+
+    async def list_page(
+        self, *, size: int, token: str, filter: str, order_by: str, show_deleted: bool
+    ) -> tuple[list[M], str]:
+        limit = page_size(size)
+        order = parse_order_by(order_by or self.resource.default_order, self._order_columns())
+        table = self.resource.table
+        columns = [table.c[self.resource.order_fields[o.field]] for o in order] + [table.c.id]
+        descending = [o.descending for o in order] + [order[-1].descending if order else False]
+        query = json.dumps([filter, [(o.field, o.descending) for o in order], show_deleted])
+        where = self._where(filter, show_deleted)
+        tokens = await self._page_tokens()
+        if token:
+            where.append(after(columns, descending, tokens.decode(token, query)))
+        sort = [c.desc() if d else c.asc() for c, d in zip(columns, descending, strict=True)]
+        statement = sa.select(table).where(*where).order_by(*sort).limit(limit + 1)
+        async with self.db.engine.connect() as conn:
+            rows = (await conn.execute(statement)).all()
+        page = [self._message(row._mapping) for row in rows[:limit]]
+        if len(rows) <= limit:
+            return page, ""
+        last = rows[limit - 1]._mapping
+        return page, tokens.encode(query, [last[c.name] for c in columns])
+
+    async def count(self, *, filter: str, show_deleted: bool) -> int:
+        statement = (
+            sa.select(sa.func.count())
+            .select_from(self.resource.table)
+            .where(*self._where(filter, show_deleted))
+        )
+        async with self.db.engine.connect() as conn:
+            return int((await conn.execute(statement)).scalar_one())
+
+    # -- writes ---------------------------------------------------------------------------
+
+    async def create(
+        self,
+        message: M,
+        *,
+        resource_id: str,
+        request_id: str,
+        validate_only: bool,
+        request: Message,
+        id_field: str,
+    ) -> M:
+        r = self.resource
+        resource_id = check_id(resource_id, id_field) if resource_id else self._new_id()
+        self._check(message)
+        now = datetime.now(UTC)
+        values = {**r.to_columns(message), "id": resource_id, "revision": 1}
+        values |= {"create_time": now, "update_time": now, "delete_time": None, "purge_time": None}
+        if validate_only:
+            if await self._cached(resource_id) is not None:
+                raise self._exists(resource_id)
+            return self._message(values)
+
+        async def work(tx: Transaction) -> M:
+            try:
+                await tx.conn.execute(self._insert, values)
+            except IntegrityError:
+                raise self._exists(resource_id) from None
+            return await self._written(tx, "created", values)
+
+        return await self._idempotent("create", request_id, request, work)
+
+    async def update(
+        self,
+        message: M,
+        *,
+        mask: FieldMask | None,
+        etag: str,
+        allow_missing: bool,
+        request_id: str,
+        request: Message,
+    ) -> M:
+        r = self.resource
+        name = cast(Any, message).name
+        resource_id = parse_name(name, r.collection, f"{r.singular}.name")
+        paths = mask_paths(message, mask, writable=r.writable, output_only=r.output_only)
+
+        async def work(tx: Transaction) -> M:
+            row = (await tx.conn.execute(self._select_for_update, {"id": resource_id})).first()
+            if row is None:
+                if not allow_missing:
+                    raise self._not_found(name)
+                return await self._upsert(tx, message, resource_id)
+            current = row._mapping
+            self._check_etag(etag, current, name)
+            if current["delete_time"] is not None:
+                raise FailedPreconditionError(
+                    f"{r.singular} {name!r} is deleted; undelete it first",
+                    reason=f"{self._upper}_DELETED",
+                    metadata={"resource": name},
+                )
+            merged = self._message(current)
+            apply_paths(message, merged, paths)
+            self._check(merged)
+            values = {**r.to_columns(merged), "update_time": datetime.now(UTC)}
+            return await self._save(tx, current, values, "updated")
+
+        return await self._idempotent("update", request_id, request, work)
+
+    async def delete(self, name: str, *, etag: str) -> M:
+        return await self._set_deleted(name, etag, deleted=True)
+
+    async def undelete(self, name: str, *, etag: str) -> M:
+        return await self._set_deleted(name, etag, deleted=False)
+
+    async def purge_expired(self) -> int:
+        """Deletes for good what was soft-deleted before its purge time; returns how many."""
+        table = self.resource.table
+
+        async def work(tx: Transaction) -> int:
+            statement = table.delete().where(table.c.purge_time < datetime.now(UTC))
+            rows = (await tx.conn.execute(statement.returning(*table.c))).all()
+            for row in rows:
+                await self._written(tx, "purged", dict(row._mapping))
+            await forget_expired(tx)
+            return len(rows)
+
+        return await self.db.run(work)
+
+    # -- internals ------------------------------------------------------------------------
+
+    async def _set_deleted(self, name: str, etag: str, *, deleted: bool) -> M:
+        r = self.resource
+        resource_id = parse_name(name, r.collection)
+
+        async def work(tx: Transaction) -> M:
+            row = (await tx.conn.execute(self._select_for_update, {"id": resource_id})).first()
+            if row is None:
+                raise self._not_found(name)
+            current = row._mapping
+            self._check_etag(etag, current, name)
+            if (current["delete_time"] is not None) == deleted:
+                state = "already deleted" if deleted else "not deleted"
+                raise FailedPreconditionError(
+                    f"{r.singular} {name!r} is {state}",
+                    reason=f"{self._upper}_{'ALREADY_DELETED' if deleted else 'NOT_DELETED'}",
+                    metadata={"resource": name},
+                )
+            now = datetime.now(UTC)
+            values = {
+                "update_time": now,
+                "delete_time": now if deleted else None,
+                "purge_time": now + r.purge_after if deleted else None,
+            }
+            return await self._save(tx, current, values, "deleted" if deleted else "undeleted")
+
+        return await self.db.run(work)
+
+    async def _upsert(self, tx: Transaction, message: M, resource_id: str) -> M:
+        self._check(message)
+        now = datetime.now(UTC)
+        values = {**self.resource.to_columns(message), "id": resource_id, "revision": 1}
+        values |= {"create_time": now, "update_time": now, "delete_time": None, "purge_time": None}
+        await tx.conn.execute(self._insert, values)
+        return await self._written(tx, "created", values)
+
+    async def _save(
+        self, tx: Transaction, current: RowLike, values: dict[str, Any], verb: str
+    ) -> M:
+        """Writes `values` if nobody else wrote since `current` was read (compare and set)."""
+        table = self.resource.table
+        revision = current["revision"]
+        values = {**values, "revision": revision + 1}
+        statement = (
+            table.update()
+            .where(table.c.id == current["id"], table.c.revision == revision)
+            .values(values)
+        )
+        if (await tx.conn.execute(statement)).rowcount != 1:
+            raise AbortedError(
+                "the resource changed while it was being written; read it again and retry",
+                reason="CONCURRENT_MODIFICATION",
+            )
+        return await self._written(tx, verb, {**current, **values})
+
+    async def _written(self, tx: Transaction, verb: str, row: RowLike) -> M:
+        """The outbox event and the after-commit cache invalidation of one write."""
+        message = self._message(row)
+        name = cast(Any, message).name
+        await emit(
+            tx,
+            type=f"{self.resource.event_prefix}.{verb}",
+            source=self.resource.source,
+            subject=name,
+            data=message,
+        )
+        if self.cache is not None:
+            cache, key = self.cache, self._key(row["id"])
+            tx.after_commit(lambda: cache.invalidate(key))
+        return message
+
+    async def _idempotent(
+        self,
+        method: str,
+        request_id: str,
+        request: Message,
+        work: Callable[[Transaction], Awaitable[M]],
+    ) -> M:
+        """Runs `work` once per request id; a retry gets the response of the first run."""
+        if not request_id:
+            return await self.db.run(work)
+        request_id = check_request_id(request_id)
+        digest = fingerprint(f"{self.resource.collection}.{method}", request)
+        message_type = self.resource.message
+
+        async def once(tx: Transaction) -> M:
+            stored = await recall(tx.conn, request_id, method, digest)
+            if stored is not None:
+                return message_type.FromString(stored)
+            try:
+                await claim(tx, request_id, method, digest, self.resource.request_id_retention)
+            except IntegrityError:
+                raise _DuplicateRequestError from None
+            result = await work(tx)
+            await record(tx, request_id, result)
+            return result
+
+        try:
+            return await self.db.run(once)
+        except _DuplicateRequestError:
+            async with self.db.engine.connect() as conn:
+                stored = await recall(conn, request_id, method, digest)
+            assert stored is not None  # the other request committed its record
+            return message_type.FromString(stored)
+
+    async def _cached(self, resource_id: str) -> bytes | None:
+        if self.cache is None:
+            return await self._load(resource_id)
+        return await self.cache.get(self._key(resource_id), lambda: self._load(resource_id))
+
+    async def _load(self, resource_id: str) -> bytes | None:
+        async with self.db.engine.connect() as conn:
+            row = (await conn.execute(self._select_one, {"id": resource_id})).first()
+        return None if row is None else self._message(row._mapping).SerializeToString()
+
+    def _message(self, row: RowLike) -> M:
+        r = self.resource
+        message = r.to_message(row)
+        m = cast(Any, message)
+        m.name = f"{r.collection}/{row['id']}"
+        m.etag = etag_for(row["id"], row["revision"])
+        for name in ("create_time", "update_time", "delete_time", "purge_time"):
+            ts = timestamp(row[name])
+            if ts is not None:
+                getattr(m, name).CopyFrom(ts)
+        if "state" in message.DESCRIPTOR.fields_by_name:
+            m.state = m.State.Value("STATE_DELETED" if row["delete_time"] else "STATE_ACTIVE")
+        return message
+
+    def _where(self, filter: str, show_deleted: bool) -> list[sa.ColumnElement[bool]]:
+        where = []
+        if filter:
+            where.append(compile_filter(filter, self.resource.filter_fields))
+        if not show_deleted:
+            where.append(self.resource.table.c.delete_time.is_(None))
+        return where
+
+    def _order_columns(self) -> dict[str, sa.ColumnElement[Any]]:
+        table = self.resource.table
+        return {name: table.c[column] for name, column in self.resource.order_fields.items()}
+
+    async def _page_tokens(self) -> PageTokens:
+        if self._tokens is None:
+            async with self.db.engine.connect() as conn:
+                query = sa.select(_secrets.c.value).where(_secrets.c.name == "page_token")
+                secret = (await conn.execute(query)).scalar_one()
+            self._tokens = PageTokens(bytes.fromhex(secret))
+        return self._tokens
+
+    def _check(self, message: M) -> None:
+        violations = self.resource.validate(message)
+        if violations:
+            prefix = self.resource.singular
+            raise InvalidArgumentError(
+                "; ".join(f"{prefix}.{v.field}: {v.description}" for v in violations),
+                reason=f"INVALID_{self._upper}",
+                violations=[
+                    FieldViolation(f"{prefix}.{v.field}", v.description) for v in violations
+                ],
+            )
+
+    def _check_etag(self, etag: str, row: RowLike, name: str) -> None:
+        if etag and etag != etag_for(row["id"], row["revision"]):
+            raise AbortedError(
+                f"etag for {name!r} is stale: read it again and retry",
+                reason="ETAG_MISMATCH",
+                metadata={"resource": name},
+            )
+
+    def _key(self, resource_id: str) -> str:
+        return f"{self.resource.collection}/{resource_id}"
+
+    def _new_id(self) -> str:
+        return f"{self.resource.singular[0]}{secrets.token_hex(8)}"
+
+    def _not_found(self, name: str) -> NotFoundError:
+        return NotFoundError(
+            f"{self.resource.singular} {name!r} does not exist",
+            reason=f"{self._upper}_NOT_FOUND",
+            metadata={"resource": name},
+        )
+
+    def _exists(self, resource_id: str) -> AlreadyExistsError:
+        name = f"{self.resource.collection}/{resource_id}"
+        return AlreadyExistsError(
+            f"{self.resource.singular} {name!r} already exists",
+            reason=f"{self._upper}_ALREADY_EXISTS",
+            metadata={"resource": name},
+        )

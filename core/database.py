@@ -1,0 +1,245 @@
+"""The database component and its unit of work, over SQLAlchemy 2 async.
+
+The embedded default is SQLite (aiosqlite, WAL mode) in the data folder; PostgreSQL is
+reached through asyncpg with a pool, pre-ping and a statement timeout.
+
+Usage::
+
+    db = Database(settings.database_url, migrations=[PROJECT_MIGRATIONS])
+    async with db.transaction() as tx:                  # commits, or rolls back on error
+        await tx.conn.execute(insert(projects).values(...))
+        tx.after_commit(lambda: cache.invalidate(key))  # runs only if the commit succeeded
+
+    project = await db.run(create_project, isolation="SERIALIZABLE")  # retried on conflicts
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import structlog
+from sqlalchemy import event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from core.errors import UnavailableError
+from core.health import Health
+from core.lifecycle import Component
+
+log = structlog.get_logger()
+
+T = TypeVar("T")
+Hook = Callable[[], Awaitable[None] | None]
+
+# PostgreSQL serialization failure and deadlock; both mean "run the transaction again".
+_RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
+
+
+def redacted(url: str) -> str:
+    """The URL with its password hidden, for logs and errors."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+class Transaction:
+    """One unit of work: a connection inside a transaction, plus after-commit hooks."""
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self.conn = conn
+        self._hooks: list[Hook] = []
+
+    def after_commit(self, hook: Hook) -> None:
+        """Runs `hook` (sync or async) after a successful commit; never after a rollback."""
+        self._hooks.append(hook)
+
+    async def _run_hooks(self) -> None:
+        for hook in self._hooks:
+            try:
+                result = hook()
+                if result is not None:
+                    await result
+            except Exception:
+                # The commit stands; a failed hook (e.g. a cache invalidation) is logged.
+                log.exception("transaction.hook_failed")
+
+
+class Database(Component):
+    """A SQLAlchemy async engine as a component; UNHEALTHY when the database is unreachable.
+
+    Args:
+        url: A SQLAlchemy URL: `sqlite+aiosqlite:///...` or `postgresql+asyncpg://...`.
+        migrations: Alembic version folders of the tables this process uses.
+        migrate: Upgrade them to head at start; otherwise only check that the schema is
+            current and fail the start, naming `mesh db upgrade`, when it is not.
+        statement_timeout: Seconds before PostgreSQL cancels a statement.
+        pool_size: Connections kept open (PostgreSQL).
+    """
+
+    name = "database"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        migrations: Sequence[Path] = (),
+        migrate: bool = False,
+        statement_timeout: float = 10.0,
+        pool_size: int = 10,
+        max_overflow: int = 10,
+        pool_timeout: float = 5.0,
+    ) -> None:
+        self.url = url
+        self.migrations = list(migrations)
+        self.migrate = migrate
+        self.dialect = make_url(url).get_backend_name()
+        self._statement_timeout = statement_timeout
+        self._pool = {
+            "pool_size": pool_size,
+            "max_overflow": max_overflow,
+            "pool_timeout": pool_timeout,
+        }
+        self._engine: AsyncEngine | None = None
+
+    @property
+    def engine(self) -> AsyncEngine:
+        if self._engine is None:
+            raise RuntimeError("the database component is not running")
+        return self._engine
+
+    async def start(self) -> None:
+        engine = self._create_engine()
+        try:
+            async with engine.connect() as conn:  # fail at start, not at the first request
+                await conn.execute(text("select 1"))
+            if self.migrations:
+                from core.migrate import require_current, upgrade  # loads alembic
+
+                if self.migrate:
+                    await upgrade(engine, self.migrations)
+                else:
+                    await require_current(engine, self.migrations)
+        except BaseException:
+            await engine.dispose()
+            raise
+        self._engine = engine
+        log.info("database.connected", url=redacted(self.url))
+
+    async def stop(self) -> None:
+        if self._engine is not None:
+            await self._engine.dispose()
+            self._engine = None
+
+    async def check_health(self) -> Health:
+        try:
+            async with self.engine.connect() as conn:
+                await conn.execute(text("select 1"))
+        except (OSError, SQLAlchemyError, RuntimeError) as exc:
+            return Health.unhealthy(f"database unreachable: {type(exc).__name__}")
+        pool = self.engine.pool
+        return Health.healthy(dialect=self.dialect, pool=pool.status())
+
+    @asynccontextmanager
+    async def transaction(
+        self, *, isolation: str | None = None, timeout: float = 10.0, write: bool = True
+    ) -> AsyncIterator[Transaction]:
+        """A unit of work that commits at the end of the block or rolls back on any error.
+
+        Args:
+            isolation: e.g. "SERIALIZABLE" or "REPEATABLE READ"; the dialect's default if None.
+                SQLite transactions are always serializable.
+            timeout: Bound on the whole unit of work; on expiry it rolls back and raises
+                TimeoutError.
+            write: On SQLite, take the write lock at BEGIN (IMMEDIATE) so two writers queue
+                instead of failing when one upgrades a read lock.
+        """
+        options: dict[str, Any] = {"mesh_begin": "IMMEDIATE" if write else "DEFERRED"}
+        if isolation and self.dialect != "sqlite":
+            options["isolation_level"] = isolation
+        async with asyncio.timeout(timeout), self.engine.connect() as conn:
+            await conn.execution_options(**options)
+            tx = Transaction(conn)
+            async with conn.begin():
+                yield tx
+        await tx._run_hooks()
+
+    async def run(
+        self,
+        work: Callable[[Transaction], Awaitable[T]],
+        *,
+        isolation: str | None = None,
+        timeout: float = 10.0,
+        attempts: int = 4,
+        write: bool = True,
+    ) -> T:
+        """Runs `work` in a transaction, again (with backoff) after a serialization failure
+        or deadlock, up to `attempts` times. Other errors propagate at once."""
+        for attempt in range(1, attempts + 1):
+            try:
+                async with self.transaction(
+                    isolation=isolation, timeout=timeout, write=write
+                ) as tx:
+                    return await work(tx)
+            except DBAPIError as exc:
+                if not self._retryable(exc) or attempt == attempts:
+                    if self._retryable(exc):
+                        raise UnavailableError(
+                            "the database is busy; try again", reason="TRANSACTION_CONFLICT"
+                        ) from exc
+                    raise
+                delay = min(1.0, 0.01 * 2**attempt) * random.uniform(0.5, 1.0)
+                log.info("transaction.retry", attempt=attempt, delay_s=round(delay, 3))
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _retryable(self, exc: DBAPIError) -> bool:
+        sqlstate = getattr(exc.orig, "sqlstate", None)
+        if sqlstate in _RETRYABLE_SQLSTATES:
+            return True
+        return self.dialect == "sqlite" and "database is locked" in str(exc.orig)
+
+    def _create_engine(self) -> AsyncEngine:
+        if self.dialect == "sqlite":
+            database = make_url(self.url).database
+            if database and database != ":memory:":
+                Path(database).parent.mkdir(parents=True, exist_ok=True)
+            engine = create_async_engine(self.url, pool_pre_ping=True)
+            _use_sqlite_transactions(engine)
+            return engine
+        connect_args: dict[str, Any] = {}
+        if self.dialect == "postgresql":
+            ms = str(int(self._statement_timeout * 1000))
+            connect_args["server_settings"] = {"statement_timeout": ms}
+        return create_async_engine(
+            self.url, pool_pre_ping=True, connect_args=connect_args, **self._pool
+        )
+
+
+def _use_sqlite_transactions(engine: AsyncEngine) -> None:
+    """Makes SQLite transactions real: WAL, a busy timeout, and BEGIN issued by us.
+
+    The sqlite3 driver otherwise delays BEGIN until the first write, so a read-then-write
+    unit of work is not isolated (SQLAlchemy's documented recipe for aiosqlite).
+    """
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def on_connect(dbapi_connection: Any, _: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        for pragma in (
+            "journal_mode=WAL",
+            "synchronous=NORMAL",
+            "busy_timeout=5000",
+            "foreign_keys=ON",
+        ):
+            cursor.execute(f"PRAGMA {pragma}")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def on_begin(conn: Any) -> None:
+        mode = conn.get_execution_options().get("mesh_begin", "DEFERRED")
+        conn.exec_driver_sql(f"BEGIN {mode}")

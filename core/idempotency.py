@@ -1,0 +1,105 @@
+"""Request ids (AIP-155): a retried request with the same id gets the first response.
+
+The id is recorded in the same transaction as the write it guards, so a write and its
+record commit together or not at all. A concurrent duplicate blocks on the primary key
+until the first commits, then fails and reads the stored response.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import sqlalchemy as sa
+from google.protobuf.message import Message
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from core.database import Transaction
+from core.errors import FieldViolation, InvalidArgumentError
+from core.outbox import metadata
+
+# Mirrors core/migrations/versions/0001_core.py.
+request_ids = sa.Table(
+    "mesh_request_ids",
+    metadata,
+    sa.Column("request_id", sa.String(64), primary_key=True),
+    sa.Column("method", sa.String(200), nullable=False),
+    sa.Column("request_hash", sa.String(64), nullable=False),
+    sa.Column("response", sa.LargeBinary(), nullable=False),
+    sa.Column("expire_time", sa.DateTime(timezone=True), nullable=False),
+)
+
+_LOOKUP = sa.select(request_ids.c.method, request_ids.c.request_hash, request_ids.c.response).where(
+    request_ids.c.request_id == sa.bindparam("request_id")
+)
+
+
+def check_request_id(request_id: str) -> str:
+    """A request id must be a UUID; returns it normalised to lower case."""
+    try:
+        return str(uuid.UUID(request_id))
+    except ValueError:
+        raise InvalidArgumentError(
+            f"request_id {request_id!r} is not a UUID",
+            reason="INVALID_REQUEST_ID",
+            violations=[FieldViolation("request_id", "must be a UUID")],
+        ) from None
+
+
+def fingerprint(method: str, request: Message) -> str:
+    """Identifies a request body; deterministic serialization makes maps stable."""
+    body = request.SerializeToString(deterministic=True)
+    return hashlib.sha256(method.encode() + b"\0" + body).hexdigest()
+
+
+async def recall(conn: AsyncConnection, request_id: str, method: str, digest: str) -> bytes | None:
+    """The stored response for this request id, or None if it is new.
+
+    Raises:
+        InvalidArgumentError: the id was used for a different request.
+    """
+    row = (await conn.execute(_LOOKUP, {"request_id": request_id})).first()
+    if row is None:
+        return None
+    if row.method != method or row.request_hash != digest:
+        raise InvalidArgumentError(
+            "request_id was already used for a different request",
+            reason="REQUEST_ID_REUSED",
+            violations=[FieldViolation("request_id", "already used for a different request")],
+        )
+    response: bytes = row.response
+    return response
+
+
+async def claim(
+    tx: Transaction, request_id: str, method: str, digest: str, keep: timedelta
+) -> None:
+    """Records the id first thing in the write's transaction; a duplicate fails here."""
+    await tx.conn.execute(
+        request_ids.insert(),
+        {
+            "request_id": request_id,
+            "method": method,
+            "request_hash": digest,
+            "response": b"",
+            "expire_time": datetime.now(UTC) + keep,
+        },
+    )
+
+
+async def record(tx: Transaction, request_id: str, response: Message) -> None:
+    """Stores the response that a retry of this request id will get."""
+    await tx.conn.execute(
+        request_ids.update()
+        .where(request_ids.c.request_id == request_id)
+        .values(response=response.SerializeToString())
+    )
+
+
+async def forget_expired(tx: Transaction) -> int:
+    """Deletes ids past their retention; returns how many."""
+    result = await tx.conn.execute(
+        request_ids.delete().where(request_ids.c.expire_time < datetime.now(UTC))
+    )
+    return int(result.rowcount)

@@ -1,0 +1,73 @@
+"""The transactional outbox: every committed change writes its event in the same transaction.
+
+Rows are written here and delivered by the events system's relay; a rolled-back
+transaction leaves no row, a committed one exactly one.
+
+Usage::
+
+    async with db.transaction() as tx:
+        await tx.conn.execute(insert(projects).values(...))
+        await emit(tx, type="mesh.projects.v1.project.created", source=SOURCE,
+                   subject="projects/demo", data=project)
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from google.protobuf import any_pb2
+from google.protobuf.message import Message
+
+from core.database import Transaction
+
+metadata = sa.MetaData()
+
+# Mirrors core/migrations/versions/0001_core.py; queries use this, migrations own the DDL.
+outbox = sa.Table(
+    "mesh_outbox",
+    metadata,
+    sa.Column("position", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
+    sa.Column("event_id", sa.String(64), nullable=False, unique=True),
+    sa.Column("type", sa.String(200), nullable=False),
+    sa.Column("source", sa.String(200), nullable=False),
+    sa.Column("subject", sa.String(500), nullable=False),
+    sa.Column("time", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("data_version", sa.String(32), nullable=False),
+    sa.Column("data", sa.LargeBinary(), nullable=False),
+    sa.Column("attributes", sa.JSON(), nullable=False),
+    sa.Column("sent_time", sa.DateTime(timezone=True), nullable=True),
+)
+
+_INSERT = outbox.insert()
+
+
+async def emit(
+    tx: Transaction,
+    *,
+    type: str,
+    source: str,
+    subject: str,
+    data: Message,
+    data_version: str = "1",
+    attributes: dict[str, str] | None = None,
+) -> str:
+    """Writes one event into the outbox inside `tx`; returns its event id."""
+    packed = any_pb2.Any()
+    packed.Pack(data)
+    event_id = str(uuid.uuid4())
+    await tx.conn.execute(
+        _INSERT,
+        {
+            "event_id": event_id,
+            "type": type,
+            "source": source,
+            "subject": subject,
+            "time": datetime.now(UTC),
+            "data_version": data_version,
+            "data": packed.SerializeToString(),
+            "attributes": attributes or {},
+        },
+    )
+    return event_id

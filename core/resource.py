@@ -1,0 +1,111 @@
+"""Resource names, etags, field masks and timestamps: the AIP plumbing every CRUD service shares."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+from google.protobuf.field_mask_pb2 import FieldMask
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from core.errors import FieldViolation, InvalidArgumentError
+
+# AIP-122: lowercase letters, digits and hyphens; starts with a letter, ends with a letter
+# or digit; 4 to 63 characters.
+ID_PATTERN = re.compile(r"[a-z][a-z0-9-]{2,61}[a-z0-9]")
+
+
+def check_id(resource_id: str, field: str) -> str:
+    """Returns `resource_id` if it is a valid id; INVALID_ARGUMENT naming `field` if not."""
+    if not ID_PATTERN.fullmatch(resource_id):
+        raise InvalidArgumentError(
+            f"{field} {resource_id!r} must be 4 to 63 lowercase letters, digits or hyphens, "
+            "starting with a letter and not ending with a hyphen",
+            reason="INVALID_ID",
+            violations=[FieldViolation(field, "4-63 of [a-z0-9-], starting with a letter")],
+        )
+    return resource_id
+
+
+def parse_name(name: str, collection: str, field: str = "name") -> str:
+    """`projects/demo` -> `demo`; INVALID_ARGUMENT naming `field` for anything else."""
+    prefix = f"{collection}/"
+    if not name.startswith(prefix) or not ID_PATTERN.fullmatch(name[len(prefix) :]):
+        raise InvalidArgumentError(
+            f"{field} {name!r} is not a valid resource name: expected {collection}/{{id}}",
+            reason="INVALID_NAME",
+            violations=[FieldViolation(field, f"must look like {collection}/{{id}}")],
+        )
+    return name[len(prefix) :]
+
+
+def etag_for(resource_id: str, revision: int) -> str:
+    """An opaque etag that changes with every write of the resource."""
+    digest = hashlib.sha256(f"{resource_id}:{revision}".encode()).hexdigest()[:16]
+    return f'W/"{digest}"'
+
+
+def timestamp(at: datetime | None) -> Timestamp | None:
+    if at is None:
+        return None
+    ts = Timestamp()
+    ts.FromDatetime(utc(at))
+    return ts
+
+
+def utc(at: datetime) -> datetime:
+    """Aware UTC; SQLite hands back naive datetimes, which we always store as UTC."""
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+
+
+def mask_paths(
+    message: Message,
+    mask: FieldMask | None,
+    *,
+    writable: Iterable[str],
+    output_only: Iterable[str],
+    field: str = "update_mask",
+) -> list[str]:
+    """The top-level fields an update writes, checked against the message's fields.
+
+    An empty mask means the fields set in `message`; `*` means every writable field.
+    Unknown and output-only paths are INVALID_ARGUMENT, each named.
+    """
+    writable, output_only = set(writable), set(output_only)
+    if mask is None or not mask.paths:
+        return sorted(f.name for f, _ in message.ListFields() if f.name in writable)
+    if list(mask.paths) == ["*"]:
+        return sorted(writable)
+    violations = []
+    for path in mask.paths:
+        if path in output_only:
+            violations.append(FieldViolation(field, f"{path!r} is output only"))
+        elif path not in writable:
+            violations.append(FieldViolation(field, f"{path!r} is not a field that can be updated"))
+    if violations:
+        raise InvalidArgumentError(
+            "update_mask names fields that cannot be updated",
+            reason="INVALID_UPDATE_MASK",
+            violations=violations,
+        )
+    return sorted(set(mask.paths))
+
+
+def apply_paths(source: Message, target: Message, paths: Iterable[str]) -> None:
+    """Copies each top-level field in `paths` from `source` onto `target` (replacing maps)."""
+    for path in paths:
+        target.ClearField(path)
+        descriptor = source.DESCRIPTOR.fields_by_name[path]
+        value = getattr(source, path)
+        if descriptor.message_type is not None and descriptor.message_type.GetOptions().map_entry:
+            getattr(target, path).update(value)
+        elif descriptor.is_repeated:
+            getattr(target, path).extend(value)
+        elif descriptor.message_type is not None:
+            if source.HasField(path):
+                getattr(target, path).CopyFrom(value)
+        else:
+            setattr(target, path, value)

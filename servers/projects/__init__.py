@@ -1,0 +1,1 @@
+"""`mesh.projects.v1.ProjectService`: projects on the CRUD engine of `core.crud`."""

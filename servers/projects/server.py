@@ -1,0 +1,80 @@
+"""What `mesh serve projects` runs: the database, the cache, the purger and the service."""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+
+from core.cache import Cache
+from core.config import Settings
+from core.container import Container
+from core.crud import Crud
+from core.database import Database
+from core.health import Health
+from core.lifecycle import Component
+from core.migrate import CORE_MIGRATIONS
+from core.server import Service
+from mesh.projects.v1 import projects_pb2, projects_pb2_grpc
+from servers.projects.repository import MIGRATIONS, PROJECTS, SERVICE
+from servers.projects.servicer import ProjectServicer
+
+log = structlog.get_logger()
+
+
+class ProjectPurger(Component):
+    """Purges soft-deleted projects whose purge time has passed, at an interval."""
+
+    name = "project-purger"
+    depends_on = ("database",)
+
+    def __init__(self, projects: Crud[projects_pb2.Project], interval: float) -> None:
+        self._projects = projects
+        self._interval = interval
+        self._task: asyncio.Task[None] | None = None
+        self._last_error = ""
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=self.name)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def check_health(self) -> Health:
+        if self._last_error:
+            return Health.degraded(f"last purge failed: {self._last_error}")
+        return Health.healthy()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                purged = await self._projects.purge_expired()
+                self._last_error = ""
+                if purged:
+                    log.info("project.purged", count=purged)
+            except Exception as exc:
+                self._last_error = type(exc).__name__
+                log.exception("project.purge_failed")
+            await asyncio.sleep(self._interval)
+
+
+def database(settings: Settings) -> Database:
+    return Database(
+        settings.database(),
+        migrations=[CORE_MIGRATIONS, MIGRATIONS],
+        migrate=settings.migrates_on_start(),
+    )
+
+
+def register(container: Container, settings: Settings) -> list[Service]:
+    """Adds the projects service's components to `container`; returns what it serves."""
+    db = container.provide(Database, lambda: database(settings))
+    cache = container.provide(Cache, lambda: Cache(settings.redis_url or None))
+    projects = Crud(PROJECTS, db, cache)
+    container.register(ProjectPurger(projects, settings.purge_interval))
+    servicer = ProjectServicer(projects)
+    add = projects_pb2_grpc.add_ProjectServiceServicer_to_server
+    return [Service(SERVICE, servicer, add, needs=("database",))]
