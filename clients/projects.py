@@ -1,0 +1,206 @@
+"""Typed client for `mesh.projects.v1.ProjectService`.
+
+Usage::
+
+    async with ProjectsClient("127.0.0.1:50051") as projects:
+        project = await projects.create_project(
+            Project(display_name="Demo", project_type=Project.PROJECT_TYPE_MUSIC_CLIP,
+                    owner="users/alice"),
+            project_id="demo",
+        )
+        try:
+            await projects.get_project("projects/missing")
+        except NotFoundError as exc:
+            print(exc.reason)                      # PROJECT_NOT_FOUND
+
+Every method raises the `core.errors` exception for a failed call (NotFoundError,
+AlreadyExistsError, AbortedError, InvalidArgumentError with `.violations`, ...). Calls
+have a default deadline, and UNAVAILABLE is retried with backoff when that is safe:
+always for reads, and for creates and updates because each carries a request id (one
+is generated when the caller gives none).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from functools import partial
+from typing import TypeVar
+
+from google.protobuf.field_mask_pb2 import FieldMask
+
+from clients._private import Client, call
+from core.errors import UnavailableError
+from mesh.projects.v1 import projects_pb2 as pb
+from mesh.projects.v1 import projects_pb2_grpc
+from mesh.projects.v1.projects_pb2 import Project
+
+T = TypeVar("T")
+
+__all__ = ["Project", "ProjectsClient"]
+
+
+class ProjectsClient(Client):
+    """See the module docstring.
+
+    Args:
+        address: HOST:PORT of a server hosting ProjectService.
+        deadline: Seconds each call (all its retries included) may take by default.
+        attempts: Tries for a call that may be retried.
+    """
+
+    def __init__(self, address: str, *, deadline: float = 10.0, attempts: int = 3) -> None:
+        super().__init__(address)
+        self.deadline = deadline
+        self.attempts = attempts
+
+    @property
+    def _stub(self) -> projects_pb2_grpc.ProjectServiceAsyncStub:
+        return projects_pb2_grpc.ProjectServiceStub(self.channel)
+
+    async def create_project(
+        self,
+        project: Project,
+        *,
+        project_id: str = "",
+        request_id: str = "",
+        validate_only: bool = False,
+        timeout: float | None = None,
+    ) -> Project:
+        request = pb.CreateProjectRequest(
+            project=project,
+            project_id=project_id,
+            request_id=request_id or str(uuid.uuid4()),
+            validate_only=validate_only,
+        )
+        response = await self._retried(
+            lambda t: self._stub.CreateProject(request, timeout=t), timeout
+        )
+        return response.project
+
+    async def get_project(self, name: str, *, timeout: float | None = None) -> Project:
+        request = pb.GetProjectRequest(name=name)
+        response = await self._retried(lambda t: self._stub.GetProject(request, timeout=t), timeout)
+        return response.project
+
+    async def batch_get_projects(
+        self, names: Sequence[str], *, timeout: float | None = None
+    ) -> list[Project]:
+        request = pb.BatchGetProjectsRequest(names=names)
+        response = await self._retried(
+            lambda t: self._stub.BatchGetProjects(request, timeout=t), timeout
+        )
+        return list(response.projects)
+
+    async def list_projects(
+        self,
+        *,
+        filter: str = "",
+        order_by: str = "",
+        page_size: int = 0,
+        page_token: str = "",
+        show_deleted: bool = False,
+        timeout: float | None = None,
+    ) -> pb.ListProjectsResponse:
+        """One page; pass `next_page_token` back for the next one."""
+        request = pb.ListProjectsRequest(
+            filter=filter,
+            order_by=order_by,
+            page_size=page_size,
+            page_token=page_token,
+            show_deleted=show_deleted,
+        )
+        return await self._retried(lambda t: self._stub.ListProjects(request, timeout=t), timeout)
+
+    async def iter_projects(
+        self,
+        *,
+        filter: str = "",
+        order_by: str = "",
+        page_size: int = 0,
+        show_deleted: bool = False,
+    ) -> AsyncIterator[Project]:
+        """Every matching project, page after page."""
+        token = ""
+        while True:
+            page = await self.list_projects(
+                filter=filter,
+                order_by=order_by,
+                page_size=page_size,
+                page_token=token,
+                show_deleted=show_deleted,
+            )
+            for project in page.projects:
+                yield project
+            token = page.next_page_token
+            if not token:
+                return
+
+    async def count_projects(
+        self, *, filter: str = "", show_deleted: bool = False, timeout: float | None = None
+    ) -> int:
+        request = pb.CountProjectsRequest(filter=filter, show_deleted=show_deleted)
+        response = await self._retried(
+            lambda t: self._stub.CountProjects(request, timeout=t), timeout
+        )
+        return response.count
+
+    async def update_project(
+        self,
+        project: Project,
+        *,
+        update_mask: Sequence[str] | None = None,
+        etag: str = "",
+        allow_missing: bool = False,
+        request_id: str = "",
+        timeout: float | None = None,
+    ) -> Project:
+        """Updates the fields named in `update_mask` (default: those set in `project`)."""
+        request = pb.UpdateProjectRequest(
+            project=project,
+            etag=etag,
+            allow_missing=allow_missing,
+            request_id=request_id or str(uuid.uuid4()),
+        )
+        if update_mask is not None:
+            request.update_mask.CopyFrom(FieldMask(paths=update_mask))
+        response = await self._retried(
+            lambda t: self._stub.UpdateProject(request, timeout=t), timeout
+        )
+        return response.project
+
+    async def delete_project(
+        self, name: str, *, etag: str = "", timeout: float | None = None
+    ) -> Project:
+        """Soft-deletes; not retried, since a repeated delete would fail as already deleted."""
+        request = pb.DeleteProjectRequest(name=name, etag=etag)
+        response = await call(
+            lambda: self._stub.DeleteProject(request, timeout=timeout or self.deadline)
+        )
+        return response.project
+
+    async def undelete_project(
+        self, name: str, *, etag: str = "", timeout: float | None = None
+    ) -> Project:
+        request = pb.UndeleteProjectRequest(name=name, etag=etag)
+        response = await call(
+            lambda: self._stub.UndeleteProject(request, timeout=timeout or self.deadline)
+        )
+        return response.project
+
+    async def _retried(self, rpc: Callable[[float], Awaitable[T]], timeout: float | None) -> T:
+        """Calls `rpc(remaining_seconds)`, again after UNAVAILABLE, within one deadline."""
+        deadline = time.monotonic() + (timeout or self.deadline)
+        for attempt in range(1, self.attempts + 1):
+            remaining = deadline - time.monotonic()
+            try:
+                return await call(partial(rpc, max(remaining, 0.001)))
+            except UnavailableError:
+                backoff = min(1.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.0)
+                if attempt == self.attempts or time.monotonic() + backoff >= deadline:
+                    raise
+                await asyncio.sleep(backoff)
+        raise AssertionError("unreachable")  # pragma: no cover
