@@ -57,6 +57,8 @@ class Settings:
     redis_url: str = field(default="", repr=False)
     migrate_on_start: bool | None = None
     purge_interval: float = 60.0
+    # Separates meshes that share one Redis: keys and channels start with it.
+    cache_namespace: str = "mesh"
 
     def database(self) -> str:
         """MESH_DATABASE_URL, or the embedded SQLite file under the data folder."""
@@ -89,6 +91,7 @@ class Settings:
             redis_url=reader.get("MESH_REDIS_URL", _redis_url, ""),
             migrate_on_start=reader.get("MESH_MIGRATE_ON_START", _bool, None),
             purge_interval=reader.get("MESH_PURGE_INTERVAL_SECONDS", _positive, 60.0),
+            cache_namespace=reader.get("MESH_CACHE_NAMESPACE", _namespace, "mesh"),
             start_policy=StartPolicy(
                 attempts=reader.get("MESH_START_ATTEMPTS", _positive_int, 3),
                 base_delay=reader.get("MESH_START_BASE_DELAY_SECONDS", _non_negative, 0.5),
@@ -168,6 +171,12 @@ def _database_url(raw: str) -> str:
 def _redis_url(raw: str) -> str:
     if not raw.startswith(("redis://", "rediss://", "unix://")):
         raise ValueError("must start with redis://, rediss:// or unix://")
+    return raw
+
+
+def _namespace(raw: str) -> str:
+    if not raw.replace("-", "").replace("_", "").isalnum():
+        raise ValueError("must be letters, digits, '-' or '_'")
     return raw
 
 

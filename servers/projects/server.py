@@ -69,10 +69,19 @@ def database(settings: Settings) -> Database:
     )
 
 
+def cache_for(settings: Settings) -> Cache:
+    namespace = settings.cache_namespace
+    return Cache(
+        settings.redis_url or None,
+        prefix=f"{namespace}:cache:",
+        channel=f"{namespace}:cache:invalidate",
+    )
+
+
 def register(container: Container, settings: Settings) -> list[Service]:
     """Adds the projects service's components to `container`; returns what it serves."""
     db = container.provide(Database, lambda: database(settings))
-    cache = container.provide(Cache, lambda: Cache(settings.redis_url or None))
+    cache = container.provide(Cache, lambda: cache_for(settings))
     projects = Crud(PROJECTS, db, cache)
     container.register(ProjectPurger(projects, settings.purge_interval))
     servicer = ProjectServicer(projects)
