@@ -43,7 +43,7 @@ from core.filtering import FilterField, compile_filter, parse_order_by
 from core.idempotency import check_request_id, claim, fingerprint, forget_expired, recall, record
 from core.outbox import emit, metadata
 from core.pagination import PageTokens, after, page_size
-from core.resource import apply_paths, check_id, etag_for, mask_paths, parse_name, timestamp
+from core.resource import apply_paths, etag_for, id_violations, mask_paths, parse_name, timestamp
 
 M = TypeVar("M", bound=Message)
 RowLike = Mapping[Any, Any]  # a row's mapping (SQLAlchemy's RowMapping) or a dict of values
@@ -191,8 +191,9 @@ class Crud(Generic[M]):
         id_field: str,
     ) -> M:
         r = self.resource
-        resource_id = check_id(resource_id, id_field) if resource_id else self._new_id()
-        self._check(message)
+        bad_id = id_violations(resource_id, id_field) if resource_id else []
+        resource_id = resource_id or self._new_id()
+        self._check(message, bad_id)
         now = datetime.now(UTC)
         values = {**r.to_columns(message), "id": resource_id, "revision": 1}
         values |= {"create_time": now, "update_time": now, "delete_time": None, "purge_time": None}
@@ -417,16 +418,18 @@ class Crud(Generic[M]):
             self._tokens = PageTokens(bytes.fromhex(secret))
         return self._tokens
 
-    def _check(self, message: M) -> None:
-        violations = self.resource.validate(message)
-        if violations:
-            prefix = self.resource.singular
+    def _check(self, message: M, violations: Sequence[FieldViolation] = ()) -> None:
+        """Raises one INVALID_ARGUMENT listing every bad field of the request."""
+        prefix = self.resource.singular
+        found = [*violations] + [
+            FieldViolation(f"{prefix}.{v.field}", v.description)
+            for v in self.resource.validate(message)
+        ]
+        if found:
             raise InvalidArgumentError(
-                "; ".join(f"{prefix}.{v.field}: {v.description}" for v in violations),
+                "; ".join(f"{v.field}: {v.description}" for v in found),
                 reason=f"INVALID_{self._upper}",
-                violations=[
-                    FieldViolation(f"{prefix}.{v.field}", v.description) for v in violations
-                ],
+                violations=found,
             )
 
     def _check_etag(self, etag: str, row: RowLike, name: str) -> None:

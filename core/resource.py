@@ -18,16 +18,17 @@ from core.errors import FieldViolation, InvalidArgumentError
 ID_PATTERN = re.compile(r"[a-z][a-z0-9-]{2,61}[a-z0-9]")
 
 
-def check_id(resource_id: str, field: str) -> str:
-    """Returns `resource_id` if it is a valid id; INVALID_ARGUMENT naming `field` if not."""
-    if not ID_PATTERN.fullmatch(resource_id):
-        raise InvalidArgumentError(
-            f"{field} {resource_id!r} must be 4 to 63 lowercase letters, digits or hyphens, "
+def id_violations(resource_id: str, field: str) -> list[FieldViolation]:
+    """Nothing for a valid id; otherwise the violation that names `field`."""
+    if ID_PATTERN.fullmatch(resource_id):
+        return []
+    return [
+        FieldViolation(
+            field,
+            f"{resource_id!r} must be 4 to 63 lowercase letters, digits or hyphens, "
             "starting with a letter and not ending with a hyphen",
-            reason="INVALID_ID",
-            violations=[FieldViolation(field, "4-63 of [a-z0-9-], starting with a letter")],
         )
-    return resource_id
+    ]
 
 
 def parse_name(name: str, collection: str, field: str = "name") -> str:

@@ -22,11 +22,14 @@ from clients.admin import AdminClient
 from clients.health import HealthClient
 from core.config import Settings
 from core.container import Container
+from core.database import Database, redacted
 from core.errors import ConfigError, DomainError
 from core.logging import configure_logging
+from core.migrate import CORE_MIGRATIONS
 from core.server import GrpcServer, Service, serve
 from mesh.admin.v1 import admin_pb2
 from servers.admin.server import admin_service
+from servers.projects import cli as projects_cli
 from servers.projects import server as projects
 
 VERSION = package_version("meshkit")
@@ -52,6 +55,8 @@ def _projects(
 
 
 SERVICES: dict[str, ServiceFactory] = {"admin": _admin, "projects": _projects}
+# Every schema this build knows; `mesh db upgrade` brings a database to all their heads.
+MIGRATIONS = [CORE_MIGRATIONS, projects.MIGRATIONS]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -84,6 +89,15 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print the summary as JSON")
     status.add_argument("--address", help="HOST:PORT of the server (default: MESH_ADDRESS)")
     status.set_defaults(run=lambda a, s: asyncio.run(_status(a, s)))
+
+    db = commands.add_parser("db", help="manage the database schema")
+    db_actions = db.add_subparsers(required=True, metavar="ACTION")
+    upgrade = db_actions.add_parser(
+        "upgrade", help="upgrade MESH_DATABASE_URL to the latest schema"
+    )
+    upgrade.set_defaults(run=lambda a, s: asyncio.run(_db_upgrade(s)))
+
+    projects_cli.add_commands(commands)
     return parser
 
 
@@ -170,6 +184,21 @@ def _status_table(summary: admin_pb2.ServiceSummary) -> str:
     if summary.overall.reason:
         lines.append("not healthy: " + summary.overall.reason)
     return "\n".join(lines)
+
+
+async def _db_upgrade(settings: Settings) -> int:
+    configure_logging(
+        service="mesh", version=VERSION, log_format=settings.log_format, level="warning"
+    )
+    database = Database(settings.database(), migrations=MIGRATIONS, migrate=True)
+    try:
+        await database.start()
+    except Exception as exc:
+        print(f"mesh: upgrade of {redacted(database.url)} failed: {exc}", file=sys.stderr)
+        return 1
+    await database.stop()
+    print(f"{redacted(database.url)} is at the latest schema")
+    return 0
 
 
 def _with_address(settings: Settings, address: str) -> Settings:

@@ -17,6 +17,8 @@ from core.migrate import CORE_MIGRATIONS
 from core.server import Service
 from mesh.projects.v1 import projects_pb2, projects_pb2_grpc
 from servers.projects.repository import MIGRATIONS, PROJECTS, SERVICE
+
+__all__ = ["MIGRATIONS", "ProjectPurger", "register"]
 from servers.projects.servicer import ProjectServicer
 
 log = structlog.get_logger()
