@@ -1,0 +1,145 @@
+"""The database component and its unit of work, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+import sqlalchemy as sa
+
+from core.container import StartError
+from core.database import Database, Transaction
+from core.errors import NotFoundError
+from core.health import HealthState
+from core.migrate import CORE_MIGRATIONS
+from servers.projects.repository import MIGRATIONS
+from tests.conftest import make_container
+
+counters = sa.Table(
+    "counters",
+    sa.MetaData(),
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("value", sa.Integer, nullable=False),
+)
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[Database]:
+    database = Database(database_url, migrations=[CORE_MIGRATIONS, MIGRATIONS], migrate=True)
+    await database.start()
+    async with database.engine.begin() as conn:
+        await conn.run_sync(counters.metadata.create_all)
+        await conn.execute(counters.insert(), [{"id": 1, "value": 0}])
+    try:
+        yield database
+    finally:
+        await database.stop()
+
+
+async def _value(db: Database) -> int:
+    async with db.engine.connect() as conn:
+        return int((await conn.execute(sa.select(counters.c.value))).scalar_one())
+
+
+async def test_commit_keeps_the_work_and_runs_hooks(db: Database) -> None:
+    ran: list[str] = []
+    async with db.transaction() as tx:
+        await tx.conn.execute(counters.update().values(value=1))
+        tx.after_commit(lambda: ran.append("sync"))
+
+        async def async_hook() -> None:
+            ran.append("async")
+
+        tx.after_commit(async_hook)
+        assert ran == []  # not before the commit
+    assert ran == ["sync", "async"]
+    assert await _value(db) == 1
+
+
+async def test_an_error_rolls_back_and_skips_hooks(db: Database) -> None:
+    ran: list[str] = []
+
+    async def fail_after_writing() -> None:
+        async with db.transaction() as tx:
+            await tx.conn.execute(counters.update().values(value=5))
+            tx.after_commit(lambda: ran.append("hook"))
+            raise NotFoundError("nope")
+
+    with pytest.raises(NotFoundError):
+        await fail_after_writing()
+    assert ran == []
+    assert await _value(db) == 0
+
+
+async def test_a_failing_hook_does_not_undo_the_commit(db: Database) -> None:
+    def broken() -> None:
+        raise RuntimeError("cache down")
+
+    async with db.transaction() as tx:
+        await tx.conn.execute(counters.update().values(value=2))
+        tx.after_commit(broken)
+    assert await _value(db) == 2
+
+
+async def test_the_timeout_rolls_back(db: Database) -> None:
+    async def write_slowly() -> None:
+        async with db.transaction(timeout=0.1) as tx:
+            await tx.conn.execute(counters.update().values(value=9))
+            await asyncio.sleep(1)
+
+    with pytest.raises(TimeoutError):
+        await write_slowly()
+    assert await _value(db) == 0
+
+
+async def test_concurrent_serializable_increments_are_retried_not_lost(db: Database) -> None:
+    async def increment(tx: Transaction) -> None:
+        value = (await tx.conn.execute(sa.select(counters.c.value))).scalar_one()
+        await asyncio.sleep(0.01)  # widen the window in which the transactions overlap
+        await tx.conn.execute(counters.update().values(value=value + 1))
+
+    await asyncio.gather(
+        *(db.run(increment, isolation="SERIALIZABLE", attempts=20) for _ in range(5))
+    )
+    assert await _value(db) == 5
+
+
+async def test_health_is_unhealthy_when_the_database_is_gone(database_url: str) -> None:
+    if not database_url.startswith("postgresql"):
+        pytest.skip("dropping a live SQLite file does not make it unreachable")
+    database = Database(database_url)
+    await database.start()
+    try:
+        assert (await database.check_health()).state is HealthState.HEALTHY
+        admin = Database(database_url.rsplit("/", 1)[0] + "/test")
+        await admin.start()
+        name = database_url.rsplit("/", 1)[1]
+        async with admin.engine.connect() as conn:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await conn.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        await admin.stop()
+        health = await database.check_health()
+        assert health.state is HealthState.UNHEALTHY
+        assert health.reason.startswith("database unreachable")
+    finally:
+        await database.stop()
+
+
+async def test_an_unmigrated_shared_database_stops_the_start_naming_the_fix(
+    database_url: str,
+) -> None:
+    database = Database(database_url, migrations=[CORE_MIGRATIONS, MIGRATIONS], migrate=False)
+    container = make_container(database)
+    with pytest.raises(StartError, match="mesh db upgrade"):
+        await container.start()
+
+
+async def test_migrations_run_once_and_are_idempotent(database_url: str) -> None:
+    for _ in range(2):
+        database = Database(database_url, migrations=[CORE_MIGRATIONS, MIGRATIONS], migrate=True)
+        await database.start()
+        await database.stop()
+    checked = Database(database_url, migrations=[CORE_MIGRATIONS, MIGRATIONS], migrate=False)
+    await checked.start()  # the schema is current: no error
+    await checked.stop()
