@@ -131,6 +131,7 @@ class Cache(Component):
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
         self._down_until = 0.0
+        self._bypass_remote_until = 0.0
         self._redis_ok = True
         self._last_error = "not connected"
 
@@ -188,7 +189,7 @@ class Cache(Component):
         Concurrent misses for one key share a single load; if it raises, every waiter gets
         the exception and nothing is cached. Cancelling a waiter does not cancel the load.
         """
-        entry = self._lookup(key)
+        entry = self._lookup(key) if self._local_trusted() else None
         if entry is not None:
             self._counts["hits_local"] += 1
             return entry.value
@@ -210,7 +211,11 @@ class Cache(Component):
         self._forget(keys)
         if self._url is not None and keys and not await self._invalidate_remote(keys):
             if len(self._pending) + len(keys) > _MAX_PENDING:
-                log.error("cache.pending_overflow", dropped=len(keys))
+                # Too many owed invalidations to remember: stop trusting Redis until every
+                # value written before now has expired there.
+                self._bypass_remote_until = time.monotonic() + self._ttl * 1.1
+                self._pending.clear()
+                log.error("cache.pending_overflow", bypass_s=round(self._ttl * 1.1))
                 return
             self._pending.update(keys)
 
@@ -275,6 +280,7 @@ class Cache(Component):
     # -- loads ----------------------------------------------------------------------------
 
     async def _load(self, flight: _Flight, loader: Loader) -> bytes | None:
+        await self._flush_pending()  # invalidations owed to Redis go before any read of it
         found, value = await self._read_remote(flight.key)
         if found:
             self._counts["hits_redis"] += 1
@@ -289,7 +295,7 @@ class Cache(Component):
                 raise TypeError(f"cache loader returned {type(value).__name__}, not bytes")
             if not flight.stale:
                 await self._write_remote(flight.key, value)
-        if not flight.stale:
+        if not flight.stale and self._local_trusted():
             self._store(flight.key, value)
         return value
 
@@ -308,6 +314,8 @@ class Cache(Component):
     # tombstones over a generation counter: one key per resource, one round trip per fill,
     # nothing left behind once they expire.
     async def _read_remote(self, key: str) -> tuple[bool, bytes | None]:
+        if not self._remote_trusted(key):
+            return False, None
         try:
             raw = await self._redis_call(lambda r: r.get(self._prefix + key))
         except _UnavailableError:
@@ -317,6 +325,8 @@ class Cache(Component):
         return True, (raw[1:] if raw[:1] == _VALUE else None)
 
     async def _write_remote(self, key: str, value: bytes | None) -> None:
+        if not self._remote_trusted(key):
+            return
         raw = _NONE if value is None else _VALUE + value
         px = _ms(_jitter(self._negative_ttl if value is None else self._ttl))
         with contextlib.suppress(_UnavailableError):
@@ -338,6 +348,14 @@ class Cache(Component):
         except _UnavailableError:
             return False
         return True
+
+    def _local_trusted(self) -> bool:
+        """Local copies are only safe while invalidations from other processes reach us."""
+        return self._url is None or self._subscribed.is_set()
+
+    def _remote_trusted(self, key: str) -> bool:
+        """Redis may hold a value we owe an invalidation for: then it is not to be read."""
+        return key not in self._pending and time.monotonic() >= self._bypass_remote_until
 
     async def _flush_pending(self) -> None:
         if self._pending:
@@ -387,6 +405,7 @@ class Cache(Component):
                 log.exception("cache.listener_failed")
             if self._subscribed.is_set():
                 self._subscribed.clear()
+                self._clear_local()  # from now until resubscribed, other writers go unheard
                 delay = _MIN_RECONNECT
             await asyncio.sleep(random.uniform(delay / 2, delay))
             delay = min(delay * 2, self._backoff)

@@ -144,6 +144,22 @@ class Database(Component):
         return Health.healthy(dialect=self.dialect, pool=pool.status())
 
     @asynccontextmanager
+    async def connect(self) -> AsyncIterator[AsyncConnection]:
+        """A pooled connection; an unreachable or lost database is UNAVAILABLE, not INTERNAL."""
+        try:
+            conn = await self.engine.connect().start()
+        except Exception as exc:
+            raise _unavailable() from exc
+        try:
+            yield conn
+        except DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise _unavailable() from exc
+            raise
+        finally:
+            await conn.close()
+
+    @asynccontextmanager
     async def transaction(
         self, *, isolation: str | None = None, timeout: float = 10.0, write: bool = True
     ) -> AsyncIterator[Transaction]:
@@ -160,7 +176,7 @@ class Database(Component):
         options: dict[str, Any] = {"mesh_begin": "IMMEDIATE" if write else "DEFERRED"}
         if isolation and self.dialect != "sqlite":
             options["isolation_level"] = isolation
-        async with asyncio.timeout(timeout), self.engine.connect() as conn:
+        async with asyncio.timeout(timeout), self.connect() as conn:
             await conn.execution_options(**options)
             tx = Transaction(conn)
             async with conn.begin():
@@ -217,6 +233,10 @@ class Database(Component):
         return create_async_engine(
             self.url, pool_pre_ping=True, connect_args=connect_args, **self._pool
         )
+
+
+def _unavailable() -> UnavailableError:
+    return UnavailableError("the database is unreachable", reason="DATABASE_UNAVAILABLE")
 
 
 def _use_sqlite_transactions(engine: AsyncEngine) -> None:
