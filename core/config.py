@@ -56,6 +56,7 @@ class Settings:
     database_url: str = field(default="", repr=False)
     redis_url: str = field(default="", repr=False)
     migrate_on_start: bool | None = None
+    database_pool_size: int = 20
     purge_interval: float = 60.0
     # Separates meshes that share one Redis: keys and channels start with it.
     cache_namespace: str = "mesh"
@@ -90,6 +91,7 @@ class Settings:
             database_url=reader.get("MESH_DATABASE_URL", _database_url, ""),
             redis_url=reader.get("MESH_REDIS_URL", _redis_url, ""),
             migrate_on_start=reader.get("MESH_MIGRATE_ON_START", _bool, None),
+            database_pool_size=reader.get("MESH_DATABASE_POOL_SIZE", _positive_int, 20),
             purge_interval=reader.get("MESH_PURGE_INTERVAL_SECONDS", _positive, 60.0),
             cache_namespace=reader.get("MESH_CACHE_NAMESPACE", _namespace, "mesh"),
             start_policy=StartPolicy(

@@ -138,7 +138,7 @@ class Crud(Generic[M]):
             )
         ids = [parse_name(n, self.resource.collection, f"names[{i}]") for i, n in enumerate(names)]
         table = self.resource.table
-        async with self.db.connect() as conn:
+        async with self.db.connect(read_only=True) as conn:
             rows = (await conn.execute(sa.select(table).where(table.c.id.in_(ids)))).all()
         found = {row.id: self._message(row._mapping) for row in rows}
         for name, resource_id in zip(names, ids, strict=True):
@@ -161,7 +161,7 @@ class Crud(Generic[M]):
             where.append(after(columns, descending, tokens.decode(token, query)))
         sort = [c.desc() if d else c.asc() for c, d in zip(columns, descending, strict=True)]
         statement = sa.select(table).where(*where).order_by(*sort).limit(limit + 1)
-        async with self.db.connect() as conn:
+        async with self.db.connect(read_only=True) as conn:
             rows = (await conn.execute(statement)).all()
         page = [self._message(row._mapping) for row in rows[:limit]]
         if len(rows) <= limit:
@@ -175,7 +175,7 @@ class Crud(Generic[M]):
             .select_from(self.resource.table)
             .where(*self._where(filter, show_deleted))
         )
-        async with self.db.connect() as conn:
+        async with self.db.connect(read_only=True) as conn:
             return int((await conn.execute(statement)).scalar_one())
 
     # -- writes ---------------------------------------------------------------------------
@@ -369,7 +369,7 @@ class Crud(Generic[M]):
         try:
             return await self.db.run(once)
         except _DuplicateRequestError:
-            async with self.db.connect() as conn:
+            async with self.db.connect(read_only=True) as conn:
                 stored = await recall(conn, request_id, method, digest)
             assert stored is not None  # the other request committed its record
             return message_type.FromString(stored)
@@ -380,7 +380,7 @@ class Crud(Generic[M]):
         return await self.cache.get(self._key(resource_id), lambda: self._load(resource_id))
 
     async def _load(self, resource_id: str) -> bytes | None:
-        async with self.db.connect() as conn:
+        async with self.db.connect(read_only=True) as conn:
             row = (await conn.execute(self._select_one, {"id": resource_id})).first()
         return None if row is None else self._message(row._mapping).SerializeToString()
 
@@ -412,7 +412,7 @@ class Crud(Generic[M]):
 
     async def _page_tokens(self) -> PageTokens:
         if self._tokens is None:
-            async with self.db.connect() as conn:
+            async with self.db.connect(read_only=True) as conn:
                 query = sa.select(_secrets.c.value).where(_secrets.c.name == "page_token")
                 secret = (await conn.execute(query)).scalar_one()
             self._tokens = PageTokens(bytes.fromhex(secret))

@@ -89,8 +89,8 @@ class Database(Component):
         migrations: Sequence[Path] = (),
         migrate: bool = False,
         statement_timeout: float = 10.0,
-        pool_size: int = 10,
-        max_overflow: int = 10,
+        pool_size: int = 20,
+        max_overflow: int = 0,
         pool_timeout: float = 5.0,
     ) -> None:
         self.url = url
@@ -104,6 +104,10 @@ class Database(Component):
             "pool_timeout": pool_timeout,
         }
         self._engine: AsyncEngine | None = None
+        # SQLite: our begin hook skips BEGIN; PostgreSQL: the driver's autocommit.
+        self._autocommit: dict[str, Any] = (
+            {"mesh_begin": None} if self.dialect == "sqlite" else {"isolation_level": "AUTOCOMMIT"}
+        )
 
     @property
     def engine(self) -> AsyncEngine:
@@ -144,10 +148,16 @@ class Database(Component):
         return Health.healthy(dialect=self.dialect, pool=pool.status())
 
     @asynccontextmanager
-    async def connect(self) -> AsyncIterator[AsyncConnection]:
-        """A pooled connection; an unreachable or lost database is UNAVAILABLE, not INTERNAL."""
+    async def connect(self, *, read_only: bool = False) -> AsyncIterator[AsyncConnection]:
+        """A pooled connection; an unreachable or lost database is UNAVAILABLE, not INTERNAL.
+
+        With `read_only`, each statement runs on its own (autocommit): a single-statement
+        read needs no BEGIN and ROLLBACK round trips.
+        """
         try:
             conn = await self.engine.connect().start()
+            if read_only:
+                await conn.execution_options(**self._autocommit)
         except Exception as exc:
             raise _unavailable() from exc
         try:
@@ -223,15 +233,18 @@ class Database(Component):
             database = make_url(self.url).database
             if database and database != ":memory:":
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
-            engine = create_async_engine(self.url, pool_pre_ping=True)
+            engine = create_async_engine(self.url)
             _use_sqlite_transactions(engine)
             return engine
         connect_args: dict[str, Any] = {}
         if self.dialect == "postgresql":
             ms = str(int(self._statement_timeout * 1000))
             connect_args["server_settings"] = {"statement_timeout": ms}
+        # No pre-ping: it costs three round trips per checkout. A dropped connection is
+        # invalidated when it fails (the call gets UNAVAILABLE), and recycled before servers
+        # or proxies time it out.
         return create_async_engine(
-            self.url, pool_pre_ping=True, connect_args=connect_args, **self._pool
+            self.url, pool_recycle=1800, connect_args=connect_args, **self._pool
         )
 
 
@@ -262,4 +275,5 @@ def _use_sqlite_transactions(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "begin")
     def on_begin(conn: Any) -> None:
         mode = conn.get_execution_options().get("mesh_begin", "DEFERRED")
-        conn.exec_driver_sql(f"BEGIN {mode}")
+        if mode is not None:  # None: a read-only connection, each statement on its own
+            conn.exec_driver_sql(f"BEGIN {mode}")

@@ -43,6 +43,10 @@ async def abort_with(context: Context, exc: DomainError) -> None:
 class RpcBoundary(grpc.aio.ServerInterceptor):
     """Wraps every handler of the server with the error mapping and the `rpc.finished` log."""
 
+    def __init__(self) -> None:
+        # One wrapper per handler, built on its first call: the hot path only looks it up.
+        self._wrapped: dict[str, tuple[Any, grpc.RpcMethodHandler[Any, Any]]] = {}
+
     async def intercept_service(
         self,
         continuation: Callable[
@@ -53,7 +57,11 @@ class RpcBoundary(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
-        return _wrap(handler, handler_call_details.method)
+        method = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is None or cached[0] is not handler:
+            cached = self._wrapped[method] = (handler, _wrap(handler, method))
+        return cached[1]
 
 
 def _wrap(handler: grpc.RpcMethodHandler[Any, Any], method: str) -> grpc.RpcMethodHandler[Any, Any]:

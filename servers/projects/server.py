@@ -68,6 +68,7 @@ def database(settings: Settings) -> Database:
         settings.database(),
         migrations=[CORE_MIGRATIONS, MIGRATIONS],
         migrate=settings.migrates_on_start(),
+        pool_size=settings.database_pool_size,
     )
 
 
