@@ -51,7 +51,7 @@ check: $(VENV)/.installed check-generated
 	else echo "buf breaking: no committed contracts yet"; fi
 
 bench: $(VENV)/.installed
-	$(BIN)/python -m tests.bench
+	$(BIN)/python tests/bench/run.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -40,7 +40,14 @@ from core.errors import (
     NotFoundError,
 )
 from core.filtering import FilterField, compile_filter, parse_order_by
-from core.idempotency import check_request_id, claim, fingerprint, forget_expired, recall, record
+from core.idempotency import (
+    check_request_id,
+    claim,
+    fingerprint,
+    forget_expired,
+    recall,
+    record,
+)
 from core.outbox import emit, metadata
 from core.pagination import PageTokens, after, page_size
 from core.resource import apply_paths, etag_for, id_violations, mask_paths, parse_name, timestamp
@@ -101,6 +108,10 @@ class Resource(Generic[M]):
 
 class _DuplicateRequestError(Exception):
     """A concurrent request with the same request id committed first."""
+
+
+class _LostRaceError(Exception):
+    """A concurrent upsert created the row this one was about to create."""
 
 
 class Crud(Generic[M]):
@@ -191,6 +202,8 @@ class Crud(Generic[M]):
         id_field: str,
     ) -> M:
         r = self.resource
+        if request_id:  # checked in a dry run too
+            check_request_id(request_id)
         bad_id = id_violations(resource_id, id_field) if resource_id else []
         resource_id = resource_id or self._new_id()
         self._check(message, bad_id)
@@ -246,7 +259,10 @@ class Crud(Generic[M]):
             values = {**r.to_columns(merged), "update_time": datetime.now(UTC)}
             return await self._save(tx, current, values, "updated")
 
-        return await self._idempotent("update", request_id, request, work)
+        try:
+            return await self._idempotent("update", request_id, request, work)
+        except _LostRaceError:  # the row exists now: this attempt updates it
+            return await self._idempotent("update", request_id, request, work)
 
     async def delete(self, name: str, *, etag: str) -> M:
         return await self._set_deleted(name, etag, deleted=True)
@@ -302,7 +318,11 @@ class Crud(Generic[M]):
         now = datetime.now(UTC)
         values = {**self.resource.to_columns(message), "id": resource_id, "revision": 1}
         values |= {"create_time": now, "update_time": now, "delete_time": None, "purge_time": None}
-        await tx.conn.execute(self._insert, values)
+        try:
+            await tx.conn.execute(self._insert, values)
+        except IntegrityError:
+            # FOR UPDATE locks no missing row: a concurrent upsert inserted it first.
+            raise _LostRaceError from None
         return await self._written(tx, "created", values)
 
     async def _save(
@@ -351,7 +371,7 @@ class Crud(Generic[M]):
         if not request_id:
             return await self.db.run(work)
         request_id = check_request_id(request_id)
-        digest = fingerprint(f"{self.resource.collection}.{method}", request)
+        digest = fingerprint(f"{self.resource.collection}.{method}", request, request_id)
         message_type = self.resource.message
 
         async def once(tx: Transaction) -> M:

@@ -66,15 +66,22 @@ class FilterField:
     column: ColumnElement[Any]
     kind: Kind
     values: frozenset[str] = frozenset()
+    # For enums stored without their proto prefix: `PROJECT_TYPE_MUSIC_CLIP` is accepted too.
+    prefix: str = ""
 
     def __post_init__(self) -> None:
         if (self.kind is Kind.ENUM) != bool(self.values):
             raise ValueError("values are required for enum fields and only for them")
 
     @classmethod
-    def enum(cls, column: ColumnElement[Any], values: Iterable[str]) -> FilterField:
-        """An enum stored as its name, e.g. ``FilterField.enum(t.c.state, ["ACTIVE"])``."""
-        return cls(column, Kind.ENUM, frozenset(values))
+    def enum(
+        cls, column: ColumnElement[Any], values: Iterable[str], *, prefix: str = ""
+    ) -> FilterField:
+        """An enum stored as its name, e.g. ``FilterField.enum(t.c.state, ["ACTIVE"])``.
+
+        With `prefix` ("STATE_"), the full proto name (STATE_ACTIVE) works as well.
+        """
+        return cls(column, Kind.ENUM, frozenset(values), prefix)
 
 
 @dataclass(frozen=True, slots=True)
@@ -537,6 +544,8 @@ def _to_bool(arg: _Token, target: _Target) -> bool:
 
 def _to_enum(arg: _Token, target: _Target) -> str:
     value = _raw(arg)
+    if target.spec.prefix and value.startswith(target.spec.prefix):
+        value = value[len(target.spec.prefix) :]
     if arg.kind not in ("word", "string") or value not in target.spec.values:
         allowed = ", ".join(sorted(target.spec.values))
         detail = f"unknown value {_show(value)} for {_show(target.name)}, expected one of"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any, cast
 
 import sqlalchemy as sa
 from google.protobuf.message import Message
@@ -47,9 +48,16 @@ def check_request_id(request_id: str) -> str:
         ) from None
 
 
-def fingerprint(method: str, request: Message) -> str:
-    """Identifies a request body; deterministic serialization makes maps stable."""
-    body = request.SerializeToString(deterministic=True)
+def fingerprint(method: str, request: Message, request_id: str) -> str:
+    """Identifies a request body, whatever the spelling of its request id.
+
+    The request is hashed with its `request_id` field set to the normalised id, and
+    serialized deterministically so map order does not matter.
+    """
+    normal = type(request)()
+    normal.CopyFrom(request)
+    cast(Any, normal).request_id = request_id
+    body = normal.SerializeToString(deterministic=True)
     return hashlib.sha256(method.encode() + b"\0" + body).hexdigest()
 
 

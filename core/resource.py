@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import unicodedata
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
@@ -29,6 +30,24 @@ def id_violations(resource_id: str, field: str) -> list[FieldViolation]:
             "starting with a letter and not ending with a hyphen",
         )
     ]
+
+
+def text_violations(
+    field: str, value: str, *, max_length: int, required: bool = False, multiline: bool = False
+) -> list[FieldViolation]:
+    """Checks a text field: present if required, not too long, no control characters.
+
+    Control characters (NUL above all, which PostgreSQL cannot store) are refused;
+    `multiline` text may still hold tabs and line breaks.
+    """
+    if required and not value.strip():
+        return [FieldViolation(field, "is required")]
+    if len(value) > max_length:
+        return [FieldViolation(field, f"at most {max_length} characters")]
+    allowed = "\t\n\r" if multiline else ""
+    if any(unicodedata.category(c) == "Cc" and c not in allowed for c in value):
+        return [FieldViolation(field, "must not contain control characters")]
+    return []
 
 
 def parse_name(name: str, collection: str, field: str = "name") -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from core.errors import FieldViolation
+from core.resource import text_violations
 from mesh.projects.v1.projects_pb2 import Project
 
 MAX_DISPLAY_NAME = 200
@@ -20,23 +21,20 @@ WRITABLE = ("display_name", "description", "project_type", "owner", "labels")
 
 def validate(project: Project) -> list[FieldViolation]:
     """Every problem with a project's writable fields, each naming its field."""
-    violations = []
-    if not project.display_name.strip():
-        violations.append(FieldViolation("display_name", "is required"))
-    elif len(project.display_name) > MAX_DISPLAY_NAME:
-        violations.append(FieldViolation("display_name", f"at most {MAX_DISPLAY_NAME} characters"))
-    if len(project.description) > MAX_DESCRIPTION:
-        violations.append(FieldViolation("description", f"at most {MAX_DESCRIPTION} characters"))
+    violations = [
+        *text_violations(
+            "display_name", project.display_name, max_length=MAX_DISPLAY_NAME, required=True
+        ),
+        *text_violations(
+            "description", project.description, max_length=MAX_DESCRIPTION, multiline=True
+        ),
+        *text_violations("owner", project.owner, max_length=MAX_OWNER, required=True),
+    ]
     if project.project_type == Project.PROJECT_TYPE_UNSPECIFIED:
         violations.append(FieldViolation("project_type", "is required"))
     elif project.project_type not in Project.ProjectType.values():
         violations.append(FieldViolation("project_type", "is not a known project type"))
-    if not project.owner.strip():
-        violations.append(FieldViolation("owner", "is required"))
-    elif len(project.owner) > MAX_OWNER:
-        violations.append(FieldViolation("owner", f"at most {MAX_OWNER} characters"))
-    violations += _label_violations(project)
-    return violations
+    return violations + _label_violations(project)
 
 
 def _label_violations(project: Project) -> list[FieldViolation]:
@@ -50,8 +48,6 @@ def _label_violations(project: Project) -> list[FieldViolation]:
                     f"labels.{key}", "keys are 1-63 of [a-z0-9_-], starting with a letter"
                 )
             )
-        elif len(value) > MAX_LABEL_VALUE:
-            violations.append(
-                FieldViolation(f"labels.{key}", f"at most {MAX_LABEL_VALUE} characters")
-            )
+        else:
+            violations += text_violations(f"labels.{key}", value, max_length=MAX_LABEL_VALUE)
     return violations

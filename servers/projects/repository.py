@@ -73,9 +73,9 @@ PROJECTS = Resource(
     filter_fields={
         "display_name": FilterField(projects.c.display_name, Kind.STRING),
         "description": FilterField(projects.c.description, Kind.STRING),
-        "project_type": FilterField.enum(projects.c.project_type, TYPES),
+        "project_type": FilterField.enum(projects.c.project_type, TYPES, prefix=TYPE_PREFIX),
         "owner": FilterField(projects.c.owner, Kind.STRING),
-        "state": FilterField.enum(_state, ["ACTIVE", "DELETED"]),
+        "state": FilterField.enum(_state, ["ACTIVE", "DELETED"], prefix="STATE_"),
         "create_time": FilterField(projects.c.create_time, Kind.TIMESTAMP),
         "update_time": FilterField(projects.c.update_time, Kind.TIMESTAMP),
         "delete_time": FilterField(projects.c.delete_time, Kind.TIMESTAMP),

@@ -334,8 +334,8 @@ class ListProjectsRequest(_message.Message):
     """
     filter: _builtins.str
     """An AIP-160 filter over display_name, description, project_type, owner, state,
-    create_time, update_time, delete_time and labels.<key>. Enum values may be written
-    without their prefix (MUSIC_CLIP for PROJECT_TYPE_MUSIC_CLIP), e.g.
+    create_time, update_time, delete_time and labels.<key>. Enum values are written with
+    or without their prefix (MUSIC_CLIP or PROJECT_TYPE_MUSIC_CLIP; ACTIVE or STATE_ACTIVE), e.g.
     `project_type = MUSIC_CLIP AND labels.team = "core" AND create_time > "2026-01-01T00:00:00Z"`.
     """
     order_by: _builtins.str
