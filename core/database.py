@@ -104,6 +104,7 @@ class Database(Component):
             "pool_timeout": pool_timeout,
         }
         self._engine: AsyncEngine | None = None
+        self._variants: dict[tuple[tuple[str, Any], ...], AsyncEngine] = {}
         # SQLite: our begin hook skips BEGIN; PostgreSQL: the driver's autocommit.
         self._autocommit: dict[str, Any] = (
             {"mesh_begin": None} if self.dialect == "sqlite" else {"isolation_level": "AUTOCOMMIT"}
@@ -137,6 +138,7 @@ class Database(Component):
         if self._engine is not None:
             await self._engine.dispose()
             self._engine = None
+            self._variants.clear()
 
     async def check_health(self) -> Health:
         try:
@@ -148,16 +150,18 @@ class Database(Component):
         return Health.healthy(dialect=self.dialect, pool=pool.status())
 
     @asynccontextmanager
-    async def connect(self, *, read_only: bool = False) -> AsyncIterator[AsyncConnection]:
+    async def connect(
+        self, *, read_only: bool = False, **options: Any
+    ) -> AsyncIterator[AsyncConnection]:
         """A pooled connection; an unreachable or lost database is UNAVAILABLE, not INTERNAL.
 
         With `read_only`, each statement runs on its own (autocommit): a single-statement
-        read needs no BEGIN and ROLLBACK round trips.
+        read needs no BEGIN and ROLLBACK round trips. `options` are SQLAlchemy execution
+        options such as `isolation_level`.
         """
+        engine = self._variant(**(self._autocommit if read_only else options))
         try:
-            conn = await self.engine.connect().start()
-            if read_only:
-                await conn.execution_options(**self._autocommit)
+            conn = await engine.connect().start()
         except Exception as exc:
             raise _unavailable() from exc
         try:
@@ -183,15 +187,26 @@ class Database(Component):
             write: On SQLite, take the write lock at BEGIN (IMMEDIATE) so two writers queue
                 instead of failing when one upgrades a read lock.
         """
-        options: dict[str, Any] = {"mesh_begin": "IMMEDIATE" if write else "DEFERRED"}
-        if isolation and self.dialect != "sqlite":
+        options: dict[str, Any] = {}
+        if self.dialect == "sqlite":
+            options["mesh_begin"] = "IMMEDIATE" if write else "DEFERRED"
+        elif isolation:
             options["isolation_level"] = isolation
-        async with asyncio.timeout(timeout), self.connect() as conn:
-            await conn.execution_options(**options)
+        async with asyncio.timeout(timeout), self.connect(**options) as conn:
             tx = Transaction(conn)
             async with conn.begin():
                 yield tx
         await tx._run_hooks()
+
+    def _variant(self, **options: Any) -> AsyncEngine:
+        """The engine with these execution options, made once: it shares the one pool."""
+        if not options:
+            return self.engine
+        key = tuple(sorted(options.items()))
+        variant = self._variants.get(key)
+        if variant is None:
+            variant = self._variants[key] = self.engine.execution_options(**options)
+        return variant
 
     async def run(
         self,

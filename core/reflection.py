@@ -14,12 +14,14 @@ from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
+from core.rpc import BoundaryServer
+
 V1_SERVICE = "grpc.reflection.v1.ServerReflection"
 _V1ALPHA = "grpc.reflection.v1alpha"
 _V1 = "grpc.reflection.v1"
 
 
-def enable_reflection(server: grpc.aio.Server, service_names: Iterable[str]) -> None:
+def enable_reflection(server: BoundaryServer, service_names: Iterable[str]) -> None:
     """Adds reflection v1 and v1alpha listing `service_names`, health and reflection itself."""
     _register_v1_descriptor()
     names = [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME, V1_SERVICE]

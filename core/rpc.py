@@ -1,4 +1,4 @@
-"""The error boundary: one server interceptor that every call passes through.
+"""The error boundary: one wrapper around every handler a server registers.
 
 - A `DomainError` becomes its gRPC code with a `google.rpc.Status` carrying `ErrorInfo`
   (and `BadRequest` field violations for bad fields).
@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, cast
 
 import grpc
@@ -40,21 +40,39 @@ async def abort_with(context: Context, exc: DomainError) -> None:
     await context.abort(exc.code, exc.message, ((DETAILS_KEY, status.SerializeToString()),))
 
 
-class RpcBoundary(grpc.aio.ServerInterceptor):
-    """Wraps every handler of the server with the error mapping and the `rpc.finished` log."""
+class BoundaryServer:
+    """Stands in for a grpc.aio.Server while services register, wrapping every handler once.
 
-    def __init__(self) -> None:
-        # One wrapper per handler, built on its first call: the hot path only looks it up.
+    The generated `add_<Name>Servicer_to_server` functions (ours, health's, reflection's)
+    call these two methods. Wrapping here rather than in a ServerInterceptor keeps the
+    interceptor chain, and its per-call coroutine, off every call: a measured 10 % of the
+    CPU of a cached read.
+    """
+
+    def __init__(self, server: grpc.aio.Server) -> None:
+        self._server = server
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler[Any, Any]]
+    ) -> None:
+        wrapped = {name: _wrap(h, f"/{service}/{name}") for name, h in handlers.items()}
+        self._server.add_registered_method_handlers(service, wrapped)
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        self._server.add_generic_rpc_handlers(tuple(_Wrapped(h) for h in handlers))
+
+
+class _Wrapped(grpc.GenericRpcHandler):
+    """A generic handler whose method handlers pass through the boundary."""
+
+    def __init__(self, inner: grpc.GenericRpcHandler) -> None:
+        self._inner = inner
         self._wrapped: dict[str, tuple[Any, grpc.RpcMethodHandler[Any, Any]]] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
+    def service(
+        self, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(handler_call_details)
+        handler = self._inner.service(handler_call_details)
         if handler is None:
             return None
         method = handler_call_details.method

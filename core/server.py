@@ -27,7 +27,7 @@ from core.container import Container, StartError, StopError
 from core.lifecycle import Component, FatalStartError
 from core.probes import HealthPublisher, HealthServicer
 from core.reflection import enable_reflection
-from core.rpc import RpcBoundary
+from core.rpc import BoundaryServer
 
 log = structlog.get_logger()
 
@@ -47,7 +47,8 @@ class Service:
 
     descriptor: ServiceDescriptor
     servicer: Any
-    add_to_server: Callable[[Any, grpc.aio.Server], None]
+    # Called with a core.rpc.BoundaryServer, which has the two methods generated code uses.
+    add_to_server: Callable[[Any, Any], None]
     needs: tuple[str, ...] | None = None
 
     @property
@@ -108,11 +109,12 @@ class GrpcServer(Component):
         return [s.name for s in self.services]
 
     async def start(self) -> None:
-        server = grpc.aio.server(interceptors=[RpcBoundary()], options=self._options)
+        server = grpc.aio.server(options=self._options)
+        bounded = BoundaryServer(server)  # every handler passes through core.rpc's boundary
         for service in self.services:
-            service.add_to_server(service.servicer, server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        enable_reflection(server, self.service_names)
+            service.add_to_server(service.servicer, bounded)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, bounded)
+        enable_reflection(bounded, self.service_names)
         try:
             self.port = server.add_insecure_port(self.address)
         except RuntimeError:
