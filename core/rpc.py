@@ -18,7 +18,7 @@ from typing import Any, cast
 
 import grpc
 import structlog
-from structlog.contextvars import bound_contextvars
+from structlog.contextvars import bind_contextvars
 
 from core.errors import DETAILS_KEY, DomainError, InternalError, InvalidArgumentError, to_status
 
@@ -143,63 +143,74 @@ def _checked(request: Any, unary_request: bool) -> Any:
 
 def _unary(behavior: Any, method: str, *, unary_request: bool) -> Any:
     async def handle(request: Any, context: Context) -> Any:
-        async with _boundary(method, context):
-            return await behavior(_checked(request, unary_request), context)
+        started = _begin(method, context)
+        try:
+            response = await behavior(_checked(request, unary_request), context)
+        except BaseException as exc:
+            await _failed(context, exc, started)
+            raise
+        _finished(context.code() or grpc.StatusCode.OK, started)
+        return response
 
     return handle
 
 
 def _streaming_gen(behavior: Any, method: str, *, unary_request: bool) -> Any:
     async def handle(request: Any, context: Context) -> AsyncIterator[Any]:
-        async with _boundary(method, context):
+        started = _begin(method, context)
+        try:
             async for response in behavior(_checked(request, unary_request), context):
                 yield response
+        except BaseException as exc:
+            await _failed(context, exc, started)
+            raise
+        _finished(context.code() or grpc.StatusCode.OK, started)
 
     return handle
 
 
 def _streaming_coro(behavior: Any, method: str, *, unary_request: bool) -> Any:
     async def handle(request: Any, context: Context) -> None:
-        async with _boundary(method, context):
+        started = _begin(method, context)
+        try:
             await behavior(_checked(request, unary_request), context)
+        except BaseException as exc:
+            await _failed(context, exc, started)
+            raise
+        _finished(context.code() or grpc.StatusCode.OK, started)
 
     return handle
 
 
-class _boundary:  # noqa: N801 - used like a function: `async with _boundary(...)`
-    """Maps exceptions raised inside the block and logs `rpc.finished` when it ends."""
+def _begin(method: str, context: Context) -> float:
+    # grpc.aio runs every call in a task of its own, with its own copy of the context
+    # variables: what we bind here is seen by the handler's logs and needs no unbinding.
+    bind_contextvars(rpc=method, peer=context.peer())
+    return time.perf_counter()
 
-    def __init__(self, method: str, context: Context) -> None:
-        self._method = method
-        self._context = context
-        self._started = 0.0
-        self._bound = bound_contextvars(rpc=method, peer=context.peer())
 
-    async def __aenter__(self) -> None:
-        self._bound.__enter__()
-        self._started = time.perf_counter()
+def _finished(code: grpc.StatusCode, started: float) -> None:
+    log.info("rpc.finished", code=code.name, ms=round((time.perf_counter() - started) * 1000, 3))
 
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
-    ) -> bool:
-        context = self._context
-        replacement: DomainError | None = None
-        if exc is None:
-            code = context.code() or grpc.StatusCode.OK
-        elif isinstance(exc, asyncio.CancelledError | GeneratorExit):
-            code = grpc.StatusCode.CANCELLED
-        elif isinstance(exc, grpc.aio.AbortError):
-            code = context.code() or grpc.StatusCode.UNKNOWN
-        elif isinstance(exc, DomainError):
-            code, replacement = exc.code, exc
-        elif isinstance(exc, Exception):
-            log.error("rpc.unexpected_error", exc_info=exc)
-            code, replacement = grpc.StatusCode.INTERNAL, InternalError("internal error")
-        else:  # KeyboardInterrupt and the like are not ours to turn into a status
-            code = grpc.StatusCode.UNKNOWN
-        ms = round((time.perf_counter() - self._started) * 1000, 3)
-        log.info("rpc.finished", code=code.name, ms=ms)
-        self._bound.__exit__(None, None, None)
-        if replacement is not None:
-            await abort_with(context, replacement)  # raises AbortError in place of `exc`
-        return False
+
+async def _failed(context: Context, exc: BaseException, started: float) -> None:
+    """Logs the call's end; for a domain or unexpected error, aborts with its status.
+
+    Returns (so the caller re-raises) for cancellation, aborts already made and
+    non-`Exception` errors; raises AbortError in place of `exc` otherwise.
+    """
+    replacement: DomainError | None = None
+    if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+        code = grpc.StatusCode.CANCELLED
+    elif isinstance(exc, grpc.aio.AbortError):
+        code = context.code() or grpc.StatusCode.UNKNOWN
+    elif isinstance(exc, DomainError):
+        code, replacement = exc.code, exc
+    elif isinstance(exc, Exception):
+        log.error("rpc.unexpected_error", exc_info=exc)
+        code, replacement = grpc.StatusCode.INTERNAL, InternalError("internal error")
+    else:  # KeyboardInterrupt and the like are not ours to turn into a status
+        code = grpc.StatusCode.UNKNOWN
+    _finished(code, started)
+    if replacement is not None:
+        await abort_with(context, replacement)
