@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
 
-import pytest
 from structlog.testing import capture_logs
 
 from clients.projects import ProjectsClient
@@ -24,7 +22,6 @@ from tests.conftest import Running, projects_container, running, settings_for
 from tests.integration._projects import (
     a_project,
     attempt,
-    client_of,
     create_request,
     event_types,
     outcome,
@@ -34,12 +31,6 @@ from tests.integration._projects import (
 
 NAME = "projects/demo"
 RACERS = 10
-
-
-@pytest.fixture
-async def projects(projects_server: Running) -> AsyncIterator[ProjectsClient]:
-    async with client_of(projects_server) as client:
-        yield client
 
 
 def kinds(results: list[object]) -> Counter[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 from structlog.testing import capture_logs
@@ -15,7 +14,6 @@ from tests.conftest import Running
 from tests.integration._projects import (
     a_project,
     attempt,
-    client_of,
     create_request,
     event_types,
     outcome,
@@ -23,12 +21,6 @@ from tests.integration._projects import (
     raw_stub,
     violated_fields,
 )
-
-
-@pytest.fixture
-async def projects(projects_server: Running) -> AsyncIterator[ProjectsClient]:
-    async with client_of(projects_server) as client:
-        yield client
 
 
 async def test_a_valid_project_is_created_active_with_name_etag_and_times(

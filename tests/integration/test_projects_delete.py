@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -23,17 +22,6 @@ from tests.integration._projects import (
 )
 
 NAME = "projects/demo"
-
-
-@pytest.fixture
-async def projects(projects_server: Running) -> AsyncIterator[ProjectsClient]:
-    async with client_of(projects_server) as client:
-        yield client
-
-
-@pytest.fixture
-async def demo(projects: ProjectsClient) -> Project:
-    return await projects.create_project(a_project(), project_id="demo")
 
 
 async def test_delete_is_soft_setting_delete_and_purge_times(

@@ -12,14 +12,8 @@ from structlog.testing import capture_logs
 
 from clients.projects import ProjectsClient
 from core.errors import DomainError, UnavailableError
-from tests.conftest import PG_ADMIN_DSN, Running
-from tests.integration._projects import a_project, client_of
-
-
-@pytest.fixture
-async def projects(projects_server: Running) -> AsyncIterator[ProjectsClient]:
-    async with client_of(projects_server) as client:
-        yield client
+from tests.conftest import PG_ADMIN_DSN
+from tests.integration._projects import a_project
 
 
 @asynccontextmanager

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -12,13 +11,7 @@ from clients.projects import ProjectsClient
 from core.errors import InvalidArgumentError
 from mesh.projects.v1.projects_pb2 import Project
 from tests.conftest import Running
-from tests.integration._projects import a_project, client_of, insert_rows, violated_fields
-
-
-@pytest.fixture
-async def projects(projects_server: Running) -> AsyncIterator[ProjectsClient]:
-    async with client_of(projects_server) as client:
-        yield client
+from tests.integration._projects import a_project, insert_rows, violated_fields
 
 
 async def create_named(projects: ProjectsClient, *names: str, owner: str = "users/alice") -> None:

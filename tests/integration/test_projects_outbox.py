@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 
 from clients.projects import ProjectsClient
@@ -17,7 +15,6 @@ from tests.integration._projects import (
     EVENT,
     SOURCE,
     a_project,
-    client_of,
     event_types,
     events,
     project_rows,
@@ -28,12 +25,6 @@ NAME = "projects/demo"
 
 class BoomError(Exception):
     pass
-
-
-@pytest.fixture
-async def projects(projects_server: Running) -> AsyncIterator[ProjectsClient]:
-    async with client_of(projects_server) as client:
-        yield client
 
 
 async def test_each_committed_change_writes_one_event_with_the_new_project(

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 
 from clients.projects import ProjectsClient
 from core.errors import InvalidArgumentError, NotFoundError
 from mesh.projects.v1.projects_pb2 import Project
-from tests.conftest import Running
-from tests.integration._projects import a_project, client_of, violated_fields
+from tests.integration._projects import a_project, violated_fields
 
 MALFORMED_NAMES = [
     "",
@@ -24,12 +21,6 @@ MALFORMED_NAMES = [
     "/projects/demo",
     "projects/demo'; DROP TABLE projects; --",
 ]
-
-
-@pytest.fixture
-async def projects(projects_server: Running) -> AsyncIterator[ProjectsClient]:
-    async with client_of(projects_server) as client:
-        yield client
 
 
 async def test_a_missing_project_is_not_found_naming_it(projects: ProjectsClient) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -18,24 +17,12 @@ from mesh.projects.v1.projects_pb2 import Project
 from tests.conftest import Running
 from tests.integration._projects import (
     a_project,
-    client_of,
     event_types,
     project_rows,
     violated_fields,
 )
 
 NAME = "projects/demo"
-
-
-@pytest.fixture
-async def projects(projects_server: Running) -> AsyncIterator[ProjectsClient]:
-    async with client_of(projects_server) as client:
-        yield client
-
-
-@pytest.fixture
-async def demo(projects: ProjectsClient) -> Project:
-    return await projects.create_project(a_project(), project_id="demo")
 
 
 async def test_without_a_mask_only_the_fields_set_are_written(
