@@ -48,7 +48,7 @@ from core.idempotency import (
     recall,
     record,
 )
-from core.outbox import emit, metadata
+from core.outbox import emit, event_row, insert_with_event, metadata
 from core.pagination import PageTokens, after, page_size
 from core.resource import apply_paths, etag_for, id_violations, mask_paths, parse_name, timestamp
 
@@ -149,7 +149,7 @@ class Crud(Generic[M]):
             )
         ids = [parse_name(n, self.resource.collection, f"names[{i}]") for i, n in enumerate(names)]
         table = self.resource.table
-        async with self.db.connect(read_only=True) as conn:
+        async with self.db.connect(autocommit=True) as conn:
             rows = (await conn.execute(sa.select(table).where(table.c.id.in_(ids)))).all()
         found = {row.id: self._message(row._mapping) for row in rows}
         for name, resource_id in zip(names, ids, strict=True):
@@ -172,7 +172,7 @@ class Crud(Generic[M]):
             where.append(after(columns, descending, tokens.decode(token, query)))
         sort = [c.desc() if d else c.asc() for c, d in zip(columns, descending, strict=True)]
         statement = sa.select(table).where(*where).order_by(*sort).limit(limit + 1)
-        async with self.db.connect(read_only=True) as conn:
+        async with self.db.connect(autocommit=True) as conn:
             rows = (await conn.execute(statement)).all()
         page = [self._message(row._mapping) for row in rows[:limit]]
         if len(rows) <= limit:
@@ -186,7 +186,7 @@ class Crud(Generic[M]):
             .select_from(self.resource.table)
             .where(*self._where(filter, show_deleted))
         )
-        async with self.db.connect(read_only=True) as conn:
+        async with self.db.connect(autocommit=True) as conn:
             return int((await conn.execute(statement)).scalar_one())
 
     # -- writes ---------------------------------------------------------------------------
@@ -215,6 +215,9 @@ class Crud(Generic[M]):
                 raise self._exists(resource_id)
             return self._message(values)
 
+        if not request_id and self.db.dialect == "postgresql":
+            return await self._create_at_once(values)
+
         async def work(tx: Transaction) -> M:
             try:
                 await tx.conn.execute(self._insert, values)
@@ -223,6 +226,26 @@ class Crud(Generic[M]):
             return await self._written(tx, "created", values)
 
         return await self._idempotent("create", request_id, request, work)
+
+    async def _create_at_once(self, values: dict[str, Any]) -> M:
+        """The row and its outbox event in one atomic statement: one round trip."""
+        message = self._message(values)
+        event = event_row(
+            type=f"{self.resource.event_prefix}.created",
+            source=self.resource.source,
+            subject=cast(Any, message).name,
+            data=message,
+        )
+        table = self.resource.table
+        statement = insert_with_event(table.insert().values(values).returning(table.c.id), event)
+        try:
+            async with self.db.connect(autocommit=True) as conn:
+                await conn.execute(statement)
+        except IntegrityError:
+            raise self._exists(values["id"]) from None
+        if self.cache is not None:  # a cached "not found" for this id is now wrong
+            await self.cache.invalidate(self._key(values["id"]))
+        return message
 
     async def update(
         self,
@@ -389,7 +412,7 @@ class Crud(Generic[M]):
         try:
             return await self.db.run(once)
         except _DuplicateRequestError:
-            async with self.db.connect(read_only=True) as conn:
+            async with self.db.connect(autocommit=True) as conn:
                 stored = await recall(conn, request_id, method, digest)
             assert stored is not None  # the other request committed its record
             return message_type.FromString(stored)
@@ -400,7 +423,7 @@ class Crud(Generic[M]):
         return await self.cache.get(self._key(resource_id), lambda: self._load(resource_id))
 
     async def _load(self, resource_id: str) -> bytes | None:
-        async with self.db.connect(read_only=True) as conn:
+        async with self.db.connect(autocommit=True) as conn:
             row = (await conn.execute(self._select_one, {"id": resource_id})).first()
         return None if row is None else self._message(row._mapping).SerializeToString()
 
@@ -432,7 +455,7 @@ class Crud(Generic[M]):
 
     async def _page_tokens(self) -> PageTokens:
         if self._tokens is None:
-            async with self.db.connect(read_only=True) as conn:
+            async with self.db.connect(autocommit=True) as conn:
                 query = sa.select(_secrets.c.value).where(_secrets.c.name == "page_token")
                 secret = (await conn.execute(query)).scalar_one()
             self._tokens = PageTokens(bytes.fromhex(secret))

@@ -151,15 +151,15 @@ class Database(Component):
 
     @asynccontextmanager
     async def connect(
-        self, *, read_only: bool = False, **options: Any
+        self, *, autocommit: bool = False, **options: Any
     ) -> AsyncIterator[AsyncConnection]:
         """A pooled connection; an unreachable or lost database is UNAVAILABLE, not INTERNAL.
 
-        With `read_only`, each statement runs on its own (autocommit): a single-statement
-        read needs no BEGIN and ROLLBACK round trips. `options` are SQLAlchemy execution
-        options such as `isolation_level`.
+        With `autocommit`, each statement is its own transaction: a single-statement read
+        or write needs no BEGIN, COMMIT or ROLLBACK round trips. `options` are SQLAlchemy
+        execution options such as `isolation_level`.
         """
-        engine = self._variant(**(self._autocommit if read_only else options))
+        engine = self._variant(**(self._autocommit if autocommit else options))
         try:
             conn = await engine.connect().start()
         except Exception as exc:
