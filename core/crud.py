@@ -48,7 +48,7 @@ from core.idempotency import (
     recall,
     record,
 )
-from core.outbox import emit, event_row, insert_with_event, metadata
+from core.outbox import emit, event_row, insert_with_event, metadata, with_event
 from core.pagination import PageTokens, after, page_size
 from core.resource import apply_paths, etag_for, id_violations, mask_paths, parse_name, timestamp
 
@@ -129,6 +129,7 @@ class Crud(Generic[M]):
         self._select_one = sa.select(table).where(by_id)
         self._select_for_update = sa.select(table).where(by_id).with_for_update()
         self._insert = table.insert()
+        self._insert_with_event = insert_with_event(table)
         self._tokens: PageTokens | None = None
 
     # -- reads ----------------------------------------------------------------------------
@@ -236,11 +237,9 @@ class Crud(Generic[M]):
             subject=cast(Any, message).name,
             data=message,
         )
-        table = self.resource.table
-        statement = insert_with_event(table.insert().values(values).returning(table.c.id), event)
         try:
             async with self.db.connect(autocommit=True) as conn:
-                await conn.execute(statement)
+                await conn.execute(self._insert_with_event, with_event(values, event))
         except IntegrityError:
             raise self._exists(values["id"]) from None
         if self.cache is not None:  # a cached "not found" for this id is now wrong

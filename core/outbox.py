@@ -78,16 +78,26 @@ async def emit(tx: Transaction, **event: Any) -> str:
     return str(row["event_id"])
 
 
-def insert_with_event(insert: sa.Insert, event: dict[str, Any]) -> sa.Insert:
-    """One statement that inserts a row and, only if that succeeds, its outbox event.
+def insert_with_event(table: sa.Table) -> sa.Insert:
+    """One statement that inserts a row of `table` and, only if that succeeds, its event.
 
-    PostgreSQL runs a data-modifying WITH as one atomic statement, so a single round
-    trip in autocommit replaces BEGIN, two INSERTs and COMMIT.
+    Parameters: the row's columns by name, and the event row's with an `event_` prefix
+    (see `with_event`). PostgreSQL runs a data-modifying WITH as one atomic statement, so
+    a single autocommit round trip replaces BEGIN, two INSERTs and COMMIT. Build it once:
+    SQLAlchemy then compiles it once.
     """
-    created = insert.cte("created")
-    columns = [sa.literal(value, outbox.c[name].type).label(name) for name, value in event.items()]
+    row = {c.name: sa.bindparam(c.name, type_=c.type) for c in table.c}
+    created = table.insert().values(row).returning(*table.primary_key.columns).cte("created")
+    event = [sa.bindparam(f"event_{c.name}", type_=c.type).label(c.name) for c in _EVENT_COLUMNS]
+    names = [c.name for c in _EVENT_COLUMNS]
     return (
-        outbox.insert()
-        .from_select(list(event), sa.select(*columns).select_from(created))
-        .add_cte(created)
+        outbox.insert().from_select(names, sa.select(*event).select_from(created)).add_cte(created)
     )
+
+
+def with_event(row: dict[str, Any], event: dict[str, Any]) -> dict[str, Any]:
+    """The parameters of `insert_with_event` for this row and event row."""
+    return {**row, **{f"event_{name}": value for name, value in event.items()}}
+
+
+_EVENT_COLUMNS = [c for c in outbox.c if c.name not in ("position", "sent_time")]
