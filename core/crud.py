@@ -136,10 +136,14 @@ class Crud(Generic[M]):
 
     async def get(self, name: str) -> M:
         resource_id = parse_name(name, self.resource.collection)
-        raw = await self._cached(resource_id)
-        if raw is None:
+        if self.cache is None:  # no bytes to share: skip the serialize-and-parse
+            message = await self._read(resource_id)
+        else:
+            raw = await self._cached(resource_id)
+            message = None if raw is None else self.resource.message.FromString(raw)
+        if message is None:
             raise self._not_found(name)
-        return self.resource.message.FromString(raw)
+        return message
 
     async def batch_get(self, names: Sequence[str]) -> list[M]:
         if len(names) > MAX_BATCH:
@@ -422,9 +426,13 @@ class Crud(Generic[M]):
         return await self.cache.get(self._key(resource_id), lambda: self._load(resource_id))
 
     async def _load(self, resource_id: str) -> bytes | None:
+        message = await self._read(resource_id)
+        return None if message is None else message.SerializeToString()
+
+    async def _read(self, resource_id: str) -> M | None:
         async with self.db.connect(autocommit=True) as conn:
             row = (await conn.execute(self._select_one, {"id": resource_id})).first()
-        return None if row is None else self._message(row._mapping).SerializeToString()
+        return None if row is None else self._message(row._mapping)
 
     def _message(self, row: RowLike) -> M:
         r = self.resource
