@@ -28,7 +28,6 @@ import json
 import random
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -41,6 +40,7 @@ from redis.exceptions import RedisError
 
 from core.health import Health
 from core.lifecycle import Component
+from core.lru import LocalTier
 
 log = structlog.get_logger()
 
@@ -58,13 +58,6 @@ _MAX_PENDING = 1_000  # invalidations kept for retry while Redis is unreachable
 
 class _UnavailableError(Exception):
     """Redis is backing off or the operation just failed; the caller falls back."""
-
-
-@dataclass(slots=True)
-class _Entry:
-    value: bytes | None
-    size: int
-    expires: float  # time.monotonic()
 
 
 @dataclass(eq=False, slots=True)
@@ -113,19 +106,16 @@ class Cache(Component):
         if max_entries < 1 or max_bytes < 0 or min(ttl, negative_ttl, tombstone_ttl) <= 0:
             raise ValueError("cache limits must be positive")
         self._url = redis_url
-        self._max_entries, self._max_bytes = max_entries, max_bytes
         self._ttl, self._negative_ttl, self._tombstone_ttl = ttl, negative_ttl, tombstone_ttl
         self._timeout, self._backoff = redis_timeout, backoff
         self._channel, self._prefix = channel, prefix
         self._id = uuid.uuid4().hex  # lets the listener skip this instance's own messages
-        self._entries: OrderedDict[str, _Entry] = OrderedDict()
-        self._bytes = 0
+        self._local = LocalTier(max_entries, max_bytes)
         self._flights: dict[str, _Flight] = {}
         self._tasks: set[asyncio.Task[bytes | None]] = set()
         self._pending: set[str] = set()
         self._counts = dict.fromkeys(
-            ("hits_local", "hits_redis", "misses", "loads", "load_errors", "errors", "evictions"),
-            0,
+            ("hits_local", "hits_redis", "misses", "loads", "load_errors", "errors"), 0
         )
         self._client: Redis | None = None
         self._listener: asyncio.Task[None] | None = None
@@ -189,7 +179,7 @@ class Cache(Component):
         Concurrent misses for one key share a single load; if it raises, every waiter gets
         the exception and nothing is cached. Cancelling a waiter does not cancel the load.
         """
-        entry = self._lookup(key) if self._local_trusted() else None
+        entry = self._local.lookup(key) if self._local_trusted() else None
         if entry is not None:
             self._counts["hits_local"] += 1
             return entry.value
@@ -225,41 +215,19 @@ class Cache(Component):
         `misses` counts gets the local tier could not answer; `hits_redis` and `loads`
         count shared loads (one per key however many waited); `errors` are Redis failures.
         """
-        return {**self._counts, "entries": len(self._entries), "bytes": self._bytes}
+        local = self._local
+        return {
+            **self._counts,
+            "evictions": local.evictions,
+            "entries": len(local),
+            "bytes": local.total_bytes,
+        }
 
     def __contains__(self, key: object) -> bool:
         """True if the local tier holds a live entry for `key`; does not touch LRU order."""
-        entry = self._entries.get(key) if isinstance(key, str) else None
-        return entry is not None and entry.expires > time.monotonic()
+        return key in self._local
 
     # -- local tier -----------------------------------------------------------------------
-
-    def _lookup(self, key: str) -> _Entry | None:
-        entry = self._entries.get(key)
-        if entry is not None and entry.expires <= time.monotonic():
-            self._drop(key)
-            return None
-        if entry is not None:
-            self._entries.move_to_end(key)
-        return entry
-
-    def _store(self, key: str, value: bytes | None) -> None:
-        self._drop(key)
-        size = 0 if value is None else len(value)
-        if size > self._max_bytes:
-            return
-        ttl = self._negative_ttl if value is None else self._ttl
-        self._entries[key] = _Entry(value, size, time.monotonic() + _jitter(ttl))
-        self._bytes += size
-        while len(self._entries) > self._max_entries or self._bytes > self._max_bytes:
-            _, evicted = self._entries.popitem(last=False)
-            self._bytes -= evicted.size
-            self._counts["evictions"] += 1
-
-    def _drop(self, key: str) -> None:
-        entry = self._entries.pop(key, None)
-        if entry is not None:
-            self._bytes -= entry.size
 
     # A load that started before an invalidation of its key must not store what it read.
     # Each load is a _Flight; invalidating a key retires its flight (a per-key generation
@@ -267,14 +235,13 @@ class Cache(Component):
     # get the result, later callers start a fresh load, and the retired one stores nothing.
     def _forget(self, keys: Iterable[str]) -> None:
         for key in keys:
-            self._drop(key)
+            self._local.drop(key)
             flight = self._flights.pop(key, None)
             if flight is not None:
                 flight.stale = True
 
     def _clear_local(self) -> None:
-        self._entries.clear()
-        self._bytes = 0
+        self._local.clear()
         self._forget(list(self._flights))
 
     # -- loads ----------------------------------------------------------------------------
@@ -296,7 +263,8 @@ class Cache(Component):
             if not flight.stale:
                 await self._write_remote(flight.key, value)
         if not flight.stale and self._local_trusted():
-            self._store(flight.key, value)
+            ttl = self._negative_ttl if value is None else self._ttl
+            self._local.store(flight.key, value, _jitter(ttl))
         return value
 
     def _landed(self, flight: _Flight, task: asyncio.Task[bytes | None]) -> None:

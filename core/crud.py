@@ -39,7 +39,7 @@ from core.errors import (
     InvalidArgumentError,
     NotFoundError,
 )
-from core.filtering import FilterField, compile_filter, parse_order_by
+from core.filtering import FilterField, compile_filter
 from core.idempotency import (
     check_request_id,
     claim,
@@ -48,6 +48,7 @@ from core.idempotency import (
     recall,
     record,
 )
+from core.ordering import parse_order_by
 from core.outbox import emit, event_row, insert_with_event, metadata, with_event
 from core.pagination import PageTokens, after, page_size
 from core.resource import apply_paths, etag_for, id_violations, mask_paths, parse_name, timestamp

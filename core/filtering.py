@@ -1,9 +1,10 @@
-"""AIP-160 `filter` and AIP-132 `order_by` strings compiled to SQLAlchemy Core expressions.
+"""AIP-160 `filter` strings compiled to SQLAlchemy Core expressions.
 
 Only whitelisted fields can be named; every value, label key included, reaches the database
 as a bound parameter. Anything malformed raises `InvalidArgumentError` (reason
-`INVALID_FILTER` on field `filter`, or `INVALID_ORDER_BY` on field `order_by`) whose message
-names the 1-based character position, e.g. ``filter: unexpected ')' at position 14``.
+`INVALID_FILTER` on field `filter`) whose message names the 1-based character position,
+e.g. ``filter: unexpected ')' at position 14``. AIP-132 `order_by` is in `core.ordering`,
+which reports its errors through `_raise` and `_show` here.
 
 Supported subset of https://google.aip.dev/160: ``= != < <= > >=``, the has operator ``:``
 (``field:*`` for presence, ``labels:key`` and ``labels.key:*`` for a map key), ``AND``,
@@ -21,8 +22,7 @@ Usage::
         "labels": FilterField(projects.c.labels, Kind.MAP),
     }
     where = compile_filter('state = ACTIVE labels.env = "prod" OR labels:canary', fields)
-    ordering = parse_order_by("display_name desc", {"display_name": projects.c.display_name})
-    stmt = select(projects).where(where).order_by(*ordering.clauses)
+    stmt = select(projects).where(where)
 """
 
 # Why hand-written: the one SQLAlchemy-targeting AIP-160 package on PyPI (sqlalchemy-aip160,
@@ -35,14 +35,14 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
 from typing import Any, NoReturn
 
 import sqlalchemy as sa
-from sqlalchemy.sql.elements import ColumnElement, UnaryExpression
+from sqlalchemy.sql.elements import ColumnElement
 
 from core.errors import FieldViolation, InvalidArgumentError
 
@@ -94,7 +94,6 @@ class FilterLimits:
 
 
 DEFAULT_LIMITS = FilterLimits()
-MAX_ORDER_BY_LENGTH = 1000
 LABEL_KEY = re.compile(r"[a-z0-9_-]{1,63}")
 KEYWORDS = frozenset({"AND", "OR", "NOT"})
 
@@ -146,87 +145,6 @@ def compile_filter(
     return _Parser(_lex(text), fields, limits).parse()
 
 
-@dataclass(frozen=True, slots=True)
-class SortKey:
-    """One normalized `order_by` item, as needed to build and check a keyset page token."""
-
-    field: str
-    descending: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Ordering:
-    """A parsed `order_by`: normalized keys and the matching ORDER BY clauses.
-
-    Iterating, indexing and ``len()`` go over `keys`, so ``for key in ordering`` works.
-    """
-
-    keys: tuple[SortKey, ...]
-    clauses: tuple[UnaryExpression[Any], ...]
-
-    def __iter__(self) -> Iterator[SortKey]:
-        return iter(self.keys)
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-    def __getitem__(self, index: int) -> SortKey:
-        return self.keys[index]
-
-    @property
-    def text(self) -> str:
-        """The canonical spelling, e.g. ``"display_name desc, create_time"``."""
-        return ", ".join(k.field + (" desc" if k.descending else "") for k in self.keys)
-
-
-def parse_order_by(text: str, allowed: Mapping[str, ColumnElement[Any]]) -> Ordering:
-    """Parses an AIP-132 `order_by` such as ``"display_name desc, create_time"``.
-
-    Args:
-        text: Comma-separated field names, each optionally followed by ``asc`` or ``desc``.
-        allowed: Sortable field name -> its column.
-
-    Returns:
-        The keys and clauses in order; both empty for a blank `text`.
-
-    Raises:
-        InvalidArgumentError: reason ``INVALID_ORDER_BY`` for an unknown or repeated field,
-            a bad direction, an empty item or an over-long string.
-    """
-    if len(text) > MAX_ORDER_BY_LENGTH:
-        _order_fail(MAX_ORDER_BY_LENGTH, f"longer than {MAX_ORDER_BY_LENGTH} characters")
-    keys: list[SortKey] = []
-    if text.strip():
-        offset = 0
-        for segment in text.split(","):
-            keys.append(_sort_key(segment, offset, allowed, {k.field for k in keys}))
-            offset += len(segment) + 1
-    clauses = tuple(
-        allowed[k.field].desc() if k.descending else allowed[k.field].asc() for k in keys
-    )
-    return Ordering(tuple(keys), clauses)
-
-
-def _sort_key(
-    segment: str, offset: int, allowed: Mapping[str, ColumnElement[Any]], seen: set[str]
-) -> SortKey:
-    words = list(re.finditer(r"\S+", segment))
-    if not words:
-        _order_fail(offset + len(segment), "expected a field name")
-    if len(words) > 2:
-        _order_fail(offset + words[2].start(), f"unexpected {_show(words[2].group())}")
-    name = words[0].group()
-    if name not in allowed:
-        _order_fail(offset + words[0].start(), f"unknown field {_show(name)}")
-    if name in seen:
-        _order_fail(offset + words[0].start(), f"field {_show(name)} appears twice")
-    direction = words[1].group().lower() if len(words) == 2 else "asc"
-    if direction not in ("asc", "desc"):
-        detail = f"invalid direction {_show(words[1].group())}, expected 'asc' or 'desc'"
-        _order_fail(offset + words[1].start(), detail)
-    return SortKey(name, direction == "desc")
-
-
 # --- errors -----------------------------------------------------------------------------
 
 
@@ -235,11 +153,8 @@ def _fail(index: int, detail: str) -> NoReturn:
     _raise("filter", "INVALID_FILTER", index, detail)
 
 
-def _order_fail(index: int, detail: str) -> NoReturn:
-    _raise("order_by", "INVALID_ORDER_BY", index, detail)
-
-
 def _raise(field: str, reason: str, index: int, detail: str) -> NoReturn:
+    """Raises InvalidArgumentError at the 0-based `index`; core.ordering uses it too."""
     described = f"{detail} at position {index + 1}"
     raise InvalidArgumentError(
         f"{field}: {described}",
