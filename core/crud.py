@@ -19,9 +19,8 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar, cast
 
 import sqlalchemy as sa
@@ -39,7 +38,7 @@ from core.errors import (
     InvalidArgumentError,
     NotFoundError,
 )
-from core.filtering import FilterField, compile_filter
+from core.filtering import compile_filter
 from core.idempotency import (
     check_request_id,
     claim,
@@ -51,60 +50,27 @@ from core.idempotency import (
 from core.ordering import parse_order_by
 from core.outbox import emit, event_row, insert_with_event, metadata, with_event
 from core.pagination import PageTokens, after, page_size
-from core.resource import apply_paths, etag_for, id_violations, mask_paths, parse_name, timestamp
+from core.resource import (
+    Resource,
+    RowLike,
+    apply_paths,
+    etag_for,
+    id_violations,
+    mask_paths,
+    parse_name,
+    timestamp,
+)
 
 M = TypeVar("M", bound=Message)
-RowLike = Mapping[Any, Any]  # a row's mapping (SQLAlchemy's RowMapping) or a dict of values
 T = TypeVar("T")
 
 MAX_BATCH = 1000
-OUTPUT_ONLY = ("name", "state", "create_time", "update_time", "delete_time", "purge_time", "etag")
 _secrets = sa.Table(
     "mesh_secrets",
     metadata,
     sa.Column("name", sa.String(100), primary_key=True),
     sa.Column("value", sa.String(200), nullable=False),
 )
-
-
-def standard_columns() -> list[sa.Column[Any]]:
-    """The columns every resource table has, beside its own."""
-    return [
-        sa.Column("id", sa.String(63), primary_key=True),
-        sa.Column("revision", sa.Integer(), nullable=False),
-        sa.Column("create_time", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("update_time", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("delete_time", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("purge_time", sa.DateTime(timezone=True), nullable=True),
-    ]
-
-
-@dataclass(frozen=True)
-class Resource(Generic[M]):
-    """What the engine needs to know about one resource type.
-
-    `to_columns` maps the writable fields of a message to column values; `to_message`
-    builds a message from a row's own columns (the engine fills name, etag, state and
-    the timestamps); `validate` returns the violations of a whole message, with field
-    paths relative to the message (`display_name`).
-    """
-
-    message: type[M]
-    collection: str
-    singular: str
-    table: sa.Table
-    source: str
-    event_prefix: str
-    writable: tuple[str, ...]
-    to_columns: Callable[[M], dict[str, Any]]
-    to_message: Callable[[RowLike], M]
-    validate: Callable[[M], list[FieldViolation]]
-    filter_fields: Mapping[str, FilterField]
-    order_fields: Mapping[str, str]
-    default_order: str = "create_time"
-    purge_after: timedelta = timedelta(days=30)
-    request_id_retention: timedelta = timedelta(days=1)
-    output_only: tuple[str, ...] = field(default=OUTPUT_ONLY)
 
 
 class _DuplicateRequestError(Exception):

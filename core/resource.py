@@ -1,18 +1,23 @@
-"""Resource names, etags, field masks and timestamps: the AIP plumbing every CRUD service shares."""
+"""What a CRUD resource is (`Resource`), and the AIP plumbing every one shares: names,
+etags, field masks and timestamps."""
 
 from __future__ import annotations
 
 import hashlib
 import re
 import unicodedata
-from collections.abc import Iterable
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Generic, TypeVar
 
+import sqlalchemy as sa
 from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from core.errors import FieldViolation, InvalidArgumentError
+from core.filtering import FilterField
 
 # AIP-122: lowercase letters, digits and hyphens; starts with a letter, ends with a letter
 # or digit; 4 to 63 characters.
@@ -129,3 +134,48 @@ def apply_paths(source: Message, target: Message, paths: Iterable[str]) -> None:
                 getattr(target, path).CopyFrom(value)
         else:
             setattr(target, path, value)
+
+
+M = TypeVar("M", bound=Message)
+RowLike = Mapping[Any, Any]  # a row's mapping (SQLAlchemy's RowMapping) or a dict of values
+OUTPUT_ONLY = ("name", "state", "create_time", "update_time", "delete_time", "purge_time", "etag")
+
+
+def standard_columns() -> list[sa.Column[Any]]:
+    """The columns every resource table has, beside its own."""
+    return [
+        sa.Column("id", sa.String(63), primary_key=True),
+        sa.Column("revision", sa.Integer(), nullable=False),
+        sa.Column("create_time", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("update_time", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("delete_time", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("purge_time", sa.DateTime(timezone=True), nullable=True),
+    ]
+
+
+@dataclass(frozen=True)
+class Resource(Generic[M]):
+    """What the engine needs to know about one resource type.
+
+    `to_columns` maps the writable fields of a message to column values; `to_message`
+    builds a message from a row's own columns (the engine fills name, etag, state and
+    the timestamps); `validate` returns the violations of a whole message, with field
+    paths relative to the message (`display_name`).
+    """
+
+    message: type[M]
+    collection: str
+    singular: str
+    table: sa.Table
+    source: str
+    event_prefix: str
+    writable: tuple[str, ...]
+    to_columns: Callable[[M], dict[str, Any]]
+    to_message: Callable[[RowLike], M]
+    validate: Callable[[M], list[FieldViolation]]
+    filter_fields: Mapping[str, FilterField]
+    order_fields: Mapping[str, str]
+    default_order: str = "create_time"
+    purge_after: timedelta = timedelta(days=30)
+    request_id_retention: timedelta = timedelta(days=1)
+    output_only: tuple[str, ...] = field(default=OUTPUT_ONLY)
