@@ -137,10 +137,14 @@ class Cache(Component):
             self._url, socket_connect_timeout=self._timeout, retry=Retry(NoBackoff(), 0)
         )
         self._listener = asyncio.create_task(self._listen(), name="cache-invalidations")
-        with contextlib.suppress(_UnavailableError, TimeoutError):
-            await self._redis_call(lambda r: r.ping(), force=True)  # down: start, degraded
-            async with asyncio.timeout(4 * self._timeout):  # up: healthy from the first check
-                await self._subscribed.wait()
+        try:
+            with contextlib.suppress(_UnavailableError, TimeoutError):
+                await self._redis_call(lambda r: r.ping(), force=True)  # down: start, degraded
+                async with asyncio.timeout(4 * self._timeout):  # up: healthy at once
+                    await self._subscribed.wait()
+        except BaseException:  # cancelled while starting: leave nothing running
+            await self.stop()
+            raise
 
     async def stop(self) -> None:
         """Cancels the listener and any loads in flight, then closes the Redis client."""
@@ -199,15 +203,20 @@ class Cache(Component):
         and retried once Redis answers again.
         """
         self._forget(keys)
-        if self._url is not None and keys and not await self._invalidate_remote(keys):
-            if len(self._pending) + len(keys) > _MAX_PENDING:
-                # Too many owed invalidations to remember: stop trusting Redis until every
-                # value written before now has expired there.
-                self._bypass_remote_until = time.monotonic() + self._ttl * 1.1
-                self._pending.clear()
-                log.error("cache.pending_overflow", bypass_s=round(self._ttl * 1.1))
-                return
+        if self._url is None or not keys:
+            return
+        if len(self._pending) + len(keys) > _MAX_PENDING:
+            # Too many owed invalidations to remember: stop trusting Redis until every
+            # value written before now has expired there.
+            self._bypass_remote_until = time.monotonic() + self._ttl * 1.1
+            self._pending.clear()
+            log.error("cache.pending_overflow", bypass_s=round(self._ttl * 1.1))
+        else:
+            # Owed until Redis confirms: a failed or cancelled send leaves them owed, and
+            # reads do not trust Redis for owed keys.
             self._pending.update(keys)
+        if await self._invalidate_remote(keys):
+            self._pending.difference_update(keys)
 
     def stats(self) -> dict[str, int]:
         """Counters since construction plus the local tier's current `entries` and `bytes`.

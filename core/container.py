@@ -309,14 +309,15 @@ class Container:
 
     async def _stop_one(self, component: Component) -> str:
         await component.lifecycle.move(Status.STOPPING, "stop requested")
-        deadline = asyncio.timeout(self.policy.stop_timeout)
+        limit = component.stop_timeout or self.policy.stop_timeout
+        deadline = asyncio.timeout(limit)
         try:
             async with deadline:
                 await component.stop()
         except Exception as exc:
             reason = _describe(exc)
             if deadline.expired():
-                reason = f"stop timed out after {self.policy.stop_timeout:g}s"
+                reason = f"stop timed out after {limit:g}s"
             await component.lifecycle.move(Status.ERROR, reason)
             return f"{component.name}: {reason}"
         await component.lifecycle.move(Status.STOPPED, "stopped")

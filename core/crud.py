@@ -263,19 +263,34 @@ class Crud(Generic[M]):
     async def undelete(self, name: str, *, etag: str) -> M:
         return await self._set_deleted(name, etag, deleted=False)
 
-    async def purge_expired(self) -> int:
-        """Deletes for good what was soft-deleted before its purge time; returns how many."""
+    async def purge_expired(self, batch: int = 500) -> int:
+        """Deletes for good what was soft-deleted before its purge time; returns how many.
+
+        Works in batches of `batch` rows, each its own short transaction, so a backlog is
+        worked off instead of timing out as one huge transaction; concurrent purgers on
+        PostgreSQL skip each other's rows.
+        """
         table = self.resource.table
+        due = (
+            sa.select(table.c.id)
+            .where(table.c.purge_time < sa.bindparam("now"))
+            .limit(batch)
+            .with_for_update(skip_locked=True)
+        )
+        statement = table.delete().where(table.c.id.in_(due.scalar_subquery()))
 
         async def work(tx: Transaction) -> int:
-            statement = table.delete().where(table.c.purge_time < datetime.now(UTC))
-            rows = (await tx.conn.execute(statement.returning(*table.c))).all()
+            rows = (await tx.conn.execute(statement.returning(*table.c), {"now": now})).all()
             for row in rows:
                 await self._written(tx, "purged", dict(row._mapping))
-            await forget_expired(tx)
             return len(rows)
 
-        return await self.db.run(work)
+        total = 0
+        now = datetime.now(UTC)
+        while (purged := await self.db.run(work)) == batch:
+            total += purged
+        await self.db.run(forget_expired)
+        return total + purged
 
     # -- internals ------------------------------------------------------------------------
 

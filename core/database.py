@@ -26,9 +26,10 @@ import structlog
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from core.errors import UnavailableError
+from core.errors import DeadlineExceededError, ResourceExhaustedError, UnavailableError
 from core.health import Health
 from core.lifecycle import Component
 
@@ -39,6 +40,7 @@ Hook = Callable[[], Awaitable[None] | None]
 
 # PostgreSQL serialization failure and deadlock; both mean "run the transaction again".
 _RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
+_STATEMENT_TIMEOUT = "57014"  # PostgreSQL's query_canceled, raised by statement_timeout
 
 
 def redacted(url: str) -> str:
@@ -141,12 +143,16 @@ class Database(Component):
             self._variants.clear()
 
     async def check_health(self) -> Health:
+        pool = self.engine.pool
+        checked_out = getattr(pool, "checkedout", lambda: 0)()
+        if checked_out >= getattr(pool, "size", lambda: checked_out + 1)():
+            # Busy, not broken: waiting for a connection would time out and read as down.
+            return Health.degraded("connection pool saturated", pool=pool.status())
         try:
             async with self.engine.connect() as conn:
                 await conn.execute(text("select 1"))
         except Exception as exc:  # whatever the driver raises, the answer is the same
             return Health.unhealthy(f"database unreachable: {type(exc).__name__}")
-        pool = self.engine.pool
         return Health.healthy(dialect=self.dialect, pool=pool.status())
 
     @asynccontextmanager
@@ -162,6 +168,10 @@ class Database(Component):
         engine = self._variant(**(self._autocommit if autocommit else options))
         try:
             conn = await engine.connect().start()
+        except PoolTimeout:
+            raise ResourceExhaustedError(
+                "every database connection is busy; try again later", reason="DATABASE_BUSY"
+            ) from None
         except Exception as exc:
             raise _unavailable() from exc
         try:
@@ -169,6 +179,10 @@ class Database(Component):
         except DBAPIError as exc:
             if exc.connection_invalidated:
                 raise _unavailable() from exc
+            if getattr(exc.orig, "sqlstate", None) == _STATEMENT_TIMEOUT:
+                raise DeadlineExceededError(
+                    "a database statement ran past its time limit", reason="DATABASE_TIMEOUT"
+                ) from None
             raise
         finally:
             await conn.close()
@@ -192,11 +206,23 @@ class Database(Component):
             options["mesh_begin"] = "IMMEDIATE" if write else "DEFERRED"
         elif isolation:
             options["isolation_level"] = isolation
-        async with asyncio.timeout(timeout), self.connect(**options) as conn:
-            tx = Transaction(conn)
-            async with conn.begin():
-                yield tx
-        await tx._run_hooks()
+        committed = False
+        try:
+            async with asyncio.timeout(timeout), self.connect(**options) as conn:
+                tx = Transaction(conn)
+                async with conn.begin():
+                    yield tx
+                committed = True
+        except TimeoutError:
+            if committed:  # the bound ran out while the connection was being returned
+                return
+            raise DeadlineExceededError(
+                f"the database work took longer than {timeout:g}s and was rolled back",
+                reason="DATABASE_TIMEOUT",
+            ) from None
+        finally:
+            if committed:  # even if cancelled while the connection was being returned
+                await tx._run_hooks()
 
     def _variant(self, **options: Any) -> AsyncEngine:
         """The engine with these execution options, made once: it shares the one pool."""
@@ -248,7 +274,7 @@ class Database(Component):
             database = make_url(self.url).database
             if database and database != ":memory:":
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
-            engine = create_async_engine(self.url)
+            engine = create_async_engine(self.url, hide_parameters=True)
             _use_sqlite_transactions(engine)
             return engine
         connect_args: dict[str, Any] = {}
@@ -259,7 +285,11 @@ class Database(Component):
         # invalidated when it fails (the call gets UNAVAILABLE), and recycled before servers
         # or proxies time it out.
         return create_async_engine(
-            self.url, pool_recycle=1800, connect_args=connect_args, **self._pool
+            self.url,
+            pool_recycle=1800,
+            hide_parameters=True,  # error texts must not carry request data
+            connect_args=connect_args,
+            **self._pool,
         )
 
 

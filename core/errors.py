@@ -146,7 +146,7 @@ class UnimplementedError(DomainError):
 
 
 class InternalError(DomainError):
-    """Only ever built from a server's INTERNAL answer; servers never send details with it."""
+    """An INTERNAL answer: its message is always the fixed "internal error", reason INTERNAL."""
 
     code = grpc.StatusCode.INTERNAL
     default_reason = "INTERNAL"

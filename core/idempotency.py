@@ -105,9 +105,15 @@ async def record(tx: Transaction, request_id: str, response: Message) -> None:
     )
 
 
-async def forget_expired(tx: Transaction) -> int:
-    """Deletes ids past their retention; returns how many."""
+async def forget_expired(tx: Transaction, batch: int = 5000) -> int:
+    """Deletes up to `batch` ids past their retention; returns how many."""
+    due = (
+        sa.select(request_ids.c.request_id)
+        .where(request_ids.c.expire_time < datetime.now(UTC))
+        .limit(batch)
+        .with_for_update(skip_locked=True)
+    )
     result = await tx.conn.execute(
-        request_ids.delete().where(request_ids.c.expire_time < datetime.now(UTC))
+        request_ids.delete().where(request_ids.c.request_id.in_(due.scalar_subquery()))
     )
     return int(result.rowcount)

@@ -137,6 +137,8 @@ class Component:
     version: str = "0.1.0"
     depends_on: tuple[str, ...] = ()
     groups: tuple[str, ...] = ()
+    # Overrides the container's stop timeout, for a component whose stop is long by design.
+    stop_timeout: float | None = None
 
     @property
     def lifecycle(self) -> Lifecycle:

@@ -1,8 +1,8 @@
 """structlog set-up: JSON lines off a terminal, readable lines on one.
 
-Every line carries the service name and version, and `trace_id`/`span_id` inside a
-traced call. Call `configure_logging` once, in `__main__`; modules just do
-`log = structlog.get_logger()`.
+Every line carries the service name and version, and `trace_id`/`span_id` whenever an
+OpenTelemetry span is active (no component starts spans yet). Call `configure_logging`
+once, in `__main__`; modules just do `log = structlog.get_logger()`.
 """
 
 from __future__ import annotations
@@ -56,7 +56,8 @@ def configure_logging(
         )
         processors += [tracebacks, structlog.processors.JSONRenderer()]
     else:
-        processors += [structlog.dev.ConsoleRenderer()]
+        formatter = structlog.dev.RichTracebackFormatter(show_locals=False)
+        processors += [structlog.dev.ConsoleRenderer(exception_formatter=formatter)]
     numeric = logging.getLevelName(level.upper())
     structlog.configure(
         processors=processors,

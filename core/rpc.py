@@ -120,22 +120,24 @@ def _safe_decoder(deserializer: Callable[[bytes], Any] | None) -> Callable[[byte
     return decode
 
 
-_MALFORMED = InvalidArgumentError(
-    "the request message could not be decoded", reason="MALFORMED_REQUEST"
-)
+def _malformed() -> InvalidArgumentError:
+    # A new exception each time: one shared object would keep every raise's frames alive.
+    return InvalidArgumentError(
+        "the request message could not be decoded", reason="MALFORMED_REQUEST"
+    )
 
 
 def _checked(request: Any, unary_request: bool) -> Any:
     """Rejects an undecodable unary request, or wraps a request stream to reject one later."""
     if unary_request:
         if request is UNDECODABLE:
-            raise _MALFORMED
+            raise _malformed()
         return request
 
     async def messages() -> AsyncIterator[Any]:
         async for message in request:
             if message is UNDECODABLE:
-                raise _MALFORMED
+                raise _malformed()
             yield message
 
     return messages()

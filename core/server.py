@@ -75,6 +75,7 @@ class GrpcServer(Component):
         self.services = list(services)
         self.address = address
         self.grace = grace
+        self.stop_timeout = grace + 5.0  # the drain must never be cut off by the stop bound
         self.depends_on = depends_on
         self.port = 0
         self.health = HealthServicer()
@@ -125,7 +126,12 @@ class GrpcServer(Component):
             ) from None
         await server.start()
         self._server = server
-        await self._publisher.publish()
+        try:
+            await self._publisher.publish()
+        except BaseException:
+            await server.stop(None)  # free the port, or a retry would find it taken
+            self._server = None
+            raise
         self._publishing = asyncio.create_task(self._publisher.run(), name="health-publisher")
         host = self.address.rpartition(":")[0]
         log.info("server.listening", address=f"{host}:{self.port}", services=self.service_names)

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from core.container import StartError
 from core.database import Database, Transaction
-from core.errors import NotFoundError
+from core.errors import DeadlineExceededError, NotFoundError
 from core.health import HealthState
 from core.migrate import CORE_MIGRATIONS
 from servers.projects.repository import MIGRATIONS
@@ -88,8 +88,9 @@ async def test_the_timeout_rolls_back(db: Database) -> None:
             await tx.conn.execute(counters.update().values(value=9))
             await asyncio.sleep(1)
 
-    with pytest.raises(TimeoutError):
+    with pytest.raises(DeadlineExceededError) as caught:
         await write_slowly()
+    assert caught.value.reason == "DATABASE_TIMEOUT"
     assert await _value(db) == 0
 
 

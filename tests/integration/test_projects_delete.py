@@ -147,6 +147,21 @@ async def test_purge_removes_only_projects_past_their_purge_time(
     assert purge_events[-1].project.name == "projects/expired"
 
 
+async def test_a_purge_backlog_is_worked_off_in_batches(
+    projects_server: Running, projects: ProjectsClient
+) -> None:
+    names = [f"projects/old-{i}" for i in range(5)]
+    for name in names:
+        await projects.create_project(a_project(), project_id=name.split("/")[1])
+        await projects.delete_project(name)
+        await set_purge_time(projects_server, name, datetime.now(UTC) - timedelta(1))
+
+    assert await crud_of(projects_server).purge_expired(batch=2) == 5
+    assert await projects.count_projects(show_deleted=True) == 0
+    purged = [e for e in await events(projects_server) if e.type == f"{EVENT}.purged"]
+    assert sorted(e.subject for e in purged) == names
+
+
 async def test_the_background_purger_purges_expired_projects(database_url: str) -> None:
     container, server = projects_container(settings_for(database_url, purge_interval=0.05))
     async with running(container, server) as server_running, client_of(server_running) as projects:

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
 
 from clients.admin import AdminClient
-from core.config import Settings
-from core.container import StartError
+from core.config import Settings, StartPolicy
+from core.container import Container, StartError
 from core.errors import ResourceExhaustedError
 from core.lifecycle import Status
 from core.server import GrpcServer
-from tests.conftest import Running, make_container
+from tests.conftest import Running, add_server, make_container
 
 
 async def test_a_taken_port_fails_at_start_with_a_clear_error(mesh: Running) -> None:
@@ -46,3 +48,16 @@ async def test_client_outside_a_context_manager_is_refused() -> None:
 
 def test_resource_exhausted_is_a_domain_error() -> None:
     assert ResourceExhaustedError("x").code is grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+async def test_the_drain_is_not_cut_short_by_the_stop_timeout() -> None:
+    container = Container(StartPolicy(stop_timeout=0.5), health_interval=0.05, health_timeout=0.5)
+    server = add_server(container, grace=5.0)
+    await container.start()
+    async with AdminClient(f"127.0.0.1:{server.port}") as admin:
+        in_flight = asyncio.create_task(admin.ping("slow", delay=1.5))
+        await asyncio.sleep(0.3)  # the server gives no signal that a call has begun
+        await container.stop()
+        assert (await in_flight).message == "slow"
+    assert server.status is Status.STOPPED
+    assert container.lifecycle.status is Status.STOPPED
