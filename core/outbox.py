@@ -1,7 +1,7 @@
 """The transactional outbox: every committed change writes its event in the same transaction.
 
-Rows are written here and delivered by the events system's relay; a rolled-back
-transaction leaves no row, a committed one exactly one.
+Rows are written here; delivering them is the job of the events system's relay (not
+built yet). A rolled-back transaction leaves no row, a committed one exactly one.
 
 Usage::
 
