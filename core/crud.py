@@ -173,15 +173,12 @@ class Crud(Generic[M]):
         request: Message,
         id_field: str,
     ) -> M:
-        r = self.resource
         if request_id:  # checked in a dry run too
             check_request_id(request_id)
         bad_id = id_violations(resource_id, id_field) if resource_id else []
         resource_id = resource_id or self._new_id()
         self._check(message, bad_id)
-        now = datetime.now(UTC)
-        values = {**r.to_columns(message), "id": resource_id, "revision": 1}
-        values |= {"create_time": now, "update_time": now, "delete_time": None, "purge_time": None}
+        values = self._new_row(message, resource_id)
         if validate_only:
             if await self._cached(resource_id) is not None:
                 raise self._exists(resource_id)
@@ -202,12 +199,7 @@ class Crud(Generic[M]):
     async def _create_at_once(self, values: dict[str, Any]) -> M:
         """The row and its outbox event in one atomic statement: one round trip."""
         message = self._message(values)
-        event = event_row(
-            type=f"{self.resource.event_prefix}.created",
-            source=self.resource.source,
-            subject=cast(Any, message).name,
-            data=message,
-        )
+        event = event_row(**self._event(message, "created"))
         try:
             async with self.db.connect(autocommit=True) as conn:
                 await conn.execute(self._insert_with_event, with_event(values, event))
@@ -323,9 +315,7 @@ class Crud(Generic[M]):
 
     async def _upsert(self, tx: Transaction, message: M, resource_id: str) -> M:
         self._check(message)
-        now = datetime.now(UTC)
-        values = {**self.resource.to_columns(message), "id": resource_id, "revision": 1}
-        values |= {"create_time": now, "update_time": now, "delete_time": None, "purge_time": None}
+        values = self._new_row(message, resource_id)
         try:
             await tx.conn.execute(self._insert, values)
         except IntegrityError:
@@ -355,18 +345,33 @@ class Crud(Generic[M]):
     async def _written(self, tx: Transaction, verb: str, row: RowLike) -> M:
         """The outbox event and the after-commit cache invalidation of one write."""
         message = self._message(row)
-        name = cast(Any, message).name
-        await emit(
-            tx,
-            type=f"{self.resource.event_prefix}.{verb}",
-            source=self.resource.source,
-            subject=name,
-            data=message,
-        )
+        await emit(tx, **self._event(message, verb))
         if self.cache is not None:
             cache, key = self.cache, self._key(row["id"])
             tx.after_commit(lambda: cache.invalidate(key))
         return message
+
+    def _event(self, message: M, verb: str) -> dict[str, Any]:
+        """The outbox event of a write: `mesh.projects.v1.project.created` and so on."""
+        return {
+            "type": f"{self.resource.event_prefix}.{verb}",
+            "source": self.resource.source,
+            "subject": cast(Any, message).name,
+            "data": message,
+        }
+
+    def _new_row(self, message: M, resource_id: str) -> dict[str, Any]:
+        """The column values of a resource created now from `message`."""
+        now = datetime.now(UTC)
+        return {
+            **self.resource.to_columns(message),
+            "id": resource_id,
+            "revision": 1,
+            "create_time": now,
+            "update_time": now,
+            "delete_time": None,
+            "purge_time": None,
+        }
 
     async def _idempotent(
         self,

@@ -75,7 +75,8 @@ class Database(Component):
 
     Args:
         url: A SQLAlchemy URL: `sqlite+aiosqlite:///...` or `postgresql+asyncpg://...`.
-        migrations: Alembic version folders of the tables this process uses.
+        migrations: Alembic version folders of the tables this process uses; core's own
+            (the outbox, request ids, secrets) are always included.
         migrate: Upgrade them to head at start; otherwise only check that the schema is
             current and fail the start, naming `mesh db upgrade`, when it is not.
         statement_timeout: Seconds before PostgreSQL cancels a statement.

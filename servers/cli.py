@@ -25,7 +25,6 @@ from core.container import Container
 from core.database import Database, redacted
 from core.errors import ConfigError, DomainError
 from core.logging import configure_logging
-from core.migrate import CORE_MIGRATIONS
 from core.server import GrpcServer, Service, serve
 from mesh.admin.v1 import admin_pb2
 from servers.admin.server import admin_service
@@ -55,8 +54,9 @@ def _projects(
 
 
 SERVICES: dict[str, ServiceFactory] = {"admin": _admin, "projects": _projects}
-# Every schema this build knows; `mesh db upgrade` brings a database to all their heads.
-MIGRATIONS = [CORE_MIGRATIONS, projects.MIGRATIONS]
+# Every service schema this build knows (core's is always included); `mesh db upgrade`
+# brings a database to all their heads.
+MIGRATIONS = [projects.MIGRATIONS]
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -13,7 +13,6 @@ from core.crud import Crud
 from core.database import Database
 from core.health import Health
 from core.lifecycle import Component
-from core.migrate import CORE_MIGRATIONS
 from core.server import Service
 from mesh.projects.v1 import projects_pb2, projects_pb2_grpc
 from servers.projects.repository import MIGRATIONS, PROJECTS, SERVICE
@@ -66,7 +65,7 @@ class ProjectPurger(Component):
 def database(settings: Settings) -> Database:
     return Database(
         settings.database(),
-        migrations=[CORE_MIGRATIONS, MIGRATIONS],
+        migrations=[MIGRATIONS],  # core's own are always included
         migrate=settings.migrates_on_start(),
         pool_size=settings.database_pool_size,
     )
