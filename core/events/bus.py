@@ -1,0 +1,312 @@
+"""The event bus component: validates and publishes, and feeds subscriptions and groups.
+
+Subscriptions pull: each reads at its own pace, from a ring of recent events in memory
+when its position is in it, from the store when it has fallen behind. Nothing is pushed
+into per-subscriber buffers, so a slow subscriber holds no memory and never slows a fast
+one; gRPC flow control paces the stream. A new event wakes every waiter through one
+shared signal.
+
+Usage::
+
+    bus = EventBus(SqlEventStore(db), depends_on=("database",))
+    await bus.publish([Event(type="mesh.demo.v1.thing.done", source="demo")])
+    async for item in bus.subscribe(Selector(("mesh.demo.v1.*",)), start=""):
+        ...  # Event, CaughtUp or Checkpoint
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+import structlog
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from core.errors import InvalidArgumentError, UnavailableError
+from core.events.model import (
+    Appended,
+    Delivery,
+    Event,
+    EventStore,
+    GroupStatus,
+    HistoryQuery,
+    Page,
+    Policy,
+    Selector,
+    State,
+    check_group,
+    prepare,
+)
+from core.health import Health
+from core.lifecycle import Component
+
+log = structlog.get_logger()
+
+READ_BATCH = 500
+CHECKPOINT_SECONDS = 1.0
+IDLE_POLL_SECONDS = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class CaughtUp:
+    position: str
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    position: str
+
+
+class EventBus(Component):
+    """Events over an `EventStore`, as a component.
+
+    Args:
+        store: The backend (SQL or Redis Streams).
+        depends_on: Components the store needs, e.g. ("database",).
+        max_batch: Most events one publish may carry.
+        max_event_bytes: Largest serialized event.
+        policy: Visibility timeout and attempts of consumer groups.
+        ring_size: Recent events kept in memory for subscribers that keep up.
+    """
+
+    name = "event-bus"
+
+    def __init__(
+        self,
+        store: EventStore,
+        *,
+        depends_on: tuple[str, ...] = (),
+        max_batch: int = 500,
+        max_event_bytes: int = 256 * 1024,
+        policy: Policy | None = None,
+        ring_size: int = 10_000,
+    ) -> None:
+        self.store = store
+        self.depends_on = depends_on
+        self.max_batch = max_batch
+        self.max_event_bytes = max_event_bytes
+        self.policy = policy or Policy()
+        self._ring_size = ring_size
+        self._ring: list[Event] = []
+        self._keys: list[tuple[int, ...]] = []
+        self._floor: tuple[int, ...] = ()  # the ring holds every event after this key
+        self._floor_known = False
+        self._changed = asyncio.Event()
+        self._closing = asyncio.Event()
+        self.published = 0
+        self.delivered = 0
+
+    async def start(self) -> None:
+        self._closing = asyncio.Event()
+        self._ring, self._keys, self._floor_known = [], [], False
+        await self.store.open(self._appended)
+        self._floor = self.store.order_key(await self.store.head())
+        self._floor_known = True
+
+    async def stop(self) -> None:
+        self.close_streams()
+        await self.store.close()
+
+    async def check_health(self) -> Health:
+        problem = await self.store.check()
+        details = {"backend": self.store.name, "published": str(self.published)}
+        if problem:
+            return Health.degraded(problem, **details)
+        return Health.healthy(**details)
+
+    def close_streams(self) -> None:
+        """Ends every subscription with UNAVAILABLE (SERVER_STOPPING) so a drain need not wait."""
+        self._closing.set()
+        self._wake()
+
+    # -- publishing ---------------------------------------------------------------------
+
+    async def publish(self, batch: Sequence[Event], field: str = "events") -> list[Appended]:
+        """Validates and stores `batch`, all or none; InvalidArgumentError names each bad event."""
+        if not batch:
+            return []
+        if len(batch) > self.max_batch:
+            raise InvalidArgumentError(
+                f"at most {self.max_batch} events per batch",
+                reason="BATCH_TOO_LARGE",
+            )
+        now = Timestamp()
+        now.GetCurrentTime()
+        bad = []
+        for i, event in enumerate(batch):
+            name = field if len(batch) == 1 and "[" not in field else f"{field}[{i}]"
+            bad += prepare(event, name, self.max_event_bytes, now)
+        if bad:
+            raise InvalidArgumentError("invalid event", violations=bad, reason="INVALID_EVENT")
+        results = await self.store.append(batch)
+        self.published += sum(not r.duplicate for r in results)
+        return results
+
+    def _appended(self, batch: Sequence[Event]) -> None:
+        """The store's listener: new events, in order, from this or another process."""
+        if not self._floor_known:
+            return  # start() reads the head after opening; these are before it or in it
+        for event in batch:
+            key = self.store.order_key(event.position)
+            if key <= self._floor or (self._keys and key <= self._keys[-1]):
+                continue  # seen already (a reader may deliver an event twice)
+            self._ring.append(event)
+            self._keys.append(key)
+        if len(self._ring) > 2 * self._ring_size:
+            drop = len(self._ring) - self._ring_size
+            self._floor = self._keys[drop - 1]
+            del self._ring[:drop], self._keys[:drop]
+        self._wake()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def _wait(self, timeout: float) -> None:
+        changed = self._changed
+        if self._closing.is_set():
+            return
+        try:
+            async with asyncio.timeout(timeout):
+                await changed.wait()
+        except TimeoutError:
+            pass
+
+    # -- plain subscriptions ------------------------------------------------------------
+
+    async def resolve(self, *, after: str = "", beginning: bool = False) -> str:
+        """The position a subscription starts after: given, "" for the beginning, or now."""
+        if after:
+            self.store.order_key(after)  # rejects a malformed position
+            return after
+        return "" if beginning else await self.store.head()
+
+    async def subscribe(
+        self, selector: Selector, after: str
+    ) -> AsyncIterator[Event | CaughtUp | Checkpoint]:
+        """Stored events after `after`, a CaughtUp once, then live ones, with checkpoints."""
+        caught_up = False
+        checkpointed, last_checkpoint = after, time.monotonic()
+        while True:
+            changed = self._changed  # taken before reading, so no wake-up is missed
+            page = self._from_ring(after, selector) or await self.store.read(
+                after, selector, READ_BATCH
+            )
+            for event in page.events:
+                yield event
+            self.delivered += len(page.events)
+            after = page.covered or after
+            if page.at_head and not caught_up:
+                caught_up = True
+                yield CaughtUp(after)
+            now = time.monotonic()
+            if after != checkpointed and now - last_checkpoint >= CHECKPOINT_SECONDS:
+                checkpointed, last_checkpoint = after, now
+                yield Checkpoint(after)
+            if self._closing.is_set():
+                yield Checkpoint(after)
+                raise _stopping(after)
+            if page.at_head and not changed.is_set():
+                await self._wait(CHECKPOINT_SECONDS if after != checkpointed else IDLE_POLL_SECONDS)
+
+    def _from_ring(self, after: str, selector: Selector) -> Page | None:
+        key = self.store.order_key(after)
+        if not self._floor_known or key < self._floor:
+            return None
+        start = bisect.bisect_right(self._keys, key)
+        end, found = start, list[Event]()
+        while end < len(self._ring) and len(found) < READ_BATCH:
+            event = self._ring[end]
+            end += 1
+            if selector.matches(event):
+                found.append(event)
+        covered = self._ring[end - 1].position if end > start else after
+        return Page(found, covered, end == len(self._ring))
+
+    # -- consumer groups ----------------------------------------------------------------
+
+    async def consume(
+        self, group: str, consumer: str, selector: Selector, start: str, max_unacked: int
+    ) -> AsyncIterator[Delivery | CaughtUp]:
+        """Joins `group` (created at `start` if new) and yields this member's share of events.
+
+        Events stay unacked until `ack`; when the member leaves, they become due again.
+        """
+        check_group(group)
+        await self.store.join(group, selector, start)
+        member = f"{consumer or 'member'}.{uuid.uuid4().hex[:8]}"
+        log.info("group.joined", group=group, consumer=member)
+        held, caught_up = 0, False
+        try:
+            while True:
+                changed = self._changed
+                if held >= max_unacked:  # acks may have arrived here or at another instance
+                    held = await self.store.unacked(group, member)
+                batch = []
+                if held < max_unacked:
+                    batch = await self.store.claim(group, member, max_unacked - held, self.policy)
+                for delivery in batch:
+                    yield delivery
+                held += len(batch)
+                self.delivered += len(batch)
+                if not batch and not caught_up:
+                    caught_up = True
+                    yield CaughtUp("")
+                if self._closing.is_set():
+                    raise _stopping("")
+                if not batch and not changed.is_set():
+                    due = await self.store.next_due(group)
+                    wait = IDLE_POLL_SECONDS if due is None else due - time.time()
+                    await self._wait(min(max(wait, 0.01), IDLE_POLL_SECONDS))
+        finally:
+            # Bounded and shielded: a cancelled stream must still give its events back.
+            release = asyncio.ensure_future(self.store.release(group, member))
+            try:
+                async with asyncio.timeout(5.0):
+                    await asyncio.shield(release)
+            except Exception:
+                log.warning("group.release_failed", group=group, consumer=member)
+            log.info("group.left", group=group, consumer=member)
+
+    async def ack(self, group: str, event_ids: Sequence[str]) -> int:
+        acked = await self.store.ack(check_group(group), event_ids)
+        self._wake()  # members waiting for credit
+        return acked
+
+    async def nack(
+        self, group: str, event_id: str, *, delay: float, park: bool, error: str
+    ) -> State:
+        state = await self.store.nack(
+            check_group(group), event_id, delay=delay, park=park, error=error, policy=self.policy
+        )
+        self._wake()
+        return state
+
+    async def replay(self, group: str, event_ids: Sequence[str]) -> int:
+        replayed = await self.store.replay(check_group(group), event_ids)
+        self._wake()
+        return replayed
+
+    async def event_status(self, event_id: str) -> tuple[Event | None, list[GroupStatus]]:
+        event = await self.store.get(event_id)
+        return event, [] if event is None else await self.store.status(event_id)
+
+    async def history(self, query: HistoryQuery, after: str, limit: int) -> list[Event]:
+        return await self.store.history(query, after, limit)
+
+    async def dead_letters(
+        self, group: str, after: str, limit: int
+    ) -> list[tuple[Event, GroupStatus]]:
+        return await self.store.dead_letters(check_group(group), after, limit)
+
+
+def _stopping(position: str) -> UnavailableError:
+    return UnavailableError(
+        "the server is stopping; resume after the last checkpoint",
+        reason="SERVER_STOPPING",
+        metadata={"position": position} if position else None,
+    )
