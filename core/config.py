@@ -39,6 +39,22 @@ class StartPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class EventSettings:
+    """The event system: which backend, its limits and how consumer groups deliver."""
+
+    backend: str = "auto"  # auto: Redis Streams when MESH_REDIS_URL is set, else SQL
+    address: str = ""  # the events service, when it runs in another process
+    max_batch: int = 500
+    max_event_bytes: int = 256 * 1024
+    visibility: float = 30.0
+    max_attempts: int = 5
+    retention: int = 1_000_000  # events kept in the Redis stream
+
+    def uses_redis(self, redis_url: str) -> bool:
+        return self.backend == "redis" or (self.backend == "auto" and bool(redis_url))
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Everything a meshkit process is configured with. Secrets stay out of `repr`."""
 
@@ -60,6 +76,7 @@ class Settings:
     purge_interval: float = 60.0
     # Separates meshes that share one Redis: keys and channels start with it.
     cache_namespace: str = "mesh"
+    events: EventSettings = field(default_factory=lambda: EventSettings())
 
     def database(self) -> str:
         """MESH_DATABASE_URL, or the embedded SQLite file under the data folder."""
@@ -94,6 +111,15 @@ class Settings:
             database_pool_size=reader.get("MESH_DATABASE_POOL_SIZE", _positive_int, 20),
             purge_interval=reader.get("MESH_PURGE_INTERVAL_SECONDS", _positive, 60.0),
             cache_namespace=reader.get("MESH_CACHE_NAMESPACE", _namespace, "mesh"),
+            events=EventSettings(
+                backend=reader.get("MESH_EVENTS_BACKEND", _choice("auto", "sql", "redis"), "auto"),
+                address=reader.get("MESH_EVENTS_ADDRESS", _address, ""),
+                max_batch=reader.get("MESH_EVENTS_MAX_BATCH", _positive_int, 500),
+                max_event_bytes=reader.get("MESH_EVENTS_MAX_EVENT_BYTES", _positive_int, 262144),
+                visibility=reader.get("MESH_EVENTS_VISIBILITY_SECONDS", _positive, 30.0),
+                max_attempts=reader.get("MESH_EVENTS_MAX_ATTEMPTS", _positive_int, 5),
+                retention=reader.get("MESH_EVENTS_RETENTION", _positive_int, 1_000_000),
+            ),
             start_policy=StartPolicy(
                 attempts=reader.get("MESH_START_ATTEMPTS", _positive_int, 3),
                 base_delay=reader.get("MESH_START_BASE_DELAY_SECONDS", _non_negative, 0.5),
@@ -102,6 +128,8 @@ class Settings:
                 stop_timeout=reader.get("MESH_STOP_TIMEOUT_SECONDS", _positive, 10.0),
             ),
         )
+        if settings.events.backend == "redis" and not settings.redis_url:
+            reader.errors.append("MESH_EVENTS_BACKEND=redis needs MESH_REDIS_URL")
         if reader.errors:
             raise ConfigError("invalid configuration: " + "; ".join(reader.errors))
         return settings

@@ -29,6 +29,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from core.config import Settings
 from core.errors import DeadlineExceededError, ResourceExhaustedError, UnavailableError
 from core.health import Health
 from core.lifecycle import Component
@@ -112,6 +113,20 @@ class Database(Component):
         self._autocommit: dict[str, Any] = (
             {"mesh_begin": None} if self.dialect == "sqlite" else {"isolation_level": "AUTOCOMMIT"}
         )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Database:
+        """The database of MESH_DATABASE_URL (or the embedded SQLite file), core tables only."""
+        return cls(
+            settings.database(),
+            migrate=settings.migrates_on_start(),
+            pool_size=settings.database_pool_size,
+        )
+
+    def include(self, migrations: Path) -> None:
+        """Adds a service's Alembic folder, before start; a folder already added is skipped."""
+        if migrations not in self.migrations:
+            self.migrations.append(migrations)
 
     @property
     def engine(self) -> AsyncEngine:

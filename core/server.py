@@ -44,6 +44,8 @@ class Service:
         add_to_server: The generated `add_<Name>Servicer_to_server` function.
         needs: Components whose health decides this service's health status;
             None means all of them.
+        closing: Called when the server stops, before it drains: ends the service's
+            long-lived streams so the drain does not wait for them.
     """
 
     descriptor: ServiceDescriptor
@@ -51,6 +53,7 @@ class Service:
     # Called with a core.rpc.BoundaryServer, which has the two methods generated code uses.
     add_to_server: Callable[[Any, Any], None]
     needs: tuple[str, ...] | None = None
+    closing: Callable[[], None] | None = None
 
     @property
     def name(self) -> str:
@@ -142,6 +145,9 @@ class GrpcServer(Component):
             self._publishing.cancel()
             await asyncio.gather(self._publishing, return_exceptions=True)
         await self.health.close()
+        for service in self.services:
+            if service.closing is not None:
+                service.closing()
         if self._server is not None:
             log.info("server.draining", grace_s=self.grace)
             await self._server.stop(self.grace)

@@ -28,6 +28,7 @@ from core.logging import configure_logging
 from core.server import GrpcServer, Service, serve
 from mesh.admin.v1 import admin_pb2
 from servers.admin.server import admin_service
+from servers.events import server as events
 from servers.projects import cli as projects_cli
 from servers.projects import server as projects
 
@@ -53,7 +54,13 @@ def _projects(
     return projects.register(container, settings)
 
 
-SERVICES: dict[str, ServiceFactory] = {"admin": _admin, "projects": _projects}
+def _events(
+    container: Container, settings: Settings, names: Callable[[], list[str]]
+) -> list[Service]:
+    return events.register(container, settings)
+
+
+SERVICES: dict[str, ServiceFactory] = {"admin": _admin, "projects": _projects, "events": _events}
 # Every service schema this build knows (core's is always included); `mesh db upgrade`
 # brings a database to all their heads.
 MIGRATIONS = [projects.MIGRATIONS]

@@ -125,20 +125,22 @@ class EventBus(Component):
 
     # -- publishing ---------------------------------------------------------------------
 
-    async def publish(self, batch: Sequence[Event], field: str = "events") -> list[Appended]:
-        """Validates and stores `batch`, all or none; InvalidArgumentError names each bad event."""
+    async def publish(self, batch: Sequence[Event], names: Sequence[str] = ()) -> list[Appended]:
+        """Validates and stores `batch`, all or none; InvalidArgumentError names each bad event.
+
+        `names` are the events' field paths in errors; default `events[i]`.
+        """
         if not batch:
             return []
         if len(batch) > self.max_batch:
             raise InvalidArgumentError(
-                f"at most {self.max_batch} events per batch",
-                reason="BATCH_TOO_LARGE",
+                f"at most {self.max_batch} events per batch", reason="BATCH_TOO_LARGE"
             )
         now = Timestamp()
         now.GetCurrentTime()
         bad = []
         for i, event in enumerate(batch):
-            name = field if len(batch) == 1 and "[" not in field else f"{field}[{i}]"
+            name = names[i] if names else f"events[{i}]"
             bad += prepare(event, name, self.max_event_bytes, now)
         if bad:
             raise InvalidArgumentError("invalid event", violations=bad, reason="INVALID_EVENT")

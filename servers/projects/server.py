@@ -62,15 +62,6 @@ class ProjectPurger(Component):
             await asyncio.sleep(self._interval)
 
 
-def database(settings: Settings) -> Database:
-    return Database(
-        settings.database(),
-        migrations=[MIGRATIONS],  # core's own are always included
-        migrate=settings.migrates_on_start(),
-        pool_size=settings.database_pool_size,
-    )
-
-
 def cache_for(settings: Settings) -> Cache:
     namespace = settings.cache_namespace
     return Cache(
@@ -82,7 +73,8 @@ def cache_for(settings: Settings) -> Cache:
 
 def register(container: Container, settings: Settings) -> list[Service]:
     """Adds the projects service's components to `container`; returns what it serves."""
-    db = container.provide(Database, lambda: database(settings))
+    db = container.provide(Database, lambda: Database.from_settings(settings))
+    db.include(MIGRATIONS)
     cache = container.provide(Cache, lambda: cache_for(settings))
     projects = Crud(PROJECTS, db, cache)
     container.register(ProjectPurger(projects, settings.purge_interval))

@@ -23,14 +23,14 @@ from core.database import Database
 from core.logging import configure_logging
 from core.server import GrpcServer, Service
 from mesh.projects.v1 import projects_pb2_grpc
-from servers.projects.repository import PROJECTS, SERVICE
-from servers.projects.server import database
+from servers.projects.repository import MIGRATIONS, PROJECTS, SERVICE
 from servers.projects.servicer import ProjectServicer
 
 
 async def serve(settings: Settings) -> None:
     container = Container(settings.start_policy)
-    db = container.provide(Database, lambda: database(settings))
+    db = container.provide(Database, lambda: Database.from_settings(settings))
+    db.include(MIGRATIONS)
     servicer = ProjectServicer(Crud(PROJECTS, db, cache=None))
     add = projects_pb2_grpc.add_ProjectServiceServicer_to_server
     service = Service(SERVICE, servicer, add, needs=("database",))

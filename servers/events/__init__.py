@@ -1,0 +1,1 @@
+"""The events service: publish, subscribe, consumer groups, dead letters and event status."""
