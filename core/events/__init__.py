@@ -1,0 +1,42 @@
+"""The event system: an envelope, two stores behind one interface, the bus, the relay.
+
+`event_bus(container, settings)` builds the bus a process uses: on Redis Streams when
+MESH_REDIS_URL is set (or MESH_EVENTS_BACKEND=redis), else on the SQL database.
+"""
+
+from __future__ import annotations
+
+from core.config import Settings
+from core.container import Container
+from core.database import Database
+from core.events.bus import EventBus
+from core.events.model import EventStore, Policy
+
+
+def event_bus(container: Container, settings: Settings) -> EventBus:
+    """The process's one bus, registered in `container` on first use."""
+    return container.provide(EventBus, lambda: _build(container, settings))
+
+
+def _build(container: Container, settings: Settings) -> EventBus:
+    config = settings.events
+    store: EventStore
+    depends_on: tuple[str, ...] = ()
+    if config.uses_redis(settings.redis_url):
+        from core.events.redis import RedisEventStore  # only the distributed mode needs it
+
+        store = RedisEventStore(
+            settings.redis_url, namespace=settings.cache_namespace, retention=config.retention
+        )
+    else:
+        from core.events.sql import SqlEventStore
+
+        db = container.provide(Database, lambda: Database.from_settings(settings))
+        store, depends_on = SqlEventStore(db), (db.name,)
+    return EventBus(
+        store,
+        depends_on=depends_on,
+        max_batch=config.max_batch,
+        max_event_bytes=config.max_event_bytes,
+        policy=Policy(visibility=config.visibility, max_attempts=config.max_attempts),
+    )

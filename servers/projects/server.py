@@ -1,4 +1,5 @@
-"""What `mesh serve projects` runs: the database, the cache, the purger and the service."""
+"""What `mesh serve projects` runs: the database, the cache, the purger, the outbox relay
+and the service."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from core.config import Settings
 from core.container import Container
 from core.crud import Crud
 from core.database import Database
+from core.events import event_bus
+from core.events.relay import OutboxRelay
 from core.health import Health
 from core.lifecycle import Component
 from core.server import Service
@@ -78,6 +81,8 @@ def register(container: Container, settings: Settings) -> list[Service]:
     cache = container.provide(Cache, lambda: cache_for(settings))
     projects = Crud(PROJECTS, db, cache)
     container.register(ProjectPurger(projects, settings.purge_interval))
+    bus = event_bus(container, settings)
+    container.register(OutboxRelay(db, bus.publish, depends_on=(db.name, bus.name)))
     servicer = ProjectServicer(projects)
     add = projects_pb2_grpc.add_ProjectServiceServicer_to_server
     return [Service(SERVICE, servicer, add, needs=("database",))]

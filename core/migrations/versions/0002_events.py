@@ -1,4 +1,4 @@
-"""core: the embedded event store (events, consumer groups and their deliveries).
+"""core: the embedded event store (events, groups, deliveries) and leases.
 
 Revision ID: core_0002
 Revises: core_0001
@@ -56,9 +56,16 @@ def upgrade() -> None:
         ["group_name", "state", "position"],
     )
     op.create_index("mesh_event_deliveries_event", "mesh_event_deliveries", ["event_id"])
+    op.create_table(
+        "mesh_leases",
+        sa.Column("name", sa.String(100), primary_key=True),
+        sa.Column("holder", sa.String(100), nullable=False),
+        sa.Column("expire_time", sa.Float(), nullable=False),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("mesh_leases")
     op.drop_table("mesh_event_deliveries")
     op.drop_table("mesh_event_groups")
     op.drop_index("mesh_events_subject", "mesh_events")

@@ -1,0 +1,217 @@
+"""The outbox relay: moves committed outbox rows into the event system, in commit order.
+
+One relay per database does the work: the instances share a lease row in
+`mesh_leases`, and only its holder relays (the others take over when it expires, so a
+crashed instance is replaced within LEASE_SECONDS). The holder reads unsent rows in
+position order, publishes them, then marks them sent. A crash between the two
+publishes them again under the same event ids, which the event store dedupes: no event
+is lost, none is stored twice, and none overtakes an earlier one.
+
+Usage::
+
+    relay = OutboxRelay(db, bus.publish, depends_on=("database", "event-bus"))
+    container.register(relay)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+import structlog
+from google.protobuf import any_pb2
+from google.protobuf.timestamp_pb2 import Timestamp
+from sqlalchemy.exc import IntegrityError
+
+from core.database import Database
+from core.events.model import Event
+from core.health import Health
+from core.lifecycle import Component
+from core.outbox import outbox
+
+log = structlog.get_logger()
+
+Publish = Callable[[Sequence[Event]], Awaitable[Any]]
+
+LEASE_SECONDS = 10.0
+SENT_RETENTION_SECONDS = 3600.0  # sent rows are kept this long for inspection, then deleted
+
+leases = sa.Table(
+    "mesh_leases",
+    sa.MetaData(),
+    sa.Column("name", sa.String(100), primary_key=True),
+    sa.Column("holder", sa.String(100), nullable=False),
+    sa.Column("expire_time", sa.Float(), nullable=False),
+)
+
+
+class OutboxRelay(Component):
+    """Relays `mesh_outbox` through `publish` (the local bus, or the events client).
+
+    Args:
+        db: The database holding the outbox.
+        publish: Stores a batch of events, all or none; must dedupe by event id.
+        batch: Rows per round.
+        interval: Seconds between rounds when the outbox is empty.
+    """
+
+    name = "outbox-relay"
+
+    def __init__(
+        self,
+        db: Database,
+        publish: Publish,
+        *,
+        depends_on: tuple[str, ...] = ("database",),
+        batch: int = 200,
+        interval: float = 0.05,
+    ) -> None:
+        self.depends_on = depends_on
+        self._db = db
+        self._publish = publish
+        self._batch = batch
+        self._interval = interval
+        self._holder = f"relay-{uuid.uuid4().hex[:12]}"
+        self._task: asyncio.Task[None] | None = None
+        self._last_error = ""
+        self._lease_until = 0.0
+        self.leader = False
+        self.relayed = 0
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=self.name)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        if self.leader:  # hand over at once rather than after the lease runs out
+            try:
+                async with asyncio.timeout(2.0), self._db.transaction() as tx:
+                    mine = leases.c.holder == self._holder
+                    await tx.conn.execute(leases.update().where(mine).values(expire_time=0.0))
+            except Exception:
+                log.warning("relay.handover_failed")
+            self.leader = False
+
+    async def check_health(self) -> Health:
+        details = {"leader": str(self.leader), "relayed": str(self.relayed)}
+        if self._last_error:
+            backlog = await self.backlog()
+            return Health.degraded(
+                f"outbox delivery failing ({self._last_error}); {backlog} events wait",
+                backlog=str(backlog),
+                **details,
+            )
+        return Health.healthy(**details)
+
+    async def backlog(self) -> int:
+        """Committed events not yet relayed."""
+        async with self._db.connect(autocommit=True) as conn:
+            query = sa.select(sa.func.count()).where(outbox.c.sent_time.is_(None))
+            return int(await conn.scalar(query) or 0)
+
+    async def _run(self) -> None:
+        failures = 0
+        last_cleanup = 0.0
+        while True:
+            try:
+                moved = 0
+                if await self._hold_lease():
+                    moved = await self.relay_once()
+                    if time.monotonic() - last_cleanup > 60:
+                        last_cleanup = time.monotonic()
+                        await self._delete_sent()
+                failures, self._last_error = 0, ""
+            except Exception as exc:
+                failures += 1
+                self._last_error = type(exc).__name__
+                log.warning("relay.failed", error=self._last_error, failures=failures)
+                await asyncio.sleep(min(5.0, 0.1 * 2**failures))
+                continue
+            if moved < self._batch:  # a full batch means more may wait: go on at once
+                await asyncio.sleep(self._interval if self.leader else 1.0)
+
+    async def relay_once(self) -> int:
+        """Publishes the oldest unsent rows, then marks them sent; returns how many."""
+        query = (
+            sa.select(outbox)
+            .where(outbox.c.sent_time.is_(None))
+            .order_by(outbox.c.position)
+            .limit(self._batch)
+        )
+        async with self._db.connect(autocommit=True) as conn:
+            rows = (await conn.execute(query)).all()
+        if not rows:
+            return 0
+        # Bounded well inside the lease, so no other instance starts relaying meanwhile.
+        async with asyncio.timeout(LEASE_SECONDS / 3):
+            await self._publish([_event(r) for r in rows])
+        positions = [r.position for r in rows]
+        async with self._db.transaction() as tx:
+            sent = outbox.update().where(outbox.c.position.in_(positions))
+            await tx.conn.execute(sent.values(sent_time=datetime.now(UTC)))
+        self.relayed += len(rows)
+        return len(rows)
+
+    async def _hold_lease(self) -> bool:
+        """Takes or renews the relay lease; True while this instance holds it."""
+        now = time.time()
+        if self.leader and now < self._lease_until - LEASE_SECONDS / 2:
+            return True  # renewed recently: no write transaction every round
+        expire = now + LEASE_SECONDS
+        try:
+            held = await self._claim_lease(now, expire)
+        except IntegrityError:  # another instance inserted the lease row first
+            held = False
+        if held != self.leader:
+            log.info("relay.leader" if held else "relay.follower", holder=self._holder)
+            self.leader = held
+        self._lease_until = expire if held else 0.0
+        return held
+
+    async def _claim_lease(self, now: float, expire: float) -> bool:
+        async with self._db.transaction() as tx:
+            free = sa.or_(leases.c.holder == self._holder, leases.c.expire_time < now)
+            taken = await tx.conn.execute(
+                leases.update()
+                .where(leases.c.name == self.name, free)
+                .values(holder=self._holder, expire_time=expire)
+            )
+            held = taken.rowcount == 1
+            if not held:
+                exists = await tx.conn.scalar(
+                    sa.select(sa.func.count()).where(leases.c.name == self.name)
+                )
+                if not exists:
+                    row = {"name": self.name, "holder": self._holder, "expire_time": expire}
+                    await tx.conn.execute(leases.insert(), row)
+                    held = True
+        return held
+
+    async def _delete_sent(self) -> None:
+        cutoff = datetime.now(UTC) - timedelta(seconds=SENT_RETENTION_SECONDS)
+        async with self._db.transaction() as tx:
+            await tx.conn.execute(outbox.delete().where(outbox.c.sent_time < cutoff))
+
+
+def _event(row: Any) -> Event:
+    data = any_pb2.Any.FromString(row.data)
+    stamp = Timestamp()
+    stamp.FromDatetime(row.time)
+    return Event(
+        id=row.event_id,
+        type=row.type,
+        source=row.source,
+        subject=row.subject,
+        time=stamp,
+        version=row.data_version,
+        data=data,
+        attributes=dict(row.attributes or {}),
+    )
