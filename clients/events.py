@@ -1,0 +1,447 @@
+"""Typed client for `mesh.events.v1.EventService`.
+
+Usage::
+
+    async with EventsClient("127.0.0.1:50051") as events:
+        sent = await events.publish(
+            make_event("mesh.demo.v1.thing.done", "mesh.demo.v1", subject="things/1", data=msg)
+        )
+
+        # A plain subscription sees every matching event. Delivery is at least once, so
+        # a consumer that must not act twice remembers the ids it has handled.
+        seen: set[str] = set()
+        async for received in events.subscribe(types=["mesh.demo.v1.*"], beginning=True):
+            if received.event.id in seen:
+                continue
+            seen.add(received.event.id)
+            handle(received.event)
+
+        # A consumer group shares the events among its members; each is acked when done,
+        # or nacked to be retried later (or parked in the group's dead letters).
+        async for received in events.subscribe(types=["mesh.demo.v1.*"], group="billing"):
+            try:
+                handle(received.event)  # received.attempt is 2 or more on a redelivery
+            except Exception as exc:
+                await events.nack("billing", received.event.id, retry_delay=5, error=str(exc))
+            else:
+                await events.ack("billing", [received.event.id])
+
+`subscribe` yields `pb.SubscribeResponse` messages, the contract's own: `.event` and
+`.attempt` (group deliveries count from 1; 0 on a plain subscription). With
+`markers=True` it also yields the `caught_up` and `checkpoint` messages (tell them apart
+with `WhichOneof("kind")`); a caller that stores a checkpoint's position can later
+resume with `after=`. The iterator reconnects by itself when the server is unavailable
+or stopping, resuming a plain subscription after the last checkpoint or event it saw
+(a group's place is kept by the server), so a restart loses nothing. It runs until the
+caller breaks out, is cancelled, or calls `aclose()`; the call is then cancelled.
+Breaking out closes it when it is collected; `async with events.subscribe(...) as
+stream:` closes it at once.
+
+Every method raises the `core.errors` exception for a failed call (InvalidArgumentError
+with `.violations`, NotFoundError, ...). Unary calls have a default deadline, and
+UNAVAILABLE is retried with backoff when that is safe: for reads, for `ack` (acking
+twice changes nothing) and for publishes, because every event gets an id before the
+first try and the server stores an id only once. `nack` and `replay` are not retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import partial
+from types import TracebackType
+from typing import Self, TypeVar
+
+import grpc
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from clients._private import Client, call
+from core.errors import UnavailableError, from_rpc_error
+from mesh.events.v1 import events_pb2 as pb
+from mesh.events.v1 import events_pb2_grpc
+from mesh.events.v1.events_pb2 import Event, PublishResponse, SubscribeResponse
+
+T = TypeVar("T")
+
+__all__ = ["Event", "EventsClient", "PublishResponse", "SubscribeResponse", "Subscription"]
+
+
+def make_event(
+    type: str,
+    source: str,
+    *,
+    subject: str = "",
+    data: Message | None = None,
+    attributes: Mapping[str, str] | None = None,
+    id: str = "",
+) -> Event:
+    """An event with `data` packed into its Any; the server fills in time and version."""
+    event = Event(id=id, type=type, source=source, subject=subject, attributes=attributes)
+    if data is not None:
+        event.data.Pack(data)
+    return event
+
+
+class EventsClient(Client):
+    """See the module docstring.
+
+    Args:
+        address: HOST:PORT of a server hosting EventService.
+        deadline: Seconds each unary call (all its retries included) may take by default.
+        attempts: Tries for a unary call that may be retried.
+        max_backoff: Longest pause between two reconnects of a subscription.
+        give_up_after: Seconds a subscription keeps reconnecting without receiving
+            anything before it raises the UnavailableError; None for forever.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        deadline: float = 10.0,
+        attempts: int = 3,
+        max_backoff: float = 5.0,
+        give_up_after: float | None = 60.0,
+    ) -> None:
+        super().__init__(address)
+        self.deadline = deadline
+        self.attempts = attempts
+        self.max_backoff = max_backoff
+        self.give_up_after = give_up_after
+
+    @property
+    def _stub(self) -> events_pb2_grpc.EventServiceAsyncStub:
+        return events_pb2_grpc.EventServiceStub(self.channel)
+
+    # -- publishing -----------------------------------------------------------------------
+
+    async def publish(self, event: Event, *, timeout: float | None = None) -> PublishResponse:
+        """Stores `event`; `duplicate` is set if its id was stored before.
+
+        An event without an id is sent with a new UUID (the caller's message is left as
+        it is), so a retry after a lost response cannot store it twice.
+        """
+        request = pb.PublishRequest(event=_with_id(event))
+        return await self._retried(lambda t: self._stub.Publish(request, timeout=t), timeout)
+
+    async def publish_batch(
+        self, events: Iterable[Event], *, timeout: float | None = None
+    ) -> list[PublishResponse]:
+        """Stores `events` in order, all or none; one result per event."""
+        request = pb.PublishBatchRequest(events=[_with_id(e) for e in events])
+        response = await self._retried(
+            lambda t: self._stub.PublishBatch(request, timeout=t), timeout
+        )
+        return list(response.results)
+
+    # -- subscribing ----------------------------------------------------------------------
+
+    def subscribe(
+        self,
+        *,
+        types: Sequence[str] = (),
+        subject: str = "",
+        after: str = "",
+        beginning: bool = False,
+        group: str = "",
+        consumer: str = "",
+        max_unacked: int = 0,
+        markers: bool = False,
+    ) -> Subscription:
+        """Streams events until closed, reconnecting when the server is unavailable.
+
+        Args:
+            types: Type patterns (exact, or a prefix ending in `.*`); empty for all.
+            subject: Only events about this subject, when set.
+            after: Start after this position (a checkpoint or an event's position).
+            beginning: Start from the first stored event. Without `after` or
+                `beginning`, the subscription starts with the events stored from now on.
+            group: A consumer group to join; its members share the events and ack them.
+                The start applies only when the group is created.
+            consumer: This member's name in the group, for status and logs.
+            max_unacked: For a group: most unacked events held at once (0: server default).
+            markers: Also yield the caught_up and checkpoint messages.
+        """
+        if after and beginning:
+            raise ValueError("give either after or beginning, not both")
+        request = pb.SubscribeRequest(
+            selector=pb.Selector(types=types, subject=subject),
+            group=group,
+            consumer=consumer,
+            max_unacked=max_unacked,
+        )
+        # None: "now", resolved by the server; "": from the beginning; else a position.
+        resume = after if after else ("" if beginning else None)
+        return Subscription(self, request, resume, markers=markers)
+
+    async def ack(
+        self, group: str, event_ids: Sequence[str], *, timeout: float | None = None
+    ) -> int:
+        """Marks events delivered to `group` done; returns how many became acked by this call.
+
+        Retried on UNAVAILABLE, since acking an acked event changes nothing; a retry
+        after a lost response therefore counts 0 for the events the first try acked.
+        """
+        request = pb.AckRequest(group=group, event_ids=event_ids)
+        response = await self._retried(lambda t: self._stub.Ack(request, timeout=t), timeout)
+        return response.acked_count
+
+    async def nack(
+        self,
+        group: str,
+        event_id: str,
+        *,
+        retry_delay: float | timedelta | None = None,
+        park: bool = False,
+        error: str = "",
+        timeout: float | None = None,
+    ) -> pb.DeliveryState.ValueType:
+        """Gives an event back to `group`: retried after `retry_delay` (seconds), or parked.
+
+        Returns its DeliveryState after the nack. Not retried: a second nack would count
+        as another failed attempt.
+        """
+        request = pb.NackRequest(group=group, event_id=event_id, park=park, error=error)
+        if isinstance(retry_delay, int | float):
+            retry_delay = timedelta(seconds=retry_delay)
+        if retry_delay is not None:
+            request.retry_delay.CopyFrom(_duration(retry_delay))
+        response = await call(lambda: self._stub.Nack(request, timeout=timeout or self.deadline))
+        return response.state
+
+    # -- reading --------------------------------------------------------------------------
+
+    async def status(
+        self, event_id: str, *, timeout: float | None = None
+    ) -> pb.GetEventStatusResponse:
+        """The stored event and, for every group that wants it, how far its delivery got."""
+        request = pb.GetEventStatusRequest(event_id=event_id)
+        return await self._retried(lambda t: self._stub.GetEventStatus(request, timeout=t), timeout)
+
+    async def history(
+        self,
+        *,
+        types: Sequence[str] = (),
+        subject: str = "",
+        start_time: datetime | None = None,
+        end_time: datetime | None = None,
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> pb.ListEventsResponse:
+        """One page of stored events, oldest first; pass `next_page_token` back for more.
+
+        `start_time` is inclusive, `end_time` exclusive; naive datetimes are taken as UTC.
+        """
+        request = pb.ListEventsRequest(
+            selector=pb.Selector(types=types, subject=subject),
+            page_size=page_size,
+            page_token=page_token,
+        )
+        if start_time is not None:
+            request.start_time.CopyFrom(_timestamp(start_time))
+        if end_time is not None:
+            request.end_time.CopyFrom(_timestamp(end_time))
+        return await self._retried(lambda t: self._stub.ListEvents(request, timeout=t), timeout)
+
+    async def dead_letters(
+        self,
+        group: str,
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> pb.ListDeadLettersResponse:
+        """One page of `group`'s dead letters, oldest first, each with its delivery status."""
+        request = pb.ListDeadLettersRequest(group=group, page_size=page_size, page_token=page_token)
+        return await self._retried(
+            lambda t: self._stub.ListDeadLetters(request, timeout=t), timeout
+        )
+
+    async def replay(
+        self, group: str, ids: Sequence[str] = (), *, timeout: float | None = None
+    ) -> int:
+        """Brings dead letters (`ids`, or all when empty) back for delivery; returns how many.
+
+        Not retried: replaying "all" again could bring back letters parked since.
+        """
+        request = pb.ReplayDeadLettersRequest(group=group, event_ids=ids)
+        response = await call(
+            lambda: self._stub.ReplayDeadLetters(request, timeout=timeout or self.deadline)
+        )
+        return response.replayed_count
+
+    # -- internals ------------------------------------------------------------------------
+
+    async def _retried(self, rpc: Callable[[float], Awaitable[T]], timeout: float | None) -> T:
+        """Calls `rpc(remaining_seconds)`, again after UNAVAILABLE, within one deadline."""
+        deadline = time.monotonic() + (timeout or self.deadline)
+        for attempt in range(1, self.attempts + 1):
+            remaining = deadline - time.monotonic()
+            try:
+                return await call(partial(rpc, max(remaining, 0.001)))
+            except UnavailableError:
+                backoff = min(1.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.0)
+                if attempt == self.attempts or time.monotonic() + backoff >= deadline:
+                    raise
+                await asyncio.sleep(backoff)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+class Subscription:
+    """The stream `EventsClient.subscribe` returns: iterate it once; see the module docstring.
+
+    `position` is where the stream would resume (for a plain subscription): the last
+    checkpoint or event position received, "" for the beginning, or None while the
+    server has not yet said where "now" is.
+    """
+
+    def __init__(
+        self,
+        client: EventsClient,
+        request: pb.SubscribeRequest,
+        resume: str | None,
+        *,
+        markers: bool,
+    ) -> None:
+        self._cursor = _Cursor(initial=resume, position=resume)
+        # The generator must not refer back to this object: without a cycle, a consumer
+        # that breaks out drops the last reference and asyncio closes the generator at
+        # once (cancelling the call) instead of whenever the cycle collector runs.
+        self._open = partial(_messages, client, request, self._cursor, markers)
+        self._messages: AsyncGenerator[SubscribeResponse, None] | None = None
+        self._closed = False
+
+    @property
+    def position(self) -> str | None:
+        return self._cursor.position
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> SubscribeResponse:
+        if self._messages is None:
+            if self._closed:
+                raise StopAsyncIteration
+            self._messages = self._open()
+        return await anext(self._messages)
+
+    async def aclose(self) -> None:
+        """Cancels the call; iterating afterwards ends at once."""
+        self._closed = True
+        messages, self._messages = self._messages, None
+        if messages is not None:
+            await messages.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+@dataclass(slots=True)
+class _Cursor:
+    """Where a subscription started and how far it got (see `Subscription.position`)."""
+
+    initial: str | None
+    position: str | None
+
+    def request(self, template: pb.SubscribeRequest) -> pb.SubscribeRequest:
+        """The request of the next call: `template` with the place to start from."""
+        request = pb.SubscribeRequest()
+        request.CopyFrom(template)
+        # The server keeps a group's place; its start matters only when it is created.
+        position = self.initial if template.group else self.position
+        if position is None:
+            request.start.now = True
+        elif position == "":
+            request.start.beginning = True
+        else:
+            request.start.after = position
+        return request
+
+    def advance(self, message: SubscribeResponse) -> None:
+        kind = message.WhichOneof("kind")
+        if kind == "event":
+            self.position = message.event.position
+        elif kind == "caught_up":
+            self.position = message.caught_up.position
+        elif kind == "checkpoint":
+            self.position = message.checkpoint.position
+
+    def stopped(self, error: UnavailableError) -> None:
+        """A stopping server says how far its last stream got; resume there."""
+        if error.reason == "SERVER_STOPPING" and error.metadata.get("position"):
+            self.position = error.metadata["position"]
+
+
+async def _messages(
+    client: EventsClient, template: pb.SubscribeRequest, cursor: _Cursor, markers: bool
+) -> AsyncGenerator[SubscribeResponse, None]:
+    """One call after another: a call that fails with UNAVAILABLE (or ends) opens the next."""
+    failures = 0
+    outage_since: float | None = None  # when the server was first found unavailable
+    while True:
+        rpc = client._stub.Subscribe(cursor.request(template))
+        error: UnavailableError | None = None
+        try:
+            async for message in rpc:
+                failures, outage_since = 0, None
+                cursor.advance(message)
+                if markers or message.HasField("event"):
+                    yield message
+            # The contract says a subscription never ends on its own; if one does anyway,
+            # resuming is what the caller wants, as after UNAVAILABLE.
+        except grpc.RpcError as exc:
+            translated = from_rpc_error(exc)
+            if not isinstance(translated, UnavailableError):
+                raise translated from None
+            error = translated
+            cursor.stopped(error)
+        finally:
+            # A consumer that breaks out or is cancelled lands here too: end the call on
+            # the server at once (a group member's unacked events go back).
+            rpc.cancel()
+        failures += 1
+        outage_since = outage_since or time.monotonic()
+        if client.give_up_after is not None and (
+            time.monotonic() - outage_since > client.give_up_after
+        ):
+            raise error or UnavailableError("the subscription keeps ending") from None
+        # Exponential from 0.1 s up to max_backoff, with jitter so clients spread out.
+        ceiling = min(client.max_backoff, 0.05 * 2.0**failures)
+        await asyncio.sleep(ceiling * random.uniform(0.5, 1.0))
+
+
+def _with_id(event: Event) -> Event:
+    if event.id:
+        return event
+    copy = Event()
+    copy.CopyFrom(event)
+    copy.id = str(uuid.uuid4())
+    return copy
+
+
+def _timestamp(when: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(when)  # naive datetimes are UTC
+    return stamp
+
+
+def _duration(delay: timedelta) -> Duration:
+    duration = Duration()
+    duration.FromTimedelta(delay)
+    return duration
