@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import events
 import grpc
 import load
 import procs
@@ -339,7 +340,17 @@ def main() -> None:
     parser.add_argument(
         "--json", type=Path, default=Path(tempfile.gettempdir()) / "mesh-bench-results.json"
     )
-    sys.exit(asyncio.run(run(parser.parse_args())))
+    parser.add_argument("--suite", choices=["projects", "events", "all"], default="all")
+    events.add_arguments(parser)
+    sys.exit(asyncio.run(run_suites(parser.parse_args())))
+
+
+async def run_suites(args: argparse.Namespace) -> int:
+    """The projects suite (above), the events suite (tests/bench/events.py), or both."""
+    status = await run(args) if args.suite != "events" else 0
+    if args.suite != "projects":
+        status = max(status, await events.run(args))
+    return status
 
 
 if __name__ == "__main__":
