@@ -28,6 +28,7 @@ from core.logging import configure_logging
 from core.server import GrpcServer, Service, serve
 from mesh.admin.v1 import admin_pb2
 from servers.admin.server import admin_service
+from servers.events import cli as events_cli
 from servers.events import server as events
 from servers.projects import cli as projects_cli
 from servers.projects import server as projects
@@ -105,6 +106,7 @@ def _parser() -> argparse.ArgumentParser:
     upgrade.set_defaults(run=lambda a, s: asyncio.run(_db_upgrade(s)))
 
     projects_cli.add_commands(commands)
+    events_cli.add_commands(commands)
     return parser
 
 

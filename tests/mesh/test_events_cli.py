@@ -1,0 +1,164 @@
+"""`mesh events ...` against a real `mesh serve events` process on its embedded SQLite file.
+
+Every command prints JSON; errors go to stderr as JSON with a non-zero exit; `subscribe`
+prints one JSON object per line until Ctrl-C, then exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from clients.events import EventsClient, make_event
+from mesh.events.v1 import events_pb2 as pb
+from tests.mesh._processes import MESH, STARTUP, MeshProcess, mesh_env, run_mesh, serving
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[MeshProcess]:
+    async with serving("events", env=mesh_env(MESH_DATA_DIR=str(tmp_path / "data"))) as process:
+        yield process
+
+
+async def mesh_json(server: MeshProcess, *args: str) -> Any:
+    """Runs `mesh events ARGS --address ...`; returns its JSON output (it must succeed)."""
+    code, out, err = await run_mesh("events", *args, "--address", server.address, env=mesh_env())
+    assert code == 0, err
+    return json.loads(out)
+
+
+@asynccontextmanager
+async def following(server: MeshProcess, *args: str) -> AsyncIterator[asyncio.subprocess.Process]:
+    """`mesh events subscribe ARGS` running until the block ends (killed if still running)."""
+    proc = await asyncio.create_subprocess_exec(
+        *(MESH, "events", "subscribe", *args, "--address", server.address),
+        env=mesh_env(),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+
+
+async def lines(proc: asyncio.subprocess.Process, count: int) -> list[dict[str, Any]]:
+    """The next `count` JSON lines the process prints, within STARTUP seconds."""
+    assert proc.stdout is not None
+    found: list[dict[str, Any]] = []
+    async with asyncio.timeout(STARTUP):
+        while len(found) < count:
+            line = await proc.stdout.readline()
+            assert line, "the subscriber's output ended"
+            found.append(json.loads(line))
+    return found
+
+
+async def interrupt(proc: asyncio.subprocess.Process) -> tuple[int, str]:
+    """Ctrl-C; returns the exit code and whatever the process wrote to stderr."""
+    proc.send_signal(signal.SIGINT)
+    async with asyncio.timeout(STARTUP):
+        _, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, err.decode()
+
+
+async def acked_in(events: EventsClient, group: str, event_id: str) -> None:
+    async with asyncio.timeout(STARTUP):
+        while True:
+            states = {g.group: g.state for g in (await events.status(event_id)).groups}
+            if states.get(group) == pb.DELIVERY_STATE_ACKED:
+                return
+            await asyncio.sleep(0.05)
+
+
+async def test_a_published_event_is_in_the_history_and_has_a_status(
+    server: MeshProcess,
+) -> None:
+    sent = await mesh_json(
+        server,
+        *("publish", "--type", "mesh.demo.v1.thing.done", "--source", "mesh.demo.v1"),
+        *("--subject", "things/1", "--data", '{"name": "one", "tags": ["a"]}'),
+    )
+    async with EventsClient(server.address) as events:
+        await events.publish(make_event("mesh.other.v1.x", "other"))
+
+    history = await mesh_json(server, "history", "--type", "mesh.demo.v1.*")
+    status = await mesh_json(server, "status", sent["id"])
+
+    [event] = history["events"]
+    assert (event["id"], event["position"]) == (sent["id"], sent["position"])
+    assert event["subject"] == "things/1"
+    assert event["data"] == {
+        "@type": "type.googleapis.com/google.protobuf.Struct",
+        "value": {"name": "one", "tags": ["a"]},
+    }
+    assert status["event"] == event
+    assert "groups" not in status  # no group wants it
+
+
+async def test_errors_are_json_on_stderr_with_a_non_zero_exit(server: MeshProcess) -> None:
+    missing = await run_mesh(
+        "events", "status", "nope", "--address", server.address, env=mesh_env()
+    )
+    bad_data = await run_mesh(
+        *("events", "publish", "--type", "t", "--source", "s", "--data", "[1]"),
+        *("--address", server.address),
+        env=mesh_env(),
+    )
+
+    assert missing[0] == 1
+    assert missing[1] == ""
+    assert json.loads(missing[2])["reason"] == "EVENT_NOT_FOUND"
+    assert bad_data[0] == 1
+    assert json.loads(bad_data[2])["violations"][0]["field"] == "--data"
+
+
+async def test_subscribe_prints_stored_then_live_events_and_exits_0_on_ctrl_c(
+    server: MeshProcess,
+) -> None:
+    async with EventsClient(server.address) as events:
+        stored = [await events.publish(make_event("mesh.demo.v1.x", "demo")) for _ in range(2)]
+        async with following(server, "--from-beginning") as proc:
+            backlog = await lines(proc, 2)
+            live = await events.publish(make_event("mesh.demo.v1.x", "demo"))
+            [printed] = await lines(proc, 1)
+            code, err = await interrupt(proc)
+
+    assert [line["event"]["id"] for line in backlog] == [r.id for r in stored]
+    assert printed["event"]["id"] == live.id
+    assert (code, err) == (0, "")
+
+
+async def test_a_group_follower_acks_and_dead_letters_can_be_replayed(
+    server: MeshProcess,
+) -> None:
+    async with EventsClient(server.address) as events:
+        acked = await events.publish(make_event("mesh.demo.v1.x", "demo"))
+        async with following(server, "--group", "g", "--from-beginning", "--ack") as proc:
+            [line] = await lines(proc, 1)
+            await acked_in(events, "g", acked.id)  # a Ctrl-C must not cut the ack short
+            code, _ = await interrupt(proc)
+        parked = await events.publish(make_event("mesh.demo.v1.x", "demo"))
+        async with events.subscribe(group="g") as stream, asyncio.timeout(STARTUP):
+            assert (await anext(stream)).event.id == parked.id
+            await events.nack("g", parked.id, park=True, error="cannot handle it")
+
+    assert (line["event"]["id"], line["attempt"], code) == (acked.id, 1, 0)
+    letters = await mesh_json(server, "dead-letters", "g")
+    [letter] = letters["dead_letters"]
+    assert letter["event"]["id"] == parked.id
+    assert letter["status"]["errors"][0]["message"] == "cannot handle it"
+    replayed = await mesh_json(server, "dead-letters", "g", "--replay", parked.id)
+    assert replayed == {"replayed_count": 1}
+    async with EventsClient(server.address) as events:
+        assert (await events.dead_letters("g")).dead_letters == []
