@@ -16,7 +16,8 @@ together, released together, and the server's CPU is read from /proc around them
    Target: >= 20k events/s in all.
 3. latency: a publisher calls Publish at a steady 1k/s with its send time (time.time_ns)
    in an attribute; a live subscriber records receive - send. Target: p99 <= 20 ms.
-4. memory: 1000 idle subscriptions (start now) on 10 connections; the server's VmRSS
+4. memory: 1000 idle subscriptions (start now) on 10 connections, opened 100 at a time
+   (each 100 live before the next: clients arrive over time); the server's VmRSS
    before and after, and its CPU while they sit idle. Target: < 100 MB for the process.
 
 The sides of 1 and 2 are interleaved round by round, in a rotating order; the best run
@@ -47,6 +48,7 @@ from mesh.events.v1 import events_pb2 as pb
 SERVICE = "/mesh.events.v1.EventService/"
 EVENT_TAG = 0x0A  # a SubscribeResponse carrying an event starts with field 1's tag
 OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]  # one TCP connection per channel
+IDLE_WAVE = 100  # idle subscriptions opened at once
 IN_FLIGHT = 64  # Publish calls a latency publisher may have outstanding
 REDIS_URL = os.environ.get("MESH_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 TARGETS = {"replay_events_per_s": 10_000, "replay_ratio": 0.6, "fanout_events_per_s": 20_000}
@@ -588,7 +590,7 @@ async def replay_worker(
             "cpu_s": time.process_time() - cpu,
         }
     except (grpc.RpcError, RuntimeError, TimeoutError) as exc:
-        return {"problem": f"{type(exc).__name__}: {exc}"}
+        return {"problem": _why(exc)}
     finally:
         for channel in channels:
             await channel.close()
@@ -678,29 +680,46 @@ async def latency_worker(address: str, total: str, warmup: str, timeout: str) ->
 
 
 async def idle_worker(address: str, count: str, connections: str) -> dict[str, Any]:
-    """`count` live subscriptions on `connections` connections, held until the bench says STOP."""
+    """`count` live subscriptions on `connections` connections, opened IDLE_WAVE at a time
+    (each wave live before the next), held until the bench says STOP."""
     request = pb.SubscribeRequest(start=pb.StartPosition(now=True)).SerializeToString()
     channels = [
         grpc.aio.insecure_channel(address, options=OWN_CONNECTION) for _ in range(int(connections))
     ]
-    calls = [
-        channels[i % len(channels)].unary_stream(SERVICE + "Subscribe")(request)
-        for i in range(int(count))
-    ]
+    calls: list[Any] = []
+    live, problem = 0, ""
     try:
-        async with asyncio.timeout(120):
-            firsts = await asyncio.gather(*(c.read() for c in calls))
-        live = sum(1 for f in firsts if f is not grpc.aio.EOF and f[0] != EVENT_TAG)
+        for start in range(0, int(count), IDLE_WAVE):
+            wave = [
+                channels[i % len(channels)].unary_stream(SERVICE + "Subscribe")(request)
+                for i in range(start, min(int(count), start + IDLE_WAVE))
+            ]
+            calls += wave
+            async with asyncio.timeout(60):
+                firsts = await asyncio.gather(*(c.read() for c in wave), return_exceptions=True)
+            for first in firsts:
+                if isinstance(first, BaseException):
+                    problem = problem or _why(first)
+                elif first is not grpc.aio.EOF and first[0] != EVENT_TAG:
+                    live += 1
+        if live < len(calls):
+            problem = f"{len(calls) - live} of {len(calls)} did not go live; first: {problem}"
+    except TimeoutError:
+        problem = f"only {live} of {count} went live within a minute per wave"
+    try:
         await released()
-        return {"open": live, "problem": "" if live == len(calls) else f"only {live} went live"}
-    except (grpc.RpcError, TimeoutError) as exc:
-        print("READY", flush=True)  # the bench still waits for the word
-        return {"open": 0, "problem": f"{type(exc).__name__}: {exc}"}
+        return {"open": live, "problem": problem}
     finally:
         for call in calls:
             call.cancel()
         for channel in channels:
             await channel.close()
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"{exc.code().name}: {exc.details()}"
+    return f"{type(exc).__name__}: {exc}"
 
 
 ROLES: dict[str, Callable[..., Awaitable[dict[str, Any]]]] = {
