@@ -626,13 +626,14 @@ class RedisEventStore:
 
     async def check(self) -> str:
         await self._verify()  # raises UnavailableError when Redis is unreachable
-        if self._reader is None or self._reader.done():
-            return "the event reader is not running"
-        if self._reader_error:
-            return f"the event reader is reconnecting: {self._reader_error}"
+        problems = []
         if self._gap is not None and time.time() - self._gap.at < _GAP_REPORTED:
-            return self._gap.problem
-        return ""
+            problems.append(self._gap.problem)  # reported for a while, never just logged
+        if self._reader is None or self._reader.done():
+            problems.append("the event reader is not running")
+        elif self._reader_error:
+            problems.append(f"the event reader is reconnecting: {self._reader_error}")
+        return "; ".join(problems)
 
     def order_key(self, position: str) -> tuple[int, ...]:
         if not position:

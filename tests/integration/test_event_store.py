@@ -8,10 +8,12 @@ bounded polling loops, never sleeps standing in for a condition.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -32,6 +34,7 @@ from core.events.model import Delivery, Event, EventStore, HistoryQuery, Policy,
 from core.events.redis import RedisEventStore
 from core.events.sql import SqlEventStore
 from tests.conftest import _pg_admin, _pg_url
+from tests.mesh._processes import private_redis
 
 T = TypeVar("T")
 
@@ -98,16 +101,23 @@ async def _redis_store(namespace: str, **options: int) -> Opened:
     return opened
 
 
+@asynccontextmanager
+async def _fresh_redis() -> AsyncIterator[Opened]:
+    """A Redis store on a namespace of its own, whose keys are deleted afterwards."""
+    namespace = f"test-{uuid.uuid4().hex[:12]}"
+    opened = await _redis_store(namespace)
+    try:
+        yield opened
+    finally:
+        await opened.store.close()
+        await _drop_namespace(namespace)
+
+
 @pytest.fixture(params=["sqlite", "postgresql", "redis"])
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Opened]:
     if request.param == "redis":
-        namespace = f"test-{uuid.uuid4().hex[:12]}"
-        opened = await _redis_store(namespace)
-        try:
+        async with _fresh_redis() as opened:
             yield opened
-        finally:
-            await opened.store.close()
-            await _drop_namespace(namespace)
         return
     name = f"mesh_test_{uuid.uuid4().hex[:12]}"
     if request.param == "sqlite":
@@ -495,10 +505,9 @@ async def test_errors_kept_are_the_last_ten(store: EventStore) -> None:
 
 
 @pytest.fixture
-async def redis_backend(backend: Opened) -> Opened:
-    if backend.backend != "redis":
-        pytest.skip("Redis only")
-    return backend
+async def redis_backend() -> AsyncIterator[Opened]:
+    async with _fresh_redis() as opened:
+        yield opened
 
 
 async def test_events_from_another_instance_reach_the_live_feed(redis_backend: Opened) -> None:
@@ -572,3 +581,37 @@ async def test_an_unreachable_redis_is_unavailable() -> None:
         await store.open(lambda batch: None)
     assert caught.value.reason == "EVENTS_UNAVAILABLE"
     await store.close()
+
+
+async def test_a_redis_restart_without_persistence_is_detected(tmp_path: Path) -> None:
+    async with private_redis(tmp_path / "redis") as server:
+        opened = Opened(RedisEventStore(server.url, namespace="restart"), "redis")
+        store = opened.store
+        await store.open(opened.listen)
+        try:
+            await store.join("workers", EVERYTHING, "")
+            await store.append([an_event(id="before")])
+            await opened.wait_seen(1)
+
+            await server.kill()
+            with pytest.raises(UnavailableError) as caught:
+                await store.head()
+            assert caught.value.reason == "EVENTS_UNAVAILABLE"
+            with pytest.raises(UnavailableError):
+                await store.check()
+
+            await server.start()  # empty: it had no persistence
+
+            async def problem() -> str:
+                with contextlib.suppress(UnavailableError):
+                    return await store.check()
+                return ""
+
+            assert "lost" in await until(problem)
+            await store.append([an_event(id="after")])
+            seen = await opened.wait_seen(2)
+            assert [e.id for e in seen] == ["before", "after"]
+            [delivery] = await until(lambda: store.claim("workers", "m", 10, SLOW))
+            assert delivery.event.id == "after"
+        finally:
+            await store.close()
