@@ -317,7 +317,7 @@ class Subscription:
         # once (cancelling the call) instead of whenever the cycle collector runs.
         self._open = partial(_messages, client, request, self._cursor, markers)
         self._messages: AsyncGenerator[SubscribeResponse, None] | None = None
-        self._closed = False
+        self._reading = False  # a task is inside __anext__
 
     @property
     def position(self) -> str | None:
@@ -328,16 +328,22 @@ class Subscription:
 
     async def __anext__(self) -> SubscribeResponse:
         if self._messages is None:
-            if self._closed:
+            if self._cursor.closed:
                 raise StopAsyncIteration
             self._messages = self._open()
-        return await anext(self._messages)
+        self._reading = True
+        try:
+            return await anext(self._messages)
+        finally:
+            self._reading = False
 
     async def aclose(self) -> None:
-        """Cancels the call; iterating afterwards ends at once."""
-        self._closed = True
+        """Cancels the call; iterating (here or in another task) then ends at once."""
+        self._cursor.close()
         messages, self._messages = self._messages, None
-        if messages is not None:
+        # A generator another task is inside cannot be closed from here; the cancelled
+        # call ends that task's read, and the generator returns by itself.
+        if messages is not None and not self._reading:
             await messages.aclose()
 
     async def __aenter__(self) -> Self:
@@ -358,6 +364,13 @@ class _Cursor:
 
     initial: str | None
     position: str | None
+    call: grpc.aio.UnaryStreamCall[pb.SubscribeRequest, SubscribeResponse] | None = None
+    closed: bool = False
+
+    def close(self) -> None:
+        self.closed = True
+        if self.call is not None:
+            self.call.cancel()
 
     def request(self, template: pb.SubscribeRequest) -> pb.SubscribeRequest:
         """The request of the next call: `template` with the place to start from."""
@@ -394,8 +407,8 @@ async def _messages(
     """One call after another: a call that fails with UNAVAILABLE (or ends) opens the next."""
     failures = 0
     outage_since: float | None = None  # when the server was first found unavailable
-    while True:
-        rpc = client._stub.Subscribe(cursor.request(template))
+    while not cursor.closed:
+        rpc = cursor.call = client._stub.Subscribe(cursor.request(template))
         error: UnavailableError | None = None
         try:
             async for message in rpc:
@@ -405,6 +418,11 @@ async def _messages(
                     yield message
             # The contract says a subscription never ends on its own; if one does anyway,
             # resuming is what the caller wants, as after UNAVAILABLE.
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if cursor.closed and task is not None and not task.cancelling():
+                return  # aclose() from another task cancelled the call, not this task
+            raise
         except grpc.RpcError as exc:
             translated = from_rpc_error(exc)
             if not isinstance(translated, UnavailableError):

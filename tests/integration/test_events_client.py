@@ -173,6 +173,29 @@ async def test_subscription_from_the_beginning_sees_stored_then_live_events(
     assert stream.position == live.position
 
 
+async def test_closing_a_subscription_ends_a_read_waiting_in_another_task(
+    events: EventsClient,
+) -> None:
+    stream = events.subscribe(markers=True)
+    seen: list[str] = []
+    caught_up = asyncio.Event()
+
+    async def read() -> None:
+        async for message in stream:
+            seen.append(str(message.WhichOneof("kind")))
+            if message.HasField("caught_up"):
+                caught_up.set()
+
+    async with asyncio.timeout(WITHIN), asyncio.TaskGroup() as tg:
+        reader = tg.create_task(read())
+        await caught_up.wait()
+        await stream.aclose()
+
+    assert not reader.cancelled()  # its loop simply ended
+    assert seen[0] == "caught_up"
+    assert await anext(stream, None) is None
+
+
 async def test_a_malformed_selector_fails_the_subscription_without_retrying(
     events: EventsClient,
 ) -> None:
