@@ -7,24 +7,27 @@ Usage::
             make_event("mesh.demo.v1.thing.done", "mesh.demo.v1", subject="things/1", data=msg)
         )
 
-        # A plain subscription sees every matching event. Delivery is at least once, so
-        # a consumer that must not act twice remembers the ids it has handled.
-        seen: set[str] = set()
+        # A plain subscription sees every matching event.
         async for received in events.subscribe(types=["mesh.demo.v1.*"], beginning=True):
-            if received.event.id in seen:
-                continue
-            seen.add(received.event.id)
-            handle(received.event)
+            print(received.event.type, received.event.subject)
 
         # A consumer group shares the events among its members; each is acked when done,
         # or nacked to be retried later (or parked in the group's dead letters).
+        # Delivery is at least once: an event whose ack was lost, or whose member went
+        # away before acking, comes again. So a consumer whose effect must happen once
+        # records the ids it handled (here a set; in practice a table written in the
+        # same transaction as the effect) and skips an id it has seen.
+        handled: set[str] = set()
         async for received in events.subscribe(types=["mesh.demo.v1.*"], group="billing"):
+            event = received.event  # received.attempt is 2 or more on a redelivery
             try:
-                handle(received.event)  # received.attempt is 2 or more on a redelivery
+                if event.id not in handled:
+                    charge(event)
+                    handled.add(event.id)
             except Exception as exc:
-                await events.nack("billing", received.event.id, retry_delay=5, error=str(exc))
+                await events.nack("billing", event.id, retry_delay=5, error=str(exc))
             else:
-                await events.ack("billing", [received.event.id])
+                await events.ack("billing", [event.id])
 
 `subscribe` yields `pb.SubscribeResponse` messages, the contract's own: `.event` and
 `.attempt` (group deliveries count from 1; 0 on a plain subscription). With
@@ -32,10 +35,13 @@ Usage::
 with `WhichOneof("kind")`); a caller that stores a checkpoint's position can later
 resume with `after=`. The iterator reconnects by itself when the server is unavailable
 or stopping, resuming a plain subscription after the last checkpoint or event it saw
-(a group's place is kept by the server), so a restart loses nothing. It runs until the
-caller breaks out, is cancelled, or calls `aclose()`; the call is then cancelled.
-Breaking out closes it when it is collected; `async with events.subscribe(...) as
-stream:` closes it at once.
+(a group's place is kept by the server), so a restart loses nothing. (One gap: a
+subscription that starts at "now" and loses its first call before the server's first
+message starts at "now" again.) Reconnects back off exponentially up to `max_backoff`;
+after `give_up_after` seconds without a message the UnavailableError is raised. The
+iterator runs until the caller breaks out, is cancelled or calls `aclose()`; the call
+is then cancelled. Breaking out closes it when the iterator is collected, which
+CPython does at once; `async with events.subscribe(...) as stream:` closes it on exit.
 
 Every method raises the `core.errors` exception for a failed call (InvalidArgumentError
 with `.violations`, NotFoundError, ...). Unary calls have a default deadline, and
@@ -70,7 +76,14 @@ from mesh.events.v1.events_pb2 import Event, PublishResponse, SubscribeResponse
 
 T = TypeVar("T")
 
-__all__ = ["Event", "EventsClient", "PublishResponse", "SubscribeResponse", "Subscription"]
+__all__ = [
+    "Event",
+    "EventsClient",
+    "PublishResponse",
+    "SubscribeResponse",
+    "Subscription",
+    "make_event",
+]
 
 
 def make_event(
