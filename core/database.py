@@ -36,6 +36,10 @@ from core.lifecycle import Component
 
 log = structlog.get_logger()
 
+# core's own tables (outbox, request ids, secrets, events, leases); core.migrate adds this
+# folder to every upgrade.
+CORE_MIGRATIONS = Path(__file__).parent / "migrations" / "versions"
+
 T = TypeVar("T")
 Hook = Callable[[], Awaitable[None] | None]
 
@@ -108,6 +112,7 @@ class Database(Component):
             "pool_timeout": pool_timeout,
         }
         self._engine: AsyncEngine | None = None
+        self._returning: set[asyncio.Task[None]] = set()
         self._variants: dict[tuple[tuple[str, Any], ...], AsyncEngine] = {}
         # SQLite: our begin hook skips BEGIN; PostgreSQL: the driver's autocommit.
         self._autocommit: dict[str, Any] = (
@@ -119,6 +124,7 @@ class Database(Component):
         """The database of MESH_DATABASE_URL (or the embedded SQLite file), core tables only."""
         return cls(
             settings.database(),
+            migrations=[CORE_MIGRATIONS],
             migrate=settings.migrates_on_start(),
             pool_size=settings.database_pool_size,
         )
@@ -153,6 +159,8 @@ class Database(Component):
         log.info("database.connected", url=redacted(self.url))
 
     async def stop(self) -> None:
+        if self._returning:  # connections on their way back must reach the pool first
+            await asyncio.wait(self._returning, timeout=5.0)
         if self._engine is not None:
             await self._engine.dispose()
             self._engine = None
@@ -201,7 +209,18 @@ class Database(Component):
                 ) from None
             raise
         finally:
-            await conn.close()
+            await self._give_back(conn)
+
+    async def _give_back(self, conn: AsyncConnection) -> None:
+        """Returns `conn` to the pool even if the caller is cancelled meanwhile.
+
+        A cancelled return would drop the connection unclosed (its rollback is an await);
+        shielded, the return finishes in a task that `stop` waits for.
+        """
+        task = asyncio.ensure_future(conn.close())
+        self._returning.add(task)
+        task.add_done_callback(self._returning.discard)
+        await asyncio.shield(task)
 
     @asynccontextmanager
     async def transaction(

@@ -18,9 +18,9 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from core.database import CORE_MIGRATIONS
 from core.lifecycle import FatalStartError
 
-CORE_MIGRATIONS = Path(__file__).parent / "migrations" / "versions"
 _SCRIPT_LOCATION = Path(__file__).parent / "migrations"
 _LOCK_KEY = 0x6D657368  # "mesh": one advisory lock for all schema changes
 

@@ -20,8 +20,9 @@ import asyncio
 import bisect
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -45,6 +46,7 @@ from core.health import Health
 from core.lifecycle import Component
 
 log = structlog.get_logger()
+T = TypeVar("T")
 
 READ_BATCH = 500
 CHECKPOINT_SECONDS = 1.0
@@ -97,6 +99,7 @@ class EventBus(Component):
         self._floor_known = False
         self._changed = asyncio.Event()
         self._closing = asyncio.Event()
+        self._work: set[asyncio.Future[Any]] = set()
         self.published = 0
         self.delivered = 0
 
@@ -109,6 +112,8 @@ class EventBus(Component):
 
     async def stop(self) -> None:
         self.close_streams()
+        if self._work:
+            await asyncio.wait(self._work, timeout=5.0)
         await self.store.close()
 
     async def check_health(self) -> Health:
@@ -117,6 +122,18 @@ class EventBus(Component):
         if problem:
             return Health.degraded(problem, **details)
         return Health.healthy(**details)
+
+    async def _settled(self, work: Awaitable[T]) -> T:
+        """Runs store work to its end even when the stream is cancelled meanwhile.
+
+        A database call cut off mid-statement invalidates its connection and leaves it
+        unclosed, and a claim cut off after its commit would strand what it handed out.
+        `stop` waits for such work before the store closes.
+        """
+        task = asyncio.ensure_future(work)
+        self._work.add(task)
+        task.add_done_callback(self._work.discard)
+        return await asyncio.shield(task)
 
     def close_streams(self) -> None:
         """Ends every subscription with UNAVAILABLE (SERVER_STOPPING) so a drain need not wait."""
@@ -195,9 +212,9 @@ class EventBus(Component):
         checkpointed, last_checkpoint = after, time.monotonic()
         while True:
             changed = self._changed  # taken before reading, so no wake-up is missed
-            page = self._from_ring(after, selector) or await self.store.read(
-                after, selector, READ_BATCH
-            )
+            page = self._from_ring(after, selector)
+            if page is None:
+                page = await self._settled(self.store.read(after, selector, READ_BATCH))
             for event in page.events:
                 yield event
             self.delivered += len(page.events)
@@ -247,10 +264,11 @@ class EventBus(Component):
             while True:
                 changed = self._changed
                 if held >= max_unacked:  # acks may have arrived here or at another instance
-                    held = await self.store.unacked(group, member)
+                    held = await self._settled(self.store.unacked(group, member))
                 batch = []
                 if held < max_unacked:
-                    batch = await self.store.claim(group, member, max_unacked - held, self.policy)
+                    claim = self.store.claim(group, member, max_unacked - held, self.policy)
+                    batch = await self._settled(claim)
                 for delivery in batch:
                     yield delivery
                 held += len(batch)
@@ -261,15 +279,14 @@ class EventBus(Component):
                 if self._closing.is_set():
                     raise _stopping("")
                 if not batch and not changed.is_set():
-                    due = await self.store.next_due(group)
+                    due = await self._settled(self.store.next_due(group))
                     wait = IDLE_POLL_SECONDS if due is None else due - time.time()
                     await self._wait(min(max(wait, 0.01), IDLE_POLL_SECONDS))
         finally:
             # Bounded and shielded: a cancelled stream must still give its events back.
-            release = asyncio.ensure_future(self.store.release(group, member))
             try:
                 async with asyncio.timeout(5.0):
-                    await asyncio.shield(release)
+                    await self._settled(self.store.release(group, member))
             except Exception:
                 log.warning("group.release_failed", group=group, consumer=member)
             log.info("group.left", group=group, consumer=member)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from contextlib import aclosing
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -51,15 +52,18 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
         after = await self._bus.resolve(
             after=start.after, beginning=start.WhichOneof("start") == "beginning"
         )
-        if not request.group:
-            async for item in self._bus.subscribe(selector, after):
+        stream: AsyncIterator[Event | Delivery | CaughtUp | Checkpoint]
+        if request.group:
+            limit = _max_unacked(request.max_unacked)
+            consumer = request.consumer[:100]
+            stream = self._bus.consume(request.group, consumer, selector, after, limit)
+        else:
+            stream = self._bus.subscribe(selector, after)
+        # Closed here, in this task, when the caller cancels: a group member's unacked
+        # events are given back before the handler ends, not whenever the GC runs.
+        async with aclosing(stream):
+            async for item in stream:
                 yield _message(item)
-            return
-        limit = _max_unacked(request.max_unacked)
-        async for delivery in self._bus.consume(
-            request.group, request.consumer[:100], selector, after, limit
-        ):
-            yield _message(delivery)
 
     async def Ack(self, request: pb.AckRequest, context: Context) -> pb.AckResponse:
         ids = _event_ids(request.event_ids, required=True)
