@@ -20,7 +20,7 @@ import asyncio
 import bisect
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -206,7 +206,7 @@ class EventBus(Component):
 
     async def subscribe(
         self, selector: Selector, after: str
-    ) -> AsyncIterator[Event | CaughtUp | Checkpoint]:
+    ) -> AsyncGenerator[Event | CaughtUp | Checkpoint, None]:
         """Stored events after `after`, a CaughtUp once, then live ones, with checkpoints."""
         caught_up = False
         checkpointed, last_checkpoint = after, time.monotonic()
@@ -250,7 +250,7 @@ class EventBus(Component):
 
     async def consume(
         self, group: str, consumer: str, selector: Selector, start: str, max_unacked: int
-    ) -> AsyncIterator[Delivery | CaughtUp]:
+    ) -> AsyncGenerator[Delivery | CaughtUp, None]:
         """Joins `group` (created at `start` if new) and yields this member's share of events.
 
         Events stay unacked until `ack`; when the member leaves, they become due again.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -52,7 +52,7 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
         after = await self._bus.resolve(
             after=start.after, beginning=start.WhichOneof("start") == "beginning"
         )
-        stream: AsyncIterator[Event | Delivery | CaughtUp | Checkpoint]
+        stream: AsyncGenerator[Event | Delivery | CaughtUp | Checkpoint, None]
         if request.group:
             limit = _max_unacked(request.max_unacked)
             consumer = request.consumer[:100]
