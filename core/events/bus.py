@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from core.errors import InvalidArgumentError, UnavailableError
+from core.errors import FieldViolation, InvalidArgumentError, OutOfRangeError, UnavailableError
 from core.events.model import (
     Appended,
     Delivery,
@@ -49,6 +49,7 @@ log = structlog.get_logger()
 T = TypeVar("T")
 
 READ_BATCH = 500
+GROUP_EVENTS = 1000  # most events the writer stores in one append
 CHECKPOINT_SECONDS = 1.0
 IDLE_POLL_SECONDS = 1.0
 
@@ -85,7 +86,7 @@ class EventBus(Component):
         max_batch: int = 500,
         max_event_bytes: int = 256 * 1024,
         policy: Policy | None = None,
-        ring_size: int = 10_000,
+        ring_size: int = 2_000,
     ) -> None:
         self.store = store
         self.depends_on = depends_on
@@ -97,9 +98,13 @@ class EventBus(Component):
         self._keys: list[tuple[int, ...]] = []
         self._floor: tuple[int, ...] = ()  # the ring holds every event after this key
         self._floor_known = False
+        self._head = ""  # the newest position this process has seen
         self._changed = asyncio.Event()
         self._closing = asyncio.Event()
         self._work: set[asyncio.Future[Any]] = set()
+        self._queue: list[tuple[Sequence[Event], asyncio.Future[list[Appended]]]] = []
+        self._queued = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
         self.published = 0
         self.delivered = 0
 
@@ -107,11 +112,21 @@ class EventBus(Component):
         self._closing = asyncio.Event()
         self._ring, self._keys, self._floor_known = [], [], False
         await self.store.open(self._appended)
-        self._floor = self.store.order_key(await self.store.head())
+        self._head = await self.store.head()
+        self._floor = self.store.order_key(self._head)
         self._floor_known = True
+        self._writer = asyncio.create_task(self._write_queued(), name="event-bus-writer")
 
     async def stop(self) -> None:
         self.close_streams()
+        if self._writer is not None:
+            self._writer.cancel()
+            await asyncio.gather(self._writer, return_exceptions=True)
+            self._writer = None
+        for _, waiter in self._queue:
+            if not waiter.done():
+                waiter.set_exception(UnavailableError("the event bus stopped"))
+        self._queue.clear()
         if self._work:
             await asyncio.wait(self._work, timeout=5.0)
         await self.store.close()
@@ -154,16 +169,51 @@ class EventBus(Component):
                 f"at most {self.max_batch} events per batch", reason="BATCH_TOO_LARGE"
             )
         now = Timestamp()
-        now.GetCurrentTime()
+        now.FromNanoseconds(time.time_ns())
         bad = []
         for i, event in enumerate(batch):
             name = names[i] if names else f"events[{i}]"
             bad += prepare(event, name, self.max_event_bytes, now)
         if bad:
             raise InvalidArgumentError("invalid event", violations=bad, reason="INVALID_EVENT")
-        results = await self.store.append(batch)
-        self.published += sum(not r.duplicate for r in results)
-        return results
+        if self._writer is None:
+            raise UnavailableError("the event bus is not running", reason="EVENTS_UNAVAILABLE")
+        waiter: asyncio.Future[list[Appended]] = asyncio.get_running_loop().create_future()
+        self._queue.append((batch, waiter))
+        self._queued.set()
+        return await waiter
+
+    async def _write_queued(self) -> None:
+        """Stores queued publishes, the concurrent ones together in one append.
+
+        One transaction (or one Redis script) per group of publishes instead of one per
+        publish: under load each append carries the calls that arrived while the last one
+        ran. A publish stays all or none, and an id repeated across grouped publishes is
+        a duplicate of its first, exactly as if they had come one after another.
+        """
+        while True:
+            await self._queued.wait()
+            self._queued.clear()
+            while self._queue:
+                group: list[tuple[Sequence[Event], asyncio.Future[list[Appended]]]] = []
+                size = 0
+                while self._queue and (not group or size + len(self._queue[0][0]) <= GROUP_EVENTS):
+                    batch, waiter = self._queue.pop(0)
+                    group.append((batch, waiter))
+                    size += len(batch)
+                try:
+                    results = await self.store.append([e for batch, _ in group for e in batch])
+                except Exception as exc:
+                    for _, waiter in group:
+                        if not waiter.done():
+                            waiter.set_exception(exc)
+                    continue
+                self.published += sum(not r.duplicate for r in results)
+                start = 0
+                for batch, waiter in group:
+                    if not waiter.done():
+                        waiter.set_result(results[start : start + len(batch)])
+                    start += len(batch)
 
     def _appended(self, batch: Sequence[Event]) -> None:
         """The store's listener: new events, in order, from this or another process."""
@@ -175,6 +225,7 @@ class EventBus(Component):
                 continue  # seen already (a reader may deliver an event twice)
             self._ring.append(event)
             self._keys.append(key)
+            self._head = event.position
         if len(self._ring) > 2 * self._ring_size:
             drop = len(self._ring) - self._ring_size
             self._floor = self._keys[drop - 1]
@@ -185,7 +236,8 @@ class EventBus(Component):
         self._changed.set()
         self._changed = asyncio.Event()
 
-    async def _wait(self, timeout: float) -> None:
+    async def _wait(self, timeout: float | None) -> None:
+        """Until something is published or acked, the bus closes, or `timeout` passes."""
         changed = self._changed
         if self._closing.is_set():
             return
@@ -198,11 +250,28 @@ class EventBus(Component):
     # -- plain subscriptions ------------------------------------------------------------
 
     async def resolve(self, *, after: str = "", beginning: bool = False) -> str:
-        """The position a subscription starts after: given, "" for the beginning, or now."""
-        if after:
-            self.store.order_key(after)  # rejects a malformed position
-            return after
-        return "" if beginning else await self.store.head()
+        """The position a subscription starts after: given, "" for the beginning, or now.
+
+        A position past the newest stored event is OUT_OF_RANGE: it belongs to another
+        store (or one that lost its data), and waiting for it would deliver nothing.
+        """
+        if not after:
+            return "" if beginning else self._head
+        try:
+            key = self.store.order_key(after)
+        except InvalidArgumentError:
+            raise InvalidArgumentError(
+                "malformed start position",
+                reason="INVALID_POSITION",
+                violations=[FieldViolation("start.after", "not a position of this event store")],
+            ) from None
+        if key > self.store.order_key(await self.store.head()):
+            raise OutOfRangeError(
+                f"position {after} is past the newest event",
+                reason="POSITION_AHEAD",
+                metadata={"position": after},
+            )
+        return after
 
     async def subscribe(
         self, selector: Selector, after: str
@@ -230,7 +299,9 @@ class EventBus(Component):
                 yield Checkpoint(after)
                 raise _stopping(after)
             if page.at_head and not changed.is_set():
-                await self._wait(CHECKPOINT_SECONDS if after != checkpointed else IDLE_POLL_SECONDS)
+                # An idle subscription sleeps until the next event; one with a position
+                # not yet checkpointed wakes once more to send it.
+                await self._wait(CHECKPOINT_SECONDS if after != checkpointed else None)
 
     def _from_ring(self, after: str, selector: Selector) -> Page | None:
         key = self.store.order_key(after)

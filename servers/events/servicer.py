@@ -49,9 +49,9 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
     ) -> AsyncIterator[pb.SubscribeResponse]:
         selector = _selector(request.selector)
         start = request.start
-        after = await self._bus.resolve(
-            after=start.after, beginning=start.WhichOneof("start") == "beginning"
-        )
+        # An explicitly empty position is the one before the first event.
+        beginning = start.WhichOneof("start") in ("beginning", "after")
+        after = await self._bus.resolve(after=start.after, beginning=beginning)
         stream: AsyncGenerator[Event | Delivery | CaughtUp | Checkpoint, None]
         if request.group:
             limit = _max_unacked(request.max_unacked)

@@ -14,6 +14,7 @@ from core.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
+    OutOfRangeError,
     UnavailableError,
 )
 from mesh.events.v1 import events_pb2 as pb
@@ -409,3 +410,16 @@ async def test_history_pages_by_type_subject_and_time(stub: Stub) -> None:
     foreign = pb.ListEventsRequest(page_token=page.next_page_token or "bogus")
     error = await failure(stub.ListEvents(foreign))
     assert isinstance(error, InvalidArgumentError)
+
+
+async def test_a_position_past_the_newest_event_is_out_of_range(stub: Stub) -> None:
+    [stored] = await publish(stub, event())
+    ahead = stored.position.replace(stored.position[0], "9", 1) + "9"
+    request = pb.SubscribeRequest(start=pb.StartPosition(after=ahead))
+    error = await failure(take(stub.Subscribe(request), 1))
+    assert isinstance(error, OutOfRangeError)
+    assert error.reason == "POSITION_AHEAD"
+    request = pb.SubscribeRequest(start=pb.StartPosition(after="x"))
+    error = await failure(take(stub.Subscribe(request), 1))
+    assert isinstance(error, InvalidArgumentError)
+    assert [v.field for v in error.violations] == ["start.after"]

@@ -290,7 +290,9 @@ class StartPosition(_message.Message):
     BEGINNING_FIELD_NUMBER: _builtins.int
     NOW_FIELD_NUMBER: _builtins.int
     after: _builtins.str
-    """After this position (exclusive): a checkpoint or an event's position."""
+    """After this position (exclusive): a checkpoint or an event's position. Empty means
+    before the first event.
+    """
     beginning: _builtins.bool
     """From the first stored event."""
     now: _builtins.bool
