@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import structlog
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -578,13 +578,18 @@ class RedisEventStore:
 
     async def open(self, on_append: AppendListener) -> None:
         # No hidden retries but one: a connection that died with a restarted Redis.
-        self._client = Redis.from_url(
+        # A pool that queues for a free connection (bounded by the socket timeout) rather
+        # than failing when many subscriptions and groups need Redis at once.
+        pool = BlockingConnectionPool.from_url(
             self._url,
+            max_connections=100,
+            timeout=self._timeout,
             socket_timeout=self._timeout,
             socket_connect_timeout=self._timeout,
             retry=Retry(NoBackoff(), 1),
             protocol=2,  # the reply shapes the scripts and parsing below expect
         )
+        self._client = Redis.from_pool(pool)  # closing the client closes the pool
         lua = {
             "append": _APPEND,
             "scan": _SCAN_SCRIPT,
