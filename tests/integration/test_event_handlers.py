@@ -193,7 +193,7 @@ async def test_a_registered_handler_starts_after_the_bus_and_stops_before_it(
     handler = Recorder(bus)
     container = Container(FAST)
     container.register(db, bus, handler)
-    assert [[c.name for c in level] for level in container.levels()] == [
+    assert [[c.name for c in level] for level in container.levels] == [
         ["database"],
         ["event-bus"],
         ["handler:recorder"],
