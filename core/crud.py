@@ -47,9 +47,9 @@ from core.idempotency import (
     recall,
     record,
 )
-from core.ordering import parse_order_by
+from core.ordering import after, parse_order_by
 from core.outbox import emit, event_row, insert_with_event, metadata, with_event
-from core.pagination import PageTokens, after, page_size
+from core.pagination import PageTokens, page_size
 from core.resource import (
     Resource,
     RowLike,

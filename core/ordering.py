@@ -14,10 +14,11 @@ Usage::
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
+import sqlalchemy as sa
 from sqlalchemy.sql.elements import ColumnElement, UnaryExpression
 
 from core.filtering import _raise, _show
@@ -109,3 +110,21 @@ def _sort_key(
 def _fail(index: int, detail: str) -> NoReturn:
     """Raises INVALID_ORDER_BY for the 0-based `index` (reported 1-based)."""
     _raise("order_by", "INVALID_ORDER_BY", index, detail)
+
+
+def after(
+    columns: Sequence[sa.ColumnElement[Any]], descending: Sequence[bool], keys: Sequence[Any]
+) -> sa.ColumnElement[bool]:
+    """Rows strictly after `keys` in the order given by `columns` and `descending`.
+
+    (a, b, id) > (ka, kb, kid) expands to a > ka OR (a = ka AND (b > kb OR (...)))
+    so each column may sort in its own direction.
+    """
+    condition: sa.ColumnElement[bool] | None = None
+    for column, desc, key in reversed(list(zip(columns, descending, keys, strict=True))):
+        beyond = column < key if desc else column > key
+        condition = (
+            beyond if condition is None else sa.or_(beyond, sa.and_(column == key, condition))
+        )
+    assert condition is not None
+    return condition

@@ -13,13 +13,10 @@ import hashlib
 import hmac
 import json
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-import sqlalchemy as sa
-
 from core.errors import FieldViolation, InvalidArgumentError
-from core.resource import utc
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
@@ -66,24 +63,6 @@ class PageTokens:
         return keys
 
 
-def after(
-    columns: Sequence[sa.ColumnElement[Any]], descending: Sequence[bool], keys: Sequence[Any]
-) -> sa.ColumnElement[bool]:
-    """Rows strictly after `keys` in the order given by `columns` and `descending`.
-
-    (a, b, id) > (ka, kb, kid) expands to a > ka OR (a = ka AND (b > kb OR (...)))
-    so each column may sort in its own direction.
-    """
-    condition: sa.ColumnElement[bool] | None = None
-    for column, desc, key in reversed(list(zip(columns, descending, keys, strict=True))):
-        beyond = column < key if desc else column > key
-        condition = (
-            beyond if condition is None else sa.or_(beyond, sa.and_(column == key, condition))
-        )
-    assert condition is not None
-    return condition
-
-
 def _invalid(message: str) -> InvalidArgumentError:
     return InvalidArgumentError(
         message,
@@ -98,7 +77,8 @@ def _digest(query: str) -> str:
 
 def _to_json(value: Any) -> Any:
     if isinstance(value, datetime):
-        return {"t": utc(value).isoformat()}
+        aware = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return {"t": aware.isoformat()}
     return value
 
 

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from importlib.metadata import version as package_version
+from pathlib import Path
 
 from google.protobuf.json_format import MessageToDict
 
@@ -22,16 +23,13 @@ from clients.admin import AdminClient
 from clients.health import HealthClient
 from core.config import Settings
 from core.container import Container
-from core.database import Database, redacted
 from core.errors import ConfigError, DomainError
 from core.logging import configure_logging
 from core.server import GrpcServer, Service, serve
 from mesh.admin.v1 import admin_pb2
 from servers.admin.server import admin_service
 from servers.events import cli as events_cli
-from servers.events import server as events
 from servers.projects import cli as projects_cli
-from servers.projects import server as projects
 
 VERSION = package_version("meshkit")
 
@@ -52,19 +50,23 @@ def _admin(
 def _projects(
     container: Container, settings: Settings, names: Callable[[], list[str]]
 ) -> list[Service]:
+    from servers.projects import server as projects  # each service loads only when served
+
     return projects.register(container, settings)
 
 
 def _events(
     container: Container, settings: Settings, names: Callable[[], list[str]]
 ) -> list[Service]:
+    from servers.events import server as events
+
     return events.register(container, settings)
 
 
 SERVICES: dict[str, ServiceFactory] = {"admin": _admin, "projects": _projects, "events": _events}
 # Every service schema this build knows (core's is always included); `mesh db upgrade`
 # brings a database to all their heads.
-MIGRATIONS = [projects.MIGRATIONS]
+MIGRATIONS = [Path(__file__).parent / "projects" / "migrations"]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -199,6 +201,8 @@ async def _db_upgrade(settings: Settings) -> int:
     configure_logging(
         service="mesh", version=VERSION, log_format=settings.log_format, level="warning"
     )
+    from core.database import Database, redacted
+
     database = Database(settings.database(), migrations=MIGRATIONS, migrate=True)
     try:
         await database.start()

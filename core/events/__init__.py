@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from core.config import Settings
 from core.container import Container
-from core.database import Database
 from core.events.bus import EventBus
 from core.events.model import EventStore, Policy
 
@@ -29,6 +28,7 @@ def _build(container: Container, settings: Settings) -> EventBus:
             settings.redis_url, namespace=settings.cache_namespace, retention=config.retention
         )
     else:
+        from core.database import Database  # the SQL backend alone needs SQLAlchemy
         from core.events.sql import SqlEventStore
 
         db = container.provide(Database, lambda: Database.from_settings(settings))

@@ -4,15 +4,18 @@ and the service."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 import structlog
 
+from clients.events import EventsClient
 from core.cache import Cache
 from core.config import Settings
 from core.container import Container
 from core.crud import Crud
 from core.database import Database
 from core.events import event_bus
+from core.events.model import Event
 from core.events.relay import OutboxRelay
 from core.health import Health
 from core.lifecycle import Component
@@ -74,6 +77,28 @@ def cache_for(settings: Settings) -> Cache:
     )
 
 
+class RemoteEvents(Component):
+    """The events service in another process (MESH_EVENTS_ADDRESS), for the outbox relay.
+
+    The client retries UNAVAILABLE within its deadline; the relay's own loop retries
+    after that, so the outbox holds events while the events service is down.
+    """
+
+    name = "events-client"
+
+    def __init__(self, address: str) -> None:
+        self._client = EventsClient(address)
+
+    async def start(self) -> None:
+        await self._client.__aenter__()
+
+    async def stop(self) -> None:
+        await self._client.__aexit__(None, None, None)
+
+    async def publish(self, events: Sequence[Event]) -> None:
+        await self._client.publish_batch(events)
+
+
 def register(container: Container, settings: Settings) -> list[Service]:
     """Adds the projects service's components to `container`; returns what it serves."""
     db = container.provide(Database, lambda: Database.from_settings(settings))
@@ -81,8 +106,12 @@ def register(container: Container, settings: Settings) -> list[Service]:
     cache = container.provide(Cache, lambda: cache_for(settings))
     projects = Crud(PROJECTS, db, cache)
     container.register(ProjectPurger(projects, settings.purge_interval))
-    bus = event_bus(container, settings)
-    container.register(OutboxRelay(db, bus.publish, depends_on=(db.name, bus.name)))
+    if settings.events.address:  # the events service runs in another process
+        remote = RemoteEvents(settings.events.address)
+        container.register(remote, OutboxRelay(db, remote.publish, depends_on=(db.name,)))
+    else:
+        bus = event_bus(container, settings)
+        container.register(OutboxRelay(db, bus.publish, depends_on=(db.name, bus.name)))
     servicer = ProjectServicer(projects)
     add = projects_pb2_grpc.add_ProjectServiceServicer_to_server
     return [Service(SERVICE, servicer, add, needs=("database",))]
