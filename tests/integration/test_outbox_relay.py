@@ -391,3 +391,24 @@ async def test_health_is_degraded_with_the_backlog_while_publishing_fails_then_r
         assert (await relay.check_health()).details["relayed"] == "3"
 
     assert await outbox_rows(db) == [(event_id, True) for event_id in expected]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="product bug: the relay reads up to 200 rows per round whatever the bus's "
+    "max_batch (MESH_EVENTS_MAX_BATCH); a larger backlog fails BATCH_TOO_LARGE forever",
+)
+async def test_a_backlog_above_the_bus_batch_limit_is_still_relayed(db: Database) -> None:
+    small = EventBus(SqlEventStore(db), depends_on=("database",), max_batch=5)
+    expected = await commit(db, 8)  # e.g. piled up while the event store was down
+    relay = relay_of(db, small.publish)
+
+    async def settled() -> HealthState | None:
+        if await relay.backlog() == 0:
+            return HealthState.HEALTHY
+        state = (await relay.check_health()).state
+        return state if state is not HealthState.HEALTHY else None
+
+    async with started(small, relay):
+        assert await until(settled, "the relay relays or reports failing") is HealthState.HEALTHY
+        assert await stored_ids(small) == expected
