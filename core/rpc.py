@@ -103,8 +103,22 @@ def _wrap(handler: grpc.RpcMethodHandler[Any, Any], method: str) -> grpc.RpcMeth
         else grpc.stream_stream_rpc_method_handler
     )
     return build(
-        wrap(behavior, method, unary_request=bool(h.unary_stream)), decode, h.response_serializer
+        wrap(behavior, method, unary_request=bool(h.unary_stream)),
+        decode,
+        _passing_bytes(h.response_serializer),
     )
+
+
+def _passing_bytes(serializer: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
+    """A stream may yield ready-made bytes: a message sent on many streams (an event to
+    every subscriber) is then serialized once instead of once per stream."""
+    if serializer is None:
+        return None
+
+    def encode(message: Any) -> bytes:
+        return message if type(message) is bytes else serializer(message)
+
+    return encode
 
 
 def _safe_decoder(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing
 
@@ -23,9 +24,13 @@ MAX_RETRY_DELAY = 7 * 24 * 3600.0
 _TOKENS = PageTokens(b"mesh.events.v1 page tokens")
 
 
+WIRE_CACHE = 4096  # events whose serialized SubscribeResponse is kept for other streams
+
+
 class EventServicer(events_pb2_grpc.EventServiceServicer):
     def __init__(self, bus: EventBus) -> None:
         self._bus = bus
+        self._wire: OrderedDict[str, bytes] = OrderedDict()
 
     async def Publish(self, request: pb.PublishRequest, context: Context) -> pb.PublishResponse:
         [result] = await self._bus.publish([request.event], names=["event"])
@@ -44,9 +49,9 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
             ]
         )
 
-    async def Subscribe(
+    async def Subscribe(  # type: ignore[override]  # may yield serialized messages (core.rpc)
         self, request: pb.SubscribeRequest, context: Context
-    ) -> AsyncIterator[pb.SubscribeResponse]:
+    ) -> AsyncIterator[pb.SubscribeResponse | bytes]:
         selector = _selector(request.selector)
         start = request.start
         # An explicitly empty position is the one before the first event.
@@ -63,7 +68,16 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
         # events are given back before the handler ends, not whenever the GC runs.
         async with aclosing(stream):
             async for item in stream:
-                yield _message(item)
+                yield self._wired(item) if isinstance(item, Event) else _message(item)
+
+    def _wired(self, event: Event) -> bytes:
+        """The event's SubscribeResponse, serialized once for every subscriber."""
+        wire = self._wire.get(event.position)
+        if wire is None:
+            wire = self._wire[event.position] = _message(event).SerializeToString()
+            if len(self._wire) > WIRE_CACHE:
+                self._wire.popitem(last=False)
+        return wire
 
     async def Ack(self, request: pb.AckRequest, context: Context) -> pb.AckResponse:
         ids = _event_ids(request.event_ids, required=True)
