@@ -27,7 +27,13 @@ from typing import Any, TypeVar
 import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from core.errors import FieldViolation, InvalidArgumentError, OutOfRangeError, UnavailableError
+from core.errors import (
+    DomainError,
+    FieldViolation,
+    InvalidArgumentError,
+    OutOfRangeError,
+    UnavailableError,
+)
 from core.events.model import (
     Appended,
     Delivery,
@@ -111,7 +117,7 @@ class EventBus(Component):
     async def start(self) -> None:
         self._closing = asyncio.Event()
         self._ring, self._keys, self._floor_known = [], [], False
-        await self.store.open(self._appended)
+        await self.store.open(self._appended, self._lost)
         self._head = await self.store.head()
         self._floor = self.store.order_key(self._head)
         self._floor_known = True
@@ -132,8 +138,11 @@ class EventBus(Component):
         await self.store.close()
 
     async def check_health(self) -> Health:
-        problem = await self.store.check()
         details = {"backend": self.store.name, "published": str(self.published)}
+        try:
+            problem = await self.store.check()
+        except DomainError as exc:  # unreachable: the store says which and why
+            return Health.unhealthy(exc.message, **details)
         if problem:
             return Health.degraded(problem, **details)
         return Health.healthy(**details)
@@ -230,6 +239,19 @@ class EventBus(Component):
             drop = len(self._ring) - self._ring_size
             self._floor = self._keys[drop - 1]
             del self._ring[:drop], self._keys[:drop]
+        self._wake()
+
+    def _lost(self, position: str) -> None:
+        """The store lost every event up to `position`: forget them too.
+
+        Subscribers behind it then read from the store, which says POSITION_EXPIRED,
+        instead of being served events nobody else can see any more.
+        """
+        key = self.store.order_key(position)
+        self._ring, self._keys = [], []
+        self._floor = max(self._floor, key)
+        if key > self.store.order_key(self._head):
+            self._head = position
         self._wake()
 
     def _wake(self) -> None:

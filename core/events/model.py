@@ -147,6 +147,7 @@ class Policy:
 
 
 AppendListener = Callable[[Sequence[Event]], None]
+LossListener = Callable[[str], None]  # every event up to this position is gone
 
 
 class EventStore(Protocol):
@@ -155,11 +156,14 @@ class EventStore(Protocol):
     Every method is safe to call from several tasks at once and bounded in time.
     `on_append` is called with each batch of newly stored events, in position order and
     without gaps, including events other processes stored when the backend is shared.
+    `on_lost` is called when the store finds it lost events (Redis restarted without its
+    data, or trimmed entries the live feed had not read): what a listener remembers up
+    to that position is no longer in the store.
     """
 
     name: str
 
-    async def open(self, on_append: AppendListener) -> None: ...
+    async def open(self, on_append: AppendListener, on_lost: LossListener) -> None: ...
     async def close(self) -> None: ...
     async def check(self) -> str:
         """ "" if healthy, else why the store is degraded; raises if unreachable."""

@@ -63,6 +63,7 @@ from core.events.model import (
     Event,
     GroupStatus,
     HistoryQuery,
+    LossListener,
     Page,
     Policy,
     Selector,
@@ -127,10 +128,11 @@ class RedisEventStore:
         self._groups: dict[str, Selector] = {}  # joined here: recreated after a gap
         self._verifying = asyncio.Lock()
         self._gap: _Gap | None = None
+        self._on_lost: LossListener = lambda position: None
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    async def open(self, on_append: AppendListener) -> None:
+    async def open(self, on_append: AppendListener, on_lost: LossListener) -> None:
         # No hidden retries but one: a connection that died with a restarted Redis.
         # A pool that queues for a free connection (bounded by the socket timeout) rather
         # than failing when many subscriptions and groups need Redis at once.
@@ -171,6 +173,7 @@ class RedisEventStore:
             raise
         self._token, self._cursor = _text(token), _text(head)
         self._closing = False
+        self._on_lost = on_lost
         self._reader = asyncio.create_task(self._read_live(on_append), name="event-reader")
 
     async def close(self) -> None:
@@ -420,6 +423,7 @@ class RedisEventStore:
                 if self.order_key(_text(maxdel)) > self.order_key(self._cursor):
                     self._lost(f"the live feed fell behind the retention after {self._cursor}")
                     self._cursor = _text(maxdel)
+                    self._on_lost(self._cursor)
                 return False
             pairs = [x for g, s in self._groups.items() for x in (g, _selector_json(s))]
             seen = self._cursor
@@ -429,9 +433,10 @@ class RedisEventStore:
             if outcome == b"gap":
                 self._lost(
                     "redis lost the event stream (restarted without persistence?): "
-                    f"events after {seen or 'the start'} and group progress are gone",
+                    f"events up to {seen or 'the start'} and group progress are gone",
                     groups=sorted(self._groups),
                 )
+                self._on_lost(seen)
             gap: bool = outcome == b"gap"
             return gap
 

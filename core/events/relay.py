@@ -29,6 +29,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy.exc import IntegrityError
 
 from core.database import Database
+from core.errors import InvalidArgumentError
 from core.events.model import Event
 from core.health import Health
 from core.lifecycle import Component
@@ -82,6 +83,7 @@ class OutboxRelay(Component):
         self._lease_until = 0.0
         self.leader = False
         self.relayed = 0
+        self.rejected = 0  # rows the event service refused on their own (logged)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=self.name)
@@ -101,7 +103,11 @@ class OutboxRelay(Component):
             self.leader = False
 
     async def check_health(self) -> Health:
-        details = {"leader": str(self.leader), "relayed": str(self.relayed)}
+        details = {
+            "leader": str(self.leader),
+            "relayed": str(self.relayed),
+            "rejected": str(self.rejected),
+        }
         if self._last_error:
             backlog = await self.backlog()
             return Health.degraded(
@@ -109,6 +115,8 @@ class OutboxRelay(Component):
                 backlog=str(backlog),
                 **details,
             )
+        if self.rejected:
+            return Health.degraded(f"{self.rejected} outbox events were refused", **details)
         return Health.healthy(**details)
 
     async def backlog(self) -> int:
@@ -152,13 +160,32 @@ class OutboxRelay(Component):
             return 0
         # Bounded well inside the lease, so no other instance starts relaying meanwhile.
         async with asyncio.timeout(LEASE_SECONDS / 3):
-            await self._publish([_event(r) for r in rows])
+            try:
+                await self._publish([_event(r) for r in rows])
+            except InvalidArgumentError as exc:
+                if exc.reason == "BATCH_TOO_LARGE" and len(rows) > 1:
+                    self._batch = max(1, len(rows) // 2)  # the event service takes fewer
+                    return 0
+                await self._publish_one_by_one(rows)
         positions = [r.position for r in rows]
         async with self._db.transaction() as tx:
             sent = outbox.update().where(outbox.c.position.in_(positions))
             await tx.conn.execute(sent.values(sent_time=datetime.now(UTC)))
         self.relayed += len(rows)
         return len(rows)
+
+    async def _publish_one_by_one(self, rows: Sequence[Any]) -> None:
+        """Publishes rows singly after the event service refused their batch.
+
+        A row it refuses on its own (too large, say) would block every row after it
+        forever; it is logged with its id, counted in health and passed over.
+        """
+        for row in rows:
+            try:
+                await self._publish([_event(row)])
+            except InvalidArgumentError as exc:
+                self.rejected += 1
+                log.error("relay.rejected", id=row.event_id, type=row.type, error=exc.message)
 
     async def _hold_lease(self) -> bool:
         """Takes or renews the relay lease; True while this instance holds it."""

@@ -34,6 +34,7 @@ from core.events.model import (
     Event,
     GroupStatus,
     HistoryQuery,
+    LossListener,
     Page,
     Policy,
     Selector,
@@ -90,8 +91,8 @@ class SqlEventStore:
         self._write = asyncio.Lock()
         self._on_append: AppendListener | None = None
 
-    async def open(self, on_append: AppendListener) -> None:
-        self._on_append = on_append
+    async def open(self, on_append: AppendListener, on_lost: LossListener) -> None:
+        self._on_append = on_append  # a SQL database loses nothing: on_lost is never called
 
     async def close(self) -> None:
         self._on_append = None

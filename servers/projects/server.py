@@ -111,7 +111,8 @@ def register(container: Container, settings: Settings) -> list[Service]:
         container.register(remote, OutboxRelay(db, remote.publish, depends_on=(db.name,)))
     else:
         bus = event_bus(container, settings)
-        container.register(OutboxRelay(db, bus.publish, depends_on=(db.name, bus.name)))
+        relay = OutboxRelay(db, bus.publish, depends_on=(db.name, bus.name), batch=bus.max_batch)
+        container.register(relay)
     servicer = ProjectServicer(projects)
     add = projects_pb2_grpc.add_ProjectServiceServicer_to_server
     return [Service(SERVICE, servicer, add, needs=("database",))]

@@ -45,12 +45,13 @@ SLOW = Policy(visibility=30.0, max_attempts=5)
 
 @dataclass
 class Opened:
-    """A started store and what its `on_append` listener received."""
+    """A started store and what its `on_append` and `on_lost` listeners received."""
 
     store: EventStore
     backend: str
     namespace: str = ""
     seen: list[Event] = field(default_factory=list)
+    lost: list[str] = field(default_factory=list)
 
     def listen(self, batch: Sequence[Event]) -> None:
         self.seen.extend(batch)
@@ -97,7 +98,7 @@ async def _drop_namespace(namespace: str) -> None:
 
 async def _redis_store(namespace: str, **options: int) -> Opened:
     opened = Opened(RedisEventStore(REDIS_URL, namespace=namespace, **options), "redis", namespace)
-    await opened.store.open(opened.listen)
+    await opened.store.open(opened.listen, opened.lost.append)
     return opened
 
 
@@ -129,7 +130,7 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
     try:
         await db.start()
         opened = Opened(SqlEventStore(db), request.param)
-        await opened.store.open(opened.listen)
+        await opened.store.open(opened.listen, opened.lost.append)
         yield opened
         await opened.store.close()
     finally:
@@ -561,6 +562,7 @@ async def test_lost_redis_data_is_reported_and_recovered(redis_backend: Opened) 
     assert gaps
     assert gaps[0]["last_position"] == before.position
     assert gaps[0]["groups"] == ["workers"]
+    assert redis_backend.lost == [before.position]  # the listener forgets up to there
 
     with pytest.raises(OutOfRangeError):  # older than the loss: the reader must know
         await store.read("1-0", EVERYTHING, 10)
@@ -578,7 +580,7 @@ async def test_lost_redis_data_is_reported_and_recovered(redis_backend: Opened) 
 async def test_an_unreachable_redis_is_unavailable() -> None:
     store = RedisEventStore("redis://127.0.0.1:1/0", namespace="test-unreachable")
     with pytest.raises(UnavailableError) as caught:
-        await store.open(lambda batch: None)
+        await store.open(lambda batch: None, lambda position: None)
     assert caught.value.reason == "EVENTS_UNAVAILABLE"
     await store.close()
 
@@ -587,7 +589,7 @@ async def test_a_redis_restart_without_persistence_is_detected(tmp_path: Path) -
     async with private_redis(tmp_path / "redis") as server:
         opened = Opened(RedisEventStore(server.url, namespace="restart"), "redis")
         store = opened.store
-        await store.open(opened.listen)
+        await store.open(opened.listen, opened.lost.append)
         try:
             await store.join("workers", EVERYTHING, "")
             await store.append([an_event(id="before")])

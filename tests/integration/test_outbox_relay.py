@@ -393,11 +393,6 @@ async def test_health_is_degraded_with_the_backlog_while_publishing_fails_then_r
     assert await outbox_rows(db) == [(event_id, True) for event_id in expected]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: the relay reads up to 200 rows per round whatever the bus's "
-    "max_batch (MESH_EVENTS_MAX_BATCH); a larger backlog fails BATCH_TOO_LARGE forever",
-)
 async def test_a_backlog_above_the_bus_batch_limit_is_still_relayed(db: Database) -> None:
     small = EventBus(SqlEventStore(db), depends_on=("database",), max_batch=5)
     expected = await commit(db, 8)  # e.g. piled up while the event store was down
@@ -412,3 +407,26 @@ async def test_a_backlog_above_the_bus_batch_limit_is_still_relayed(db: Database
     async with started(small, relay):
         assert await until(settled, "the relay relays or reports failing") is HealthState.HEALTHY
         assert await stored_ids(small) == expected
+
+
+async def test_an_event_the_bus_refuses_is_passed_over_not_blocking_the_rest(
+    db: Database,
+) -> None:
+    strict = EventBus(SqlEventStore(db), depends_on=("database",), max_event_bytes=2_000)
+    before = await commit(db, 2)
+    async with db.transaction() as tx:
+        big = StringValue(value="x" * 5_000)
+        refused = await emit(tx, type=TYPE, source=SOURCE, subject="things/1", data=big)
+    after = await commit(db, 2)
+    relay = relay_of(db, strict.publish)
+    async with started(strict, relay):
+
+        async def drained() -> bool:
+            return await relay.backlog() == 0
+
+        await until(drained, "the backlog drains")
+        assert await stored_ids(strict) == before + after
+        health = await relay.check_health()
+        assert health.state is HealthState.DEGRADED
+        assert relay.rejected == 1
+    assert refused not in await stored_ids(strict)

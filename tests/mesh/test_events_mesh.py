@@ -380,11 +380,6 @@ async def test_redis_lost_and_restarted_fails_publishes_fast_then_reports_the_ga
         assert [e.id for e in (await events.history()).events] == [after.id]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: after Redis lost its data, the bus's in-memory ring still serves "
-    "the lost events to new subscriptions on this instance, though the store has none",
-)
 async def test_after_lost_data_a_subscription_from_the_beginning_matches_the_history(
     tmp_path: Path,
 ) -> None:
