@@ -56,7 +56,7 @@ import asyncio
 import random
 import time
 import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
@@ -292,20 +292,6 @@ class EventsClient(Client):
         return response.replayed_count
 
     # -- internals ------------------------------------------------------------------------
-
-    async def _retried(self, rpc: Callable[[float], Awaitable[T]], timeout: float | None) -> T:
-        """Calls `rpc(remaining_seconds)`, again after UNAVAILABLE, within one deadline."""
-        deadline = time.monotonic() + (timeout or self.deadline)
-        for attempt in range(1, self.attempts + 1):
-            remaining = deadline - time.monotonic()
-            try:
-                return await call(partial(rpc, max(remaining, 0.001)))
-            except UnavailableError:
-                backoff = min(1.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.0)
-                if attempt == self.attempts or time.monotonic() + backoff >= deadline:
-                    raise
-                await asyncio.sleep(backoff)
-        raise AssertionError("unreachable")  # pragma: no cover
 
 
 class Subscription:

@@ -22,18 +22,13 @@ is generated when the caller gives none).
 
 from __future__ import annotations
 
-import asyncio
-import random
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from functools import partial
+from collections.abc import AsyncIterator, Sequence
 from typing import TypeVar
 
 from google.protobuf.field_mask_pb2 import FieldMask
 
 from clients._private import Client, call
-from core.errors import UnavailableError
 from mesh.projects.v1 import projects_pb2 as pb
 from mesh.projects.v1 import projects_pb2_grpc
 from mesh.projects.v1.projects_pb2 import Project
@@ -190,17 +185,3 @@ class ProjectsClient(Client):
             lambda: self._stub.UndeleteProject(request, timeout=timeout or self.deadline)
         )
         return response.project
-
-    async def _retried(self, rpc: Callable[[float], Awaitable[T]], timeout: float | None) -> T:
-        """Calls `rpc(remaining_seconds)`, again after UNAVAILABLE, within one deadline."""
-        deadline = time.monotonic() + (timeout or self.deadline)
-        for attempt in range(1, self.attempts + 1):
-            remaining = deadline - time.monotonic()
-            try:
-                return await call(partial(rpc, max(remaining, 0.001)))
-            except UnavailableError:
-                backoff = min(1.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.0)
-                if attempt == self.attempts or time.monotonic() + backoff >= deadline:
-                    raise
-                await asyncio.sleep(backoff)
-        raise AssertionError("unreachable")  # pragma: no cover
