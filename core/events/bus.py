@@ -311,7 +311,7 @@ class EventBus(Component):
             self.delivered += len(page.events)
             after = page.covered or after
             if page.at_head and not caught_up:
-                caught_up = True
+                caught_up, checkpointed = True, after  # the marker carries the position
                 yield CaughtUp(after)
             now = time.monotonic()
             if after != checkpointed and now - last_checkpoint >= CHECKPOINT_SECONDS:
