@@ -201,8 +201,7 @@ class Crud(Generic[M]):
         message = self._message(values)
         event = event_row(**self._event(message, "created"))
         try:
-            async with self.db.connect(autocommit=True) as conn:
-                await conn.execute(self._insert_with_event, with_event(values, event))
+            await self.db.execute_one(self._insert_with_event, with_event(values, event))
         except IntegrityError:
             raise self._exists(values["id"]) from None
         if self.cache is not None:  # a cached "not found" for this id is now wrong
@@ -417,9 +416,8 @@ class Crud(Generic[M]):
         return None if message is None else message.SerializeToString()
 
     async def _read(self, resource_id: str) -> M | None:
-        async with self.db.connect(autocommit=True) as conn:
-            row = (await conn.execute(self._select_one, {"id": resource_id})).first()
-        return None if row is None else self._message(row._mapping)
+        row = await self.db.fetch_one(self._select_one, {"id": resource_id})
+        return None if row is None else self._message(row)
 
     def _message(self, row: RowLike) -> M:
         r = self.resource

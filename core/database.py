@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,8 +28,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.sql import Executable
 
 from core.config import Settings
+from core.driver import Driver
 from core.errors import DeadlineExceededError, ResourceExhaustedError, UnavailableError
 from core.health import Health
 from core.lifecycle import Component
@@ -113,6 +115,7 @@ class Database(Component):
         }
         self._engine: AsyncEngine | None = None
         self._returning: set[asyncio.Task[None]] = set()
+        self._driver: Driver | None = None
         self._variants: dict[tuple[tuple[str, Any], ...], AsyncEngine] = {}
         # SQLite: our begin hook skips BEGIN; PostgreSQL: the driver's autocommit.
         self._autocommit: dict[str, Any] = (
@@ -156,6 +159,8 @@ class Database(Component):
             await engine.dispose()
             raise
         self._engine = engine
+        if self.dialect == "postgresql":
+            self._driver = Driver(engine)
         log.info("database.connected", url=redacted(self.url))
 
     async def stop(self) -> None:
@@ -164,6 +169,7 @@ class Database(Component):
         if self._engine is not None:
             await self._engine.dispose()
             self._engine = None
+            self._driver = None
             self._variants.clear()
 
     async def check_health(self) -> Health:
@@ -221,6 +227,29 @@ class Database(Component):
         self._returning.add(task)
         task.add_done_callback(self._returning.discard)
         await asyncio.shield(task)
+
+    async def fetch_one(self, statement: Executable, params: Mapping[str, Any]) -> Any:
+        """The first row of a single-statement read on its own (autocommit), or None.
+
+        The row is read by column name (`row["id"]`). On PostgreSQL the statement runs on
+        the driver directly (see core.driver); errors map as in `connect`. Pass statements
+        built once: each is compiled once.
+        """
+        if self._driver is not None:
+            return await self._driver.fetch_one(statement, params)
+        async with self.connect(autocommit=True) as conn:
+            row = (await conn.execute(statement, params)).first()
+        return None if row is None else row._mapping
+
+    async def execute_one(self, statement: Executable, params: Mapping[str, Any]) -> None:
+        """Runs one statement on its own (autocommit), like `fetch_one` without a result.
+
+        A constraint violation raises SQLAlchemy's IntegrityError on every dialect.
+        """
+        if self._driver is not None:
+            return await self._driver.execute(statement, params)
+        async with self.connect(autocommit=True) as conn:
+            await conn.execute(statement, params)
 
     @asynccontextmanager
     async def transaction(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -37,6 +36,12 @@ def id_violations(resource_id: str, field: str) -> list[FieldViolation]:
     ]
 
 
+# Unicode's control characters (category Cc) are exactly these two ranges; one regex
+# search is some fifty times cheaper than asking unicodedata about every character.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+_CONTROL_IN_MULTILINE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # not \t \n \r
+
+
 def text_violations(
     field: str, value: str, *, max_length: int, required: bool = False, multiline: bool = False
 ) -> list[FieldViolation]:
@@ -49,8 +54,7 @@ def text_violations(
         return [FieldViolation(field, "is required")]
     if len(value) > max_length:
         return [FieldViolation(field, f"at most {max_length} characters")]
-    allowed = "\t\n\r" if multiline else ""
-    if any(unicodedata.category(c) == "Cc" and c not in allowed for c in value):
+    if (_CONTROL_IN_MULTILINE if multiline else _CONTROL).search(value):
         return [FieldViolation(field, "must not contain control characters")]
     return []
 

@@ -47,19 +47,41 @@ class BoundaryServer:
     call these two methods. Wrapping here rather than in a ServerInterceptor keeps the
     interceptor chain, and its per-call coroutine, off every call: a measured 10 % of the
     CPU of a cached read.
+
+    Methods the generated code would register with the server go into one generic
+    handler instead: grpc.aio keeps a pending request per registered method and waits on
+    all of them (`asyncio.wait`) each time it accepts calls, so every registered method
+    costs every call. With health, reflection and admin beside a service that was about
+    a fifth more instructions per cached read; a dict lookup per call costs next to nothing.
     """
 
     def __init__(self, server: grpc.aio.Server) -> None:
         self._server = server
+        self._methods = _MethodTable()
+        # First, so it answers before the generated generic handlers of the same methods.
+        server.add_generic_rpc_handlers((self._methods,))
 
     def add_registered_method_handlers(
         self, service: str, handlers: dict[str, grpc.RpcMethodHandler[Any, Any]]
     ) -> None:
-        wrapped = {name: _wrap(h, f"/{service}/{name}") for name, h in handlers.items()}
-        self._server.add_registered_method_handlers(service, wrapped)
+        for name, handler in handlers.items():
+            method = f"/{service}/{name}"
+            self._methods.handlers[method] = _wrap(handler, method)
 
     def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
         self._server.add_generic_rpc_handlers(tuple(_Wrapped(h) for h in handlers))
+
+
+class _MethodTable(grpc.GenericRpcHandler):
+    """Wrapped handlers by full method name (`/package.Service/Method`)."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+
+    def service(
+        self, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        return self.handlers.get(handler_call_details.method)
 
 
 class _Wrapped(grpc.GenericRpcHandler):
