@@ -1,6 +1,6 @@
 """The event system: an envelope, two stores behind one interface, the bus, the relay.
 
-`event_bus(container, settings)` builds the bus a process uses: on Redis Streams when
+`event_bus(container, settings, serving=...)` builds the bus a process uses: on Redis Streams when
 MESH_REDIS_URL is set (or MESH_EVENTS_BACKEND=redis), else on the SQL database.
 """
 
@@ -12,9 +12,16 @@ from core.events.bus import EventBus
 from core.events.model import EventStore, Policy
 
 
-def event_bus(container: Container, settings: Settings) -> EventBus:
-    """The process's one bus, registered in `container` on first use."""
-    return container.provide(EventBus, lambda: _build(container, settings))
+def event_bus(container: Container, settings: Settings, *, serving: bool) -> EventBus:
+    """The process's one bus, registered in `container` on first use.
+
+    `serving`: whether the caller serves EventService from it. A bus that only feeds the
+    outbox relay is DEGRADED, not UNHEALTHY, when its store is unreachable: the service
+    writing the outbox works on, and its events wait until the store is back.
+    """
+    bus = container.provide(EventBus, lambda: _build(container, settings))
+    bus.serving = bus.serving or serving
+    return bus
 
 
 def _build(container: Container, settings: Settings) -> EventBus:

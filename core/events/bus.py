@@ -113,6 +113,7 @@ class EventBus(Component):
         self._writer: asyncio.Task[None] | None = None
         self.published = 0
         self.delivered = 0
+        self.serving = False  # EventService is served from this bus (see core.events)
 
     async def start(self) -> None:
         self._closing = asyncio.Event()
@@ -142,7 +143,9 @@ class EventBus(Component):
         try:
             problem = await self.store.check()
         except DomainError as exc:  # unreachable: the store says which and why
-            return Health.unhealthy(exc.message, **details)
+            if self.serving:
+                return Health.unhealthy(exc.message, **details)
+            return Health.degraded(f"{exc.message}; events wait in the outbox", **details)
         if problem:
             return Health.degraded(problem, **details)
         return Health.healthy(**details)

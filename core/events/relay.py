@@ -109,10 +109,13 @@ class OutboxRelay(Component):
             "rejected": str(self.rejected),
         }
         if self._last_error:
-            backlog = await self.backlog()
+            try:
+                backlog = str(await self.backlog())
+            except Exception:  # the database is what fails: its own health says so
+                backlog = "an unknown number of"
             return Health.degraded(
                 f"outbox delivery failing ({self._last_error}); {backlog} events wait",
-                backlog=str(backlog),
+                backlog=backlog,
                 **details,
             )
         if self.rejected:

@@ -14,7 +14,7 @@ SERVICE = events_pb2.DESCRIPTOR.services_by_name["EventService"]
 
 def register(container: Container, settings: Settings) -> list[Service]:
     """Adds the events service's components to `container`; returns what it serves."""
-    bus = event_bus(container, settings)
+    bus = event_bus(container, settings, serving=True)
     add = events_pb2_grpc.add_EventServiceServicer_to_server
     needs = (bus.name, *bus.depends_on)
     return [Service(SERVICE, EventServicer(bus), add, needs=needs, closing=bus.close_streams)]

@@ -110,7 +110,7 @@ def register(container: Container, settings: Settings) -> list[Service]:
         remote = RemoteEvents(settings.events.address)
         container.register(remote, OutboxRelay(db, remote.publish, depends_on=(db.name,)))
     else:
-        bus = event_bus(container, settings)
+        bus = event_bus(container, settings, serving=False)
         relay = OutboxRelay(db, bus.publish, depends_on=(db.name, bus.name), batch=bus.max_batch)
         container.register(relay)
     servicer = ProjectServicer(projects)

@@ -234,7 +234,7 @@ async def test_subscription_resumes_after_a_restart_with_no_gap_and_no_repeat(
 async def publish_offline(settings: Settings, batch: list[pb.Event]) -> None:
     """Stores events through a bus of its own on the server's database, with no server."""
     container = Container(FAST)
-    bus = event_bus(container, settings)
+    bus = event_bus(container, settings, serving=True)
     async with container.running():
         await bus.publish(batch)
 
