@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
 from core.database import Database
@@ -114,28 +115,16 @@ class SqlEventStore:
     # -- the stream ---------------------------------------------------------------------
 
     async def append(self, batch: Sequence[Event]) -> list[Appended]:
+        first: dict[str, Event] = {}  # the first event of each id, in batch order
+        for event in batch:
+            first.setdefault(event.id, event)
+        candidates = list(first.values())
         async with self._write:
-            async with self._db.transaction() as tx:
-                if self._db.dialect == "postgresql":
-                    await tx.conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_WRITE_LOCK)))
-                ids = {e.id for e in batch}
-                query = sa.select(events.c.event_id, events.c.position)
-                stored = dict(
-                    (await tx.conn.execute(query.where(events.c.event_id.in_(ids)))).all()
-                )
-                first: dict[str, Event] = {}  # the first event of each new id, in batch order
-                for event in batch:
-                    if event.id not in stored:
-                        first.setdefault(event.id, event)
-                fresh = list(first.values())
-                if fresh:
-                    insert = events.insert().returning(
-                        events.c.position, sort_by_parameter_order=True
-                    )
-                    rows = [_row(e) for e in fresh]
-                    positions = (await tx.conn.execute(insert, rows)).scalars().all()
-                    for event, position in zip(fresh, positions, strict=True):
-                        event.position = str(position)
+            if self._db.dialect == "sqlite" and len(candidates) <= _ONE_STATEMENT:
+                stored = await self._insert_at_once(candidates)
+            else:
+                stored = await self._insert_locked(candidates)
+            fresh = [e for e in candidates if e.id not in stored]
             if fresh and self._on_append is not None:
                 self._on_append(fresh)  # after the commit, in position order
         results = []
@@ -146,6 +135,36 @@ class SqlEventStore:
                 original = first[event.id]
                 results.append(Appended(event.id, original.position, original is not event))
         return results
+
+    async def _insert_at_once(self, candidates: list[Event]) -> dict[str, int]:
+        """SQLite: one autocommit INSERT of every new event, atomic as any one statement.
+
+        Ids already stored are skipped by the statement and looked up afterwards (rare).
+        Returns them with their positions; sets the position of each new event.
+        """
+        async with self._db.connect(autocommit=True) as conn:
+            result = await conn.execute(_INSERT_NEW, [_row(e) for e in candidates])
+            inserted: dict[str, int] = dict(result.all())
+            missing = [e.id for e in candidates if e.id not in inserted]
+            stored = await _positions(conn, missing) if missing else {}
+        for event in candidates:
+            if event.id in inserted:
+                event.position = str(inserted[event.id])
+        return stored
+
+    async def _insert_locked(self, candidates: list[Event]) -> dict[str, int]:
+        """One transaction; on PostgreSQL an advisory lock orders commits by position."""
+        async with self._db.transaction() as tx:
+            if self._db.dialect == "postgresql":
+                await tx.conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_WRITE_LOCK)))
+            stored = await _positions(tx.conn, [e.id for e in candidates])
+            fresh = [e for e in candidates if e.id not in stored]
+            if fresh:
+                insert = events.insert().returning(events.c.position, sort_by_parameter_order=True)
+                positions = (await tx.conn.execute(insert, [_row(e) for e in fresh])).scalars()
+                for event, position in zip(fresh, positions.all(), strict=True):
+                    event.position = str(position)
+        return stored
 
     async def head(self) -> str:
         async with self._db.connect(autocommit=True) as conn:
@@ -421,6 +440,20 @@ class SqlEventStore:
 
 
 _HEAD = sa.select(sa.func.max(events.c.position))
+_ONE_STATEMENT = 1000  # rows SQLAlchemy sends in one INSERT (its insertmanyvalues page)
+_INSERT_NEW = (
+    sqlite_insert(events)
+    .on_conflict_do_nothing(index_elements=[events.c.event_id])
+    .returning(events.c.event_id, events.c.position)
+)
+
+
+async def _positions(conn: Any, event_ids: Sequence[str]) -> dict[str, int]:
+    """The positions of those of `event_ids` that are stored."""
+    query = sa.select(events.c.event_id, events.c.position).where(
+        events.c.event_id.in_(set(event_ids))
+    )
+    return dict((await conn.execute(query)).all())
 
 
 def _row(event: Event) -> dict[str, Any]:
