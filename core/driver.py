@@ -138,7 +138,9 @@ class Driver:
                 if sqlstate.startswith("23"):  # integrity constraint violation
                     raise IntegrityError(compiled.sql, None, exc) from None
                 raise
-            except (OSError, asyncpg.InterfaceError) as exc:
+            except (OSError, asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
+                # InternalClientError: the connection's protocol is mid-operation, seen
+                # when the server terminates sessions under load; it is not reused.
                 raise _unavailable() from exc
             reusable = True
             return compiled.row(row)

@@ -2,7 +2,7 @@
 
 One relay per database does the work: the instances share a lease row in
 `mesh_leases`, and only its holder relays (the others take over when it expires, so a
-crashed instance is replaced within LEASE_SECONDS). The holder reads unsent rows in
+stopped or crashed instance is replaced within its lease). The holder reads unsent rows in
 position order, publishes them, then marks them sent. A crash between the two
 publishes them again under the same event ids, which the event store dedupes: no event
 is lost, none is stored twice, and none overtakes an earlier one.
@@ -59,6 +59,8 @@ class OutboxRelay(Component):
         publish: Stores a batch of events, all or none; must dedupe by event id.
         batch: Rows per round.
         interval: Seconds between rounds when the outbox is empty.
+        lease: Seconds a leader holds the relay lease without renewing it; a stopped or
+            dead leader is replaced within this time.
     """
 
     name = "outbox-relay"
@@ -71,12 +73,14 @@ class OutboxRelay(Component):
         depends_on: tuple[str, ...] = ("database",),
         batch: int = 200,
         interval: float = 0.05,
+        lease: float = LEASE_SECONDS,
     ) -> None:
         self.depends_on = depends_on
         self._db = db
         self._publish = publish
         self._batch = batch
         self._interval = interval
+        self._lease = lease
         self._holder = f"relay-{uuid.uuid4().hex[:12]}"
         self._task: asyncio.Task[None] | None = None
         self._last_error = ""
@@ -93,14 +97,10 @@ class OutboxRelay(Component):
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
-        if self.leader:  # hand over at once rather than after the lease runs out
-            try:
-                async with asyncio.timeout(2.0), self._db.transaction() as tx:
-                    mine = leases.c.holder == self._holder
-                    await tx.conn.execute(leases.update().where(mine).values(expire_time=0.0))
-            except Exception:
-                log.warning("relay.handover_failed")
-            self.leader = False
+        # No hand-over write here: on SQLite it would queue behind the other components'
+        # stopping writers (and they behind it) for the busy timeout. The lease simply
+        # runs out, within `lease` seconds, and another instance takes over.
+        self.leader = False
 
     async def check_health(self) -> Health:
         details = {
@@ -162,7 +162,7 @@ class OutboxRelay(Component):
         if not rows:
             return 0
         # Bounded well inside the lease, so no other instance starts relaying meanwhile.
-        async with asyncio.timeout(LEASE_SECONDS / 3):
+        async with asyncio.timeout(self._lease / 3):
             try:
                 await self._publish([_event(r) for r in rows])
             except InvalidArgumentError as exc:
@@ -193,9 +193,9 @@ class OutboxRelay(Component):
     async def _hold_lease(self) -> bool:
         """Takes or renews the relay lease; True while this instance holds it."""
         now = time.time()
-        if self.leader and now < self._lease_until - LEASE_SECONDS / 2:
+        if self.leader and now < self._lease_until - self._lease / 2:
             return True  # renewed recently: no write transaction every round
-        expire = now + LEASE_SECONDS
+        expire = now + self._lease
         try:
             held = await self._claim_lease(now, expire)
         except IntegrityError:  # another instance inserted the lease row first
