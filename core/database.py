@@ -31,8 +31,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.sql import Executable
 
 from core.config import Settings
-from core.driver import Driver
-from core.errors import DeadlineExceededError, ResourceExhaustedError, UnavailableError
+from core.driver import STATEMENT_TIMEOUT, Driver, busy, statement_timed_out, unavailable
+from core.errors import DeadlineExceededError, UnavailableError
 from core.health import Health
 from core.lifecycle import Component
 
@@ -47,7 +47,6 @@ Hook = Callable[[], Awaitable[None] | None]
 
 # PostgreSQL serialization failure and deadlock; both mean "run the transaction again".
 _RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
-_STATEMENT_TIMEOUT = "57014"  # PostgreSQL's query_canceled, raised by statement_timeout
 
 
 def redacted(url: str) -> str:
@@ -199,20 +198,16 @@ class Database(Component):
         try:
             conn = await engine.connect().start()
         except PoolTimeout:
-            raise ResourceExhaustedError(
-                "every database connection is busy; try again later", reason="DATABASE_BUSY"
-            ) from None
+            raise busy() from None
         except Exception as exc:
-            raise _unavailable() from exc
+            raise unavailable() from exc
         try:
             yield conn
         except DBAPIError as exc:
             if exc.connection_invalidated:
-                raise _unavailable() from exc
-            if getattr(exc.orig, "sqlstate", None) == _STATEMENT_TIMEOUT:
-                raise DeadlineExceededError(
-                    "a database statement ran past its time limit", reason="DATABASE_TIMEOUT"
-                ) from None
+                raise unavailable() from exc
+            if getattr(exc.orig, "sqlstate", None) == STATEMENT_TIMEOUT:
+                raise statement_timed_out() from None
             raise
         finally:
             await self._give_back(conn)
@@ -355,10 +350,6 @@ class Database(Component):
             connect_args=connect_args,
             **self._pool,
         )
-
-
-def _unavailable() -> UnavailableError:
-    return UnavailableError("the database is unreachable", reason="DATABASE_UNAVAILABLE")
 
 
 def _use_sqlite_transactions(engine: AsyncEngine) -> None:

@@ -31,7 +31,7 @@ from sqlalchemy.util import greenlet_spawn
 
 from core.errors import DeadlineExceededError, ResourceExhaustedError, UnavailableError
 
-_STATEMENT_TIMEOUT = "57014"  # query_canceled, raised by statement_timeout
+STATEMENT_TIMEOUT = "57014"  # query_canceled, raised by statement_timeout
 # Connection exceptions, and the server shutting down: the connection is gone.
 _CONNECTION_LOST = ("08", "57P01", "57P02", "57P03")
 _REQUIRED = object()
@@ -112,11 +112,9 @@ class Driver:
         try:
             pooled = await self._engine.raw_connection()
         except PoolTimeout:
-            raise ResourceExhaustedError(
-                "every database connection is busy; try again later", reason="DATABASE_BUSY"
-            ) from None
+            raise busy() from None
         except Exception as exc:
-            raise _unavailable() from exc
+            raise unavailable() from exc
         reusable = False
         try:
             conn: asyncpg.Connection = pooled.driver_connection
@@ -129,19 +127,17 @@ class Driver:
             except asyncpg.PostgresError as exc:
                 sqlstate = exc.sqlstate or ""
                 if sqlstate.startswith(_CONNECTION_LOST):
-                    raise _unavailable() from exc
+                    raise unavailable() from exc
                 reusable = True  # the server answered: the connection is in a known state
-                if sqlstate == _STATEMENT_TIMEOUT:
-                    raise DeadlineExceededError(
-                        "a database statement ran past its time limit", reason="DATABASE_TIMEOUT"
-                    ) from None
+                if sqlstate == STATEMENT_TIMEOUT:
+                    raise statement_timed_out() from None
                 if sqlstate.startswith("23"):  # integrity constraint violation
                     raise IntegrityError(compiled.sql, None, exc) from None
                 raise
             except (OSError, asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
                 # InternalClientError: the connection's protocol is mid-operation, seen
                 # when the server terminates sessions under load; it is not reused.
-                raise _unavailable() from exc
+                raise unavailable() from exc
             reusable = True
             return compiled.row(row)
         finally:
@@ -153,5 +149,20 @@ class Driver:
                 pooled.invalidate()
 
 
-def _unavailable() -> UnavailableError:
+# The errors of an unusable database, shared with core.database's SQLAlchemy path.
+
+
+def unavailable() -> UnavailableError:
     return UnavailableError("the database is unreachable", reason="DATABASE_UNAVAILABLE")
+
+
+def busy() -> ResourceExhaustedError:
+    return ResourceExhaustedError(
+        "every database connection is busy; try again later", reason="DATABASE_BUSY"
+    )
+
+
+def statement_timed_out() -> DeadlineExceededError:
+    return DeadlineExceededError(
+        "a database statement ran past its time limit", reason="DATABASE_TIMEOUT"
+    )

@@ -139,7 +139,11 @@ class EventBus(Component):
         await self.store.close()
 
     async def check_health(self) -> Health:
-        details = {"backend": self.store.name, "published": str(self.published)}
+        details = {
+            "backend": self.store.name,
+            "published": str(self.published),
+            "delivered": str(self.delivered),
+        }
         try:
             problem = await self.store.check()
         except DomainError as exc:  # unreachable: the store says which and why

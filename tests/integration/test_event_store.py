@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -19,7 +18,6 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
-from redis.asyncio import Redis
 from structlog.testing import capture_logs
 
 from core.database import CORE_MIGRATIONS, Database
@@ -34,11 +32,11 @@ from core.events.model import Delivery, Event, EventStore, HistoryQuery, Policy,
 from core.events.redis import RedisEventStore
 from core.events.sql import SqlEventStore
 from tests.conftest import _pg_admin, _pg_url
+from tests.integration._events import REDIS_URL, drop_namespace
 from tests.mesh._processes import private_redis
 
 T = TypeVar("T")
 
-REDIS_URL = os.environ.get("MESH_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 EVERYTHING = Selector()
 SLOW = Policy(visibility=30.0, max_attempts=5)
 
@@ -86,16 +84,6 @@ def an_event(
     return event
 
 
-async def _drop_namespace(namespace: str) -> None:
-    client = Redis.from_url(REDIS_URL)
-    try:
-        keys = [k async for k in client.scan_iter(match=f"{namespace}:events:*", count=1000)]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
-
-
 async def _redis_store(namespace: str, **options: int) -> Opened:
     opened = Opened(RedisEventStore(REDIS_URL, namespace=namespace, **options), "redis", namespace)
     await opened.store.open(opened.listen, opened.lost.append)
@@ -111,7 +99,7 @@ async def _fresh_redis() -> AsyncIterator[Opened]:
         yield opened
     finally:
         await opened.store.close()
-        await _drop_namespace(namespace)
+        await drop_namespace(namespace)
 
 
 @pytest.fixture(params=["sqlite", "postgresql", "redis"])
@@ -555,7 +543,7 @@ async def test_lost_redis_data_is_reported_and_recovered(redis_backend: Opened) 
     assert await store.check() == ""
 
     with capture_logs() as logs:
-        await _drop_namespace(redis_backend.namespace)  # a restart without persistence
+        await drop_namespace(redis_backend.namespace)  # a restart without persistence
         problem = await until(store.check)
     assert "lost" in problem
     gaps = [e for e in logs if e["event"] == "event.gap"]
