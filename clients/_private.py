@@ -1,46 +1,128 @@
-"""What every client shares: one channel per client, errors decoded into domain errors."""
+"""What every client shares: its channel, resilience, telemetry and error decoding.
+
+Every call goes through `Client._unary` or `Client._stream`, the one place that applies
+the deadline (the client's, the call's `timeout=`, and what is left of the deadline of
+the server call being handled), the target's circuit breaker, telemetry, and turns a
+failed call into the `core.errors` exception the server raised. Retries are not made
+here: the channel's service config retries the client's idempotent methods (see
+`core.channel`).
+
+Usage (every client takes the same arguments)::
+
+    resilience = Resilience(deadline=2.0, attempts=3, breaker_failures=5)
+    async with ProjectsClient(
+        "dns:///projects.internal:50051", resilience=resilience, channel=settings.channel()
+    ) as projects:
+        await projects.get_project("projects/demo", timeout=0.5)  # this call: 0.5 s
+"""
 
 from __future__ import annotations
 
 import asyncio
-import random
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from functools import partial
+import dataclasses
+from collections.abc import AsyncGenerator, Callable
 from types import TracebackType
-from typing import Self, TypeVar
+from typing import ClassVar, Self, TypeVar
 
 import grpc
 
-from core.errors import UnavailableError, from_rpc_error
+from core import telemetry
+from core.breaker import CircuitBreaker, breaker_for
+from core.channel import Resilience, channel_target, open_channel, service_config
+from core.config import ChannelSettings
+from core.errors import (
+    DETAILS_KEY,
+    DeadlineExceededError,
+    DomainError,
+    UnavailableError,
+    from_rpc_error,
+)
+from core.rpc import remaining
 
-T = TypeVar("T")
+__all__ = ["ChannelSettings", "Client", "Resilience"]
+
+Request = TypeVar("Request")
+Response = TypeVar("Response")
 
 
 class Client:
     """Opens a channel to `address` on enter and closes it on exit.
 
-    Subclasses build stubs on `self.channel`, which raises a RuntimeError that says
-    how to open the client when it is not open, and set `deadline` (seconds a call may
-    take by default) and `attempts` (tries of a call that is safe to retry).
+    Subclasses set `service` (the proto's `package.Service`) and `idempotent` (the
+    method names that are safe to send twice: reads, writes that carry a request id or
+    event ids, acks), build stubs on `self.channel` and call through `_unary`/`_stream`.
+    Probes (health, admin) set `health_checked` and `guarded` to False: they must reach
+    a server that is not ready, and report it down rather than CIRCUIT_OPEN.
+
+    Args:
+        address: HOST:PORT, a comma-separated list of IP:PORT, or dns:///NAME:PORT.
+        resilience: Default deadline, retries of idempotent calls and circuit breaker.
+        channel: Keepalive, message size and TLS; `Settings.channel()` in a server.
+        deadline: Shorthand for `resilience.deadline`.
+        attempts: Shorthand for `resilience.attempts`.
+        health_checked: Send calls only to servers whose readiness is SERVING (default:
+            the class's `health_checked`).
     """
 
-    deadline: float = 10.0
-    attempts: int = 3
+    service: ClassVar[str] = ""
+    idempotent: ClassVar[frozenset[str]] = frozenset()
+    health_checked: ClassVar[bool] = True
+    guarded: ClassVar[bool] = True  # calls pass through the target's circuit breaker
 
-    def __init__(self, address: str) -> None:
+    def __init__(
+        self,
+        address: str,
+        *,
+        resilience: Resilience | None = None,
+        channel: ChannelSettings | None = None,
+        deadline: float | None = None,
+        attempts: int | None = None,
+        health_checked: bool | None = None,
+    ) -> None:
+        resilience = resilience or Resilience()
+        if deadline is not None:
+            resilience = dataclasses.replace(resilience, deadline=deadline)
+        if attempts is not None:
+            resilience = dataclasses.replace(resilience, attempts=attempts)
         self.address = address
+        self.target = channel_target(address)  # raises ConfigError for a bad address
+        self.resilience = resilience
+        self.channel_settings = channel or ChannelSettings()
+        self._health_checked = self.health_checked if health_checked is None else health_checked
         self._channel: grpc.aio.Channel | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.breaker: CircuitBreaker | None = None
+        if self.guarded:
+            self.breaker = breaker_for(
+                self.target,
+                failures_to_open=resilience.breaker_failures,
+                reset=resilience.breaker_reset,
+                trials=resilience.breaker_trials,
+            )
+
+    @property
+    def deadline(self) -> float:
+        return self.resilience.deadline
 
     @property
     def channel(self) -> grpc.aio.Channel:
+        """The open channel; a RuntimeError if the client is closed or on another loop."""
         if self._channel is None:
             raise RuntimeError(f"{type(self).__name__} is not open: use `async with`")
+        if _running_loop() is not self._loop:
+            raise RuntimeError(
+                f"{type(self).__name__} was opened on another event loop: open one client "
+                "per loop (a gRPC channel belongs to the loop it was opened on)"
+            )
         return self._channel
 
     async def __aenter__(self) -> Self:
-        self._channel = grpc.aio.insecure_channel(self.address)
+        if self._channel is not None:
+            raise RuntimeError(f"{type(self).__name__} is already open")
+        names = (f"{self.service}/{method}" for method in self.idempotent)
+        config = service_config(names, self.resilience, health_checked=self._health_checked)
+        self._loop = asyncio.get_running_loop()
+        self._channel = open_channel(self.address, self.channel_settings, config)
         return self
 
     async def __aexit__(
@@ -49,37 +131,130 @@ class Client:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._channel is not None:
-            await self._channel.close()
-            self._channel = None
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            await channel.close()
 
-    async def _retried(self, rpc: Callable[[float], Awaitable[T]], timeout: float | None) -> T:
-        """Calls `rpc(remaining_seconds)`, again after UNAVAILABLE, within one deadline."""
-        deadline = time.monotonic() + (timeout or self.deadline)
-        for attempt in range(1, self.attempts + 1):
-            remaining = deadline - time.monotonic()
-            try:
-                return await call(partial(rpc, max(remaining, 0.001)))
-            except UnavailableError:
-                backoff = min(1.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.0)
-                if attempt == self.attempts or time.monotonic() + backoff >= deadline:
-                    raise
-                await asyncio.sleep(backoff)
-        raise AssertionError("unreachable")  # pragma: no cover
+    async def wait_ready(self, timeout: float) -> None:
+        """Waits until the channel is connected to a ready server (after a restart, say).
+
+        Calls fail fast while no server is ready, and the channel tries to reconnect
+        about once a second; a caller that knows the server is back waits here first.
+
+        Raises:
+            UnavailableError: No server was ready within `timeout` seconds.
+        """
+        try:
+            async with asyncio.timeout(timeout):
+                await self.channel.channel_ready()
+        except TimeoutError:
+            raise UnavailableError(
+                f"no ready server at {self.target} within {timeout:g}s",
+                reason="NOT_READY",
+                metadata={"target": self.target},
+            ) from None
+
+    def _timeout(self, timeout: float | None) -> float:
+        """The call's own timeout (or the default deadline), cut to the propagated one."""
+        own = self.resilience.deadline if timeout is None else timeout
+        left = remaining()
+        if left is None:
+            return own
+        if left <= 0:
+            raise DeadlineExceededError(
+                f"the deadline of the call being handled has passed; not calling {self.service}",
+                reason="DEADLINE_PROPAGATED",
+                metadata={"target": self.target},
+            )
+        return min(own, left)
+
+    async def _unary(
+        self,
+        method: str,
+        rpc: grpc.aio.UnaryUnaryMultiCallable[Request, Response],
+        request: Request,
+        timeout: float | None = None,
+    ) -> Response:
+        """Makes one unary call (with the channel's retries) and decodes its failure."""
+        call = telemetry.client_call(f"/{self.service}/{method}", self.target)
+        breaker = self.breaker
+        try:
+            seconds = self._timeout(timeout)
+            if breaker is not None:
+                breaker.check()
+        except DomainError as exc:
+            call.end(exc.code)
+            raise
+        code = outcome = grpc.StatusCode.OK  # outcome: what the breaker counts
+        try:
+            return await rpc(request, timeout=seconds, metadata=call.metadata)
+        except grpc.RpcError as exc:
+            error = from_rpc_error(exc)
+            code = error.code
+            # A server that answers with error details is up and chose the answer (its
+            # database is down, it is stopping): only failures without them (no
+            # connection, no ready server, no answer in time) count against the target.
+            outcome = grpc.StatusCode.OK if _answered(exc) else code
+            raise error from None
+        except asyncio.CancelledError:
+            code = outcome = grpc.StatusCode.CANCELLED
+            raise
+        finally:
+            if breaker is not None:
+                breaker.record(outcome)
+            call.end(code)
+
+    async def _stream(
+        self,
+        method: str,
+        rpc: grpc.aio.UnaryStreamMultiCallable[Request, Response],
+        request: Request,
+        *,
+        on_call: Callable[[grpc.aio.UnaryStreamCall[Request, Response]], None] | None = None,
+    ) -> AsyncGenerator[Response, None]:
+        """Yields a server stream's messages; decodes its failure.
+
+        No deadline of its own (streams are long-lived) but the propagated one, and no
+        circuit breaker: a stream's owner reconnects with its own backoff, and counting
+        those attempts would keep the breaker open for the unary calls of a server that
+        has just come back. `on_call` gets the call, so another task can cancel it.
+        Close the generator (`contextlib.aclosing`) to cancel the call at once.
+        """
+        call = telemetry.client_call(f"/{self.service}/{method}", self.target)
+        left = remaining()
+        try:
+            seconds = None if left is None else self._timeout(left)
+        except DomainError as exc:
+            call.end(exc.code)
+            raise
+        stream = rpc(request, timeout=seconds, metadata=call.metadata)
+        if on_call is not None:
+            on_call(stream)
+        code = grpc.StatusCode.OK
+        try:
+            async for message in stream:
+                yield message
+        except grpc.RpcError as exc:
+            error = from_rpc_error(exc)
+            code = error.code
+            raise error from None
+        except (asyncio.CancelledError, GeneratorExit):
+            code = grpc.StatusCode.CANCELLED
+            raise
+        finally:
+            stream.cancel()
+            call.end(code)
 
 
-async def call(rpc: Callable[[], Awaitable[T]]) -> T:
-    """Awaits one unary call; a failed call raises the matching `core.errors` exception."""
+def _answered(error: grpc.RpcError) -> bool:
+    """Whether a meshkit server sent this failure (with a google.rpc.Status in details)."""
+    trailing = getattr(error, "trailing_metadata", None)
+    metadata = (trailing() if callable(trailing) else None) or ()
+    return any(key == DETAILS_KEY for key, _ in metadata)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
     try:
-        return await rpc()
-    except grpc.RpcError as exc:
-        raise from_rpc_error(exc) from None
-
-
-@asynccontextmanager
-async def translated() -> AsyncIterator[None]:
-    """Like `call`, for the body of a streaming call."""
-    try:
-        yield
-    except grpc.RpcError as exc:
-        raise from_rpc_error(exc) from None
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None

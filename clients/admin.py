@@ -5,35 +5,49 @@ Usage::
     async with AdminClient("127.0.0.1:50051") as admin:
         summary = await admin.get_service_summary()
         print(summary.health_score)
+
+AdminClient reaches a server whose readiness is NOT_SERVING (that is when its summary
+is most useful), unless it is opened with `health_checked=True`, and has no circuit
+breaker. Only the reads are retried.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from typing import ClassVar
 
 from google.protobuf.duration_pb2 import Duration
 
-from clients._private import Client, call, translated
+from clients._private import Client
 from mesh.admin.v1 import admin_pb2, admin_pb2_grpc
 
 
 class AdminClient(Client):
+    """See the module docstring; the arguments are `clients._private.Client`'s."""
+
+    service: ClassVar[str] = "mesh.admin.v1.AdminService"
+    idempotent: ClassVar[frozenset[str]] = frozenset({"GetServiceSummary", "Ping"})
+    health_checked: ClassVar[bool] = False
+    guarded: ClassVar[bool] = False
+
     @property
     def _stub(self) -> admin_pb2_grpc.AdminServiceAsyncStub:
         return admin_pb2_grpc.AdminServiceStub(self.channel)
 
-    async def get_service_summary(self, *, timeout: float = 5.0) -> admin_pb2.ServiceSummary:
+    async def get_service_summary(self, *, timeout: float | None = 5.0) -> admin_pb2.ServiceSummary:
         request = admin_pb2.GetServiceSummaryRequest()
-        response = await call(lambda: self._stub.GetServiceSummary(request, timeout=timeout))
+        stub = self._stub
+        response = await self._unary("GetServiceSummary", stub.GetServiceSummary, request, timeout)
         return response.summary
 
     async def watch_service_status(self) -> AsyncIterator[admin_pb2.ServiceSummary]:
         """Yields a summary now and after every change until the server stops."""
-        async with translated():
-            async for response in self._stub.WatchServiceStatus(
-                admin_pb2.WatchServiceStatusRequest()
-            ):
+        request = admin_pb2.WatchServiceStatusRequest()
+        stream = self._stream("WatchServiceStatus", self._stub.WatchServiceStatus, request)
+        async with contextlib.aclosing(stream) as responses:
+            async for response in responses:
                 yield response.summary
 
     async def ping(
@@ -42,4 +56,4 @@ class AdminClient(Client):
         wait = Duration()
         wait.FromTimedelta(timedelta(seconds=delay))
         request = admin_pb2.PingRequest(message=message, delay=wait)
-        return await call(lambda: self._stub.Ping(request, timeout=timeout))
+        return await self._unary("Ping", self._stub.Ping, request, timeout)

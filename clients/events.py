@@ -44,15 +44,17 @@ is then cancelled. Breaking out closes it when the iterator is collected, which
 CPython does at once; `async with events.subscribe(...) as stream:` closes it on exit.
 
 Every method raises the `core.errors` exception for a failed call (InvalidArgumentError
-with `.violations`, NotFoundError, ...). Unary calls have a default deadline, and
-UNAVAILABLE is retried with backoff when that is safe: for reads, for `ack` (acking
-twice changes nothing) and for publishes, because every event gets an id before the
-first try and the server stores an id only once. `nack` and `replay` are not retried.
+with `.violations`, NotFoundError, ...). Unary calls have a default deadline, and gRPC
+retries UNAVAILABLE with backoff when that is safe (`IDEMPOTENT`): for reads, for `ack`
+(acking twice changes nothing) and for publishes, because every event gets an id
+before the first try and the server stores an id only once. `nack` and `replay` are
+not retried.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 import uuid
@@ -61,29 +63,40 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
 from types import TracebackType
-from typing import Self, TypeVar
+from typing import ClassVar, Self
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from clients._private import Client, call
-from core.errors import UnavailableError, from_rpc_error
+from clients._private import ChannelSettings, Client, Resilience
+from core.errors import UnavailableError
 from mesh.events.v1 import events_pb2 as pb
 from mesh.events.v1 import events_pb2_grpc
 from mesh.events.v1.events_pb2 import Event, PublishResponse, SubscribeResponse
-
-T = TypeVar("T")
 
 __all__ = [
     "Event",
     "EventsClient",
     "PublishResponse",
+    "Resilience",
     "SubscribeResponse",
     "Subscription",
     "make_event",
 ]
+
+
+IDEMPOTENT = frozenset(
+    {
+        "Publish",  # every event has an id; the server stores an id once
+        "PublishBatch",
+        "Ack",  # acking an acked event changes nothing
+        "GetEventStatus",
+        "ListEvents",
+        "ListDeadLetters",
+    }
+)
 
 
 def make_event(
@@ -106,26 +119,33 @@ class EventsClient(Client):
     """See the module docstring.
 
     Args:
-        address: HOST:PORT of a server hosting EventService.
-        deadline: Seconds each unary call (all its retries included) may take by default.
-        attempts: Tries for a unary call that may be retried.
+        address: HOST:PORT, a list of IP:PORT or dns:///NAME:PORT of EventService.
+        resilience: Default deadline, retries and circuit breaker of unary calls.
+        channel: Keepalive, message size and TLS.
+        deadline: Shorthand for `resilience.deadline`.
+        attempts: Shorthand for `resilience.attempts`.
         max_backoff: Longest pause between two reconnects of a subscription.
         give_up_after: Seconds a subscription keeps reconnecting without receiving
             anything before it raises the UnavailableError; None for forever.
     """
 
+    service: ClassVar[str] = "mesh.events.v1.EventService"
+    idempotent: ClassVar[frozenset[str]] = IDEMPOTENT
+
     def __init__(
         self,
         address: str,
         *,
-        deadline: float = 10.0,
-        attempts: int = 3,
+        resilience: Resilience | None = None,
+        channel: ChannelSettings | None = None,
+        deadline: float | None = None,
+        attempts: int | None = None,
         max_backoff: float = 5.0,
         give_up_after: float | None = 60.0,
     ) -> None:
-        super().__init__(address)
-        self.deadline = deadline
-        self.attempts = attempts
+        super().__init__(
+            address, resilience=resilience, channel=channel, deadline=deadline, attempts=attempts
+        )
         self.max_backoff = max_backoff
         self.give_up_after = give_up_after
 
@@ -142,16 +162,14 @@ class EventsClient(Client):
         it is), so a retry after a lost response cannot store it twice.
         """
         request = pb.PublishRequest(event=_with_id(event))
-        return await self._retried(lambda t: self._stub.Publish(request, timeout=t), timeout)
+        return await self._unary("Publish", self._stub.Publish, request, timeout)
 
     async def publish_batch(
         self, events: Iterable[Event], *, timeout: float | None = None
     ) -> list[PublishResponse]:
         """Stores `events` in order, all or none; one result per event."""
         request = pb.PublishBatchRequest(events=[_with_id(e) for e in events])
-        response = await self._retried(
-            lambda t: self._stub.PublishBatch(request, timeout=t), timeout
-        )
+        response = await self._unary("PublishBatch", self._stub.PublishBatch, request, timeout)
         return list(response.results)
 
     # -- subscribing ----------------------------------------------------------------------
@@ -203,7 +221,7 @@ class EventsClient(Client):
         after a lost response therefore counts 0 for the events the first try acked.
         """
         request = pb.AckRequest(group=group, event_ids=event_ids)
-        response = await self._retried(lambda t: self._stub.Ack(request, timeout=t), timeout)
+        response = await self._unary("Ack", self._stub.Ack, request, timeout)
         return response.acked_count
 
     async def nack(
@@ -226,7 +244,7 @@ class EventsClient(Client):
             retry_delay = timedelta(seconds=retry_delay)
         if retry_delay is not None:
             request.retry_delay.CopyFrom(_duration(retry_delay))
-        response = await call(lambda: self._stub.Nack(request, timeout=timeout or self.deadline))
+        response = await self._unary("Nack", self._stub.Nack, request, timeout)
         return response.state
 
     # -- reading --------------------------------------------------------------------------
@@ -236,7 +254,7 @@ class EventsClient(Client):
     ) -> pb.GetEventStatusResponse:
         """The stored event and, for every group that wants it, how far its delivery got."""
         request = pb.GetEventStatusRequest(event_id=event_id)
-        return await self._retried(lambda t: self._stub.GetEventStatus(request, timeout=t), timeout)
+        return await self._unary("GetEventStatus", self._stub.GetEventStatus, request, timeout)
 
     async def history(
         self,
@@ -262,7 +280,7 @@ class EventsClient(Client):
             request.start_time.CopyFrom(_timestamp(start_time))
         if end_time is not None:
             request.end_time.CopyFrom(_timestamp(end_time))
-        return await self._retried(lambda t: self._stub.ListEvents(request, timeout=t), timeout)
+        return await self._unary("ListEvents", self._stub.ListEvents, request, timeout)
 
     async def dead_letters(
         self,
@@ -274,9 +292,7 @@ class EventsClient(Client):
     ) -> pb.ListDeadLettersResponse:
         """One page of `group`'s dead letters, oldest first, each with its delivery status."""
         request = pb.ListDeadLettersRequest(group=group, page_size=page_size, page_token=page_token)
-        return await self._retried(
-            lambda t: self._stub.ListDeadLetters(request, timeout=t), timeout
-        )
+        return await self._unary("ListDeadLetters", self._stub.ListDeadLetters, request, timeout)
 
     async def replay(
         self, group: str, ids: Sequence[str] = (), *, timeout: float | None = None
@@ -286,8 +302,8 @@ class EventsClient(Client):
         Not retried: replaying "all" again could bring back letters parked since.
         """
         request = pb.ReplayDeadLettersRequest(group=group, event_ids=ids)
-        response = await call(
-            lambda: self._stub.ReplayDeadLetters(request, timeout=timeout or self.deadline)
+        response = await self._unary(
+            "ReplayDeadLetters", self._stub.ReplayDeadLetters, request, timeout
         )
         return response.replayed_count
 
@@ -371,6 +387,13 @@ class _Cursor:
         if self.call is not None:
             self.call.cancel()
 
+    def opened(
+        self, call: grpc.aio.UnaryStreamCall[pb.SubscribeRequest, SubscribeResponse]
+    ) -> None:
+        self.call = call
+        if self.closed:  # closed while the call was being opened
+            call.cancel()
+
     def request(self, template: pb.SubscribeRequest) -> pb.SubscribeRequest:
         """The request of the next call: `template` with the place to start from."""
         request = pb.SubscribeRequest()
@@ -407,14 +430,19 @@ async def _messages(
     failures = 0
     outage_since: float | None = None  # when the server was first found unavailable
     while not cursor.closed:
-        rpc = cursor.call = client._stub.Subscribe(cursor.request(template))
+        request = cursor.request(template)
         error: UnavailableError | None = None
+        stream = client._stream("Subscribe", client._stub.Subscribe, request, on_call=cursor.opened)
+        # aclosing: a consumer that breaks out or is cancelled lands here too, and closing
+        # the stream ends the call on the server at once (a group member's unacked events
+        # go back).
         try:
-            async for message in rpc:
-                failures, outage_since = 0, None
-                cursor.advance(message)
-                if markers or message.HasField("event"):
-                    yield message
+            async with contextlib.aclosing(stream) as messages:
+                async for message in messages:
+                    failures, outage_since = 0, None
+                    cursor.advance(message)
+                    if markers or message.HasField("event"):
+                        yield message
             # The contract says a subscription never ends on its own; if one does anyway,
             # resuming is what the caller wants, as after UNAVAILABLE.
         except asyncio.CancelledError:
@@ -422,16 +450,9 @@ async def _messages(
             if cursor.closed and task is not None and not task.cancelling():
                 return  # aclose() from another task cancelled the call, not this task
             raise
-        except grpc.RpcError as exc:
-            translated = from_rpc_error(exc)
-            if not isinstance(translated, UnavailableError):
-                raise translated from None
-            error = translated
+        except UnavailableError as exc:  # also a circuit breaker that is open
+            error = exc
             cursor.stopped(error)
-        finally:
-            # A consumer that breaks out or is cancelled lands here too: end the call on
-            # the server at once (a group member's unacked events go back).
-            rpc.cancel()
         failures += 1
         outage_since = outage_since or time.monotonic()
         if client.give_up_after is not None and (

@@ -15,42 +15,45 @@ Usage::
 
 Every method raises the `core.errors` exception for a failed call (NotFoundError,
 AlreadyExistsError, AbortedError, InvalidArgumentError with `.violations`, ...). Calls
-have a default deadline, and UNAVAILABLE is retried with backoff when that is safe:
-always for reads, and for creates and updates because each carries a request id (one
-is generated when the caller gives none).
+have a default deadline (`Resilience.deadline`, or `timeout=` per call, never more than
+the caller's own remaining deadline), and gRPC retries UNAVAILABLE with backoff when
+that is safe (`IDEMPOTENT`): for reads, and for creates and updates because each
+carries a request id (one is generated when the caller gives none). Deletes and
+undeletes are not retried: a repeated one would fail as already done.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from typing import TypeVar
+from typing import ClassVar
 
 from google.protobuf.field_mask_pb2 import FieldMask
 
-from clients._private import Client, call
+from clients._private import Client, Resilience
 from mesh.projects.v1 import projects_pb2 as pb
 from mesh.projects.v1 import projects_pb2_grpc
 from mesh.projects.v1.projects_pb2 import Project
 
-T = TypeVar("T")
+__all__ = ["Project", "ProjectsClient", "Resilience"]
 
-__all__ = ["Project", "ProjectsClient"]
+IDEMPOTENT = frozenset(
+    {
+        "GetProject",
+        "BatchGetProjects",
+        "ListProjects",
+        "CountProjects",
+        "CreateProject",  # carries a request id
+        "UpdateProject",  # carries a request id
+    }
+)
 
 
 class ProjectsClient(Client):
-    """See the module docstring.
+    """See the module docstring; the arguments are `clients._private.Client`'s."""
 
-    Args:
-        address: HOST:PORT of a server hosting ProjectService.
-        deadline: Seconds each call (all its retries included) may take by default.
-        attempts: Tries for a call that may be retried.
-    """
-
-    def __init__(self, address: str, *, deadline: float = 10.0, attempts: int = 3) -> None:
-        super().__init__(address)
-        self.deadline = deadline
-        self.attempts = attempts
+    service: ClassVar[str] = "mesh.projects.v1.ProjectService"
+    idempotent: ClassVar[frozenset[str]] = IDEMPOTENT
 
     @property
     def _stub(self) -> projects_pb2_grpc.ProjectServiceAsyncStub:
@@ -71,22 +74,20 @@ class ProjectsClient(Client):
             request_id=request_id or str(uuid.uuid4()),
             validate_only=validate_only,
         )
-        response = await self._retried(
-            lambda t: self._stub.CreateProject(request, timeout=t), timeout
-        )
+        response = await self._unary("CreateProject", self._stub.CreateProject, request, timeout)
         return response.project
 
     async def get_project(self, name: str, *, timeout: float | None = None) -> Project:
         request = pb.GetProjectRequest(name=name)
-        response = await self._retried(lambda t: self._stub.GetProject(request, timeout=t), timeout)
+        response = await self._unary("GetProject", self._stub.GetProject, request, timeout)
         return response.project
 
     async def batch_get_projects(
         self, names: Sequence[str], *, timeout: float | None = None
     ) -> list[Project]:
         request = pb.BatchGetProjectsRequest(names=names)
-        response = await self._retried(
-            lambda t: self._stub.BatchGetProjects(request, timeout=t), timeout
+        response = await self._unary(
+            "BatchGetProjects", self._stub.BatchGetProjects, request, timeout
         )
         return list(response.projects)
 
@@ -108,7 +109,7 @@ class ProjectsClient(Client):
             page_token=page_token,
             show_deleted=show_deleted,
         )
-        return await self._retried(lambda t: self._stub.ListProjects(request, timeout=t), timeout)
+        return await self._unary("ListProjects", self._stub.ListProjects, request, timeout)
 
     async def iter_projects(
         self,
@@ -138,9 +139,7 @@ class ProjectsClient(Client):
         self, *, filter: str = "", show_deleted: bool = False, timeout: float | None = None
     ) -> int:
         request = pb.CountProjectsRequest(filter=filter, show_deleted=show_deleted)
-        response = await self._retried(
-            lambda t: self._stub.CountProjects(request, timeout=t), timeout
-        )
+        response = await self._unary("CountProjects", self._stub.CountProjects, request, timeout)
         return response.count
 
     async def update_project(
@@ -162,9 +161,7 @@ class ProjectsClient(Client):
         )
         if update_mask is not None:
             request.update_mask.CopyFrom(FieldMask(paths=update_mask))
-        response = await self._retried(
-            lambda t: self._stub.UpdateProject(request, timeout=t), timeout
-        )
+        response = await self._unary("UpdateProject", self._stub.UpdateProject, request, timeout)
         return response.project
 
     async def delete_project(
@@ -172,16 +169,14 @@ class ProjectsClient(Client):
     ) -> Project:
         """Soft-deletes; not retried, since a repeated delete would fail as already deleted."""
         request = pb.DeleteProjectRequest(name=name, etag=etag)
-        response = await call(
-            lambda: self._stub.DeleteProject(request, timeout=timeout or self.deadline)
-        )
+        response = await self._unary("DeleteProject", self._stub.DeleteProject, request, timeout)
         return response.project
 
     async def undelete_project(
         self, name: str, *, etag: str = "", timeout: float | None = None
     ) -> Project:
         request = pb.UndeleteProjectRequest(name=name, etag=etag)
-        response = await call(
-            lambda: self._stub.UndeleteProject(request, timeout=timeout or self.deadline)
+        response = await self._unary(
+            "UndeleteProject", self._stub.UndeleteProject, request, timeout
         )
         return response.project

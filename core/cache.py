@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 import structlog
+from opentelemetry import metrics
+from opentelemetry.metrics import CallbackOptions, Observation
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -54,6 +56,37 @@ _REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 _KEEPALIVE = 5.0  # the listener pings after this much silence; no pong in as long: reconnect
 _MIN_RECONNECT = 0.05
 _MAX_PENDING = 1_000  # invalidations kept for retry while Redis is unreachable
+
+
+# Process-wide totals behind the mesh.cache.* metrics: read when metrics are collected, so
+# a lookup pays one dict increment, and they never go down when a Cache is dropped.
+_TOTALS = dict.fromkeys(("hits_local", "hits_redis", "misses"), 0)
+
+
+def _hits(options: CallbackOptions) -> list[Observation]:
+    return [
+        Observation(_TOTALS["hits_local"], {"tier": "local"}),
+        Observation(_TOTALS["hits_redis"], {"tier": "redis"}),
+    ]
+
+
+def _misses(options: CallbackOptions) -> list[Observation]:
+    return [Observation(_TOTALS["misses"])]
+
+
+_meter = metrics.get_meter("core.cache")
+_meter.create_observable_counter(
+    "mesh.cache.hits",
+    [_hits],
+    unit="{lookup}",
+    description="Cache lookups answered by the in-process tier, or by Redis (one per shared load).",
+)
+_meter.create_observable_counter(
+    "mesh.cache.misses",
+    [_misses],
+    unit="{lookup}",
+    description="Cache lookups the in-process tier could not answer.",
+)
 
 
 class _UnavailableError(Exception):
@@ -186,8 +219,10 @@ class Cache(Component):
         entry = self._local.lookup(key) if self._local_trusted() else None
         if entry is not None:
             self._counts["hits_local"] += 1
+            _TOTALS["hits_local"] += 1
             return entry.value
         self._counts["misses"] += 1
+        _TOTALS["misses"] += 1
         flight = self._flights.get(key)
         if flight is None:
             flight = self._flights[key] = _Flight(key)
@@ -260,6 +295,7 @@ class Cache(Component):
         found, value = await self._read_remote(flight.key)
         if found:
             self._counts["hits_redis"] += 1
+            _TOTALS["hits_redis"] += 1
         else:
             self._counts["loads"] += 1
             try:

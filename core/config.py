@@ -55,6 +55,62 @@ class EventSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class TelemetrySettings:
+    """Traces and metrics. Tracing is off unless an exporter is chosen; metrics are on.
+
+    The OTLP exporter reads its endpoint and headers from the standard
+    `OTEL_EXPORTER_OTLP_*` variables itself (default http://localhost:4317).
+    """
+
+    traces_exporter: str = "none"  # none, console or otlp
+    sample_ratio: float = 1.0  # of new traces; a sampled parent is always followed
+    metrics: bool = True
+    metrics_address: str = ""  # HOST:PORT to serve Prometheus text on; empty: not served
+
+    @property
+    def tracing(self) -> bool:
+        return self.traces_exporter != "none"
+
+
+@dataclass(frozen=True, slots=True)
+class TlsSettings:
+    """TLS for the server and for the channels this process opens; off when all are empty.
+
+    The server uses TLS when `cert_file` and `key_file` are set, and then asks clients for
+    a certificate signed by `ca_file` when `client_auth` is set. Channels use TLS when
+    `ca_file` or `cert_file` is set: they trust `ca_file` (the system roots when empty) and
+    present `cert_file`/`key_file` as their own certificate when both are set (mutual TLS).
+    """
+
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    client_auth: bool = False
+
+    @property
+    def serves_tls(self) -> bool:
+        return bool(self.cert_file and self.key_file)
+
+    @property
+    def dials_tls(self) -> bool:
+        return bool(self.ca_file or self.cert_file)
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelSettings:
+    """How a client's channel connects: keepalive, message size limit and TLS.
+
+    The server permits a keepalive ping every `keepalive / 2` seconds (see core.server),
+    so clients and servers configured alike never see a `too_many_pings` GOAWAY.
+    """
+
+    keepalive: float = 30.0  # seconds between pings on a connection without traffic
+    keepalive_timeout: float = 10.0  # seconds to wait for a ping's answer before reconnecting
+    max_message_bytes: int = 4 * 1024 * 1024
+    tls: TlsSettings = field(default_factory=lambda: TlsSettings())
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Everything a meshkit process is configured with. Secrets stay out of `repr`."""
 
@@ -77,6 +133,19 @@ class Settings:
     # Separates meshes that share one Redis: keys and channels start with it.
     cache_namespace: str = "mesh"
     events: EventSettings = field(default_factory=lambda: EventSettings())
+    telemetry: TelemetrySettings = field(default_factory=lambda: TelemetrySettings())
+    keepalive: float = 30.0
+    keepalive_timeout: float = 10.0
+    tls: TlsSettings = field(default_factory=lambda: TlsSettings())
+
+    def channel(self) -> ChannelSettings:
+        """The settings of the channels this process opens to other services."""
+        return ChannelSettings(
+            keepalive=self.keepalive,
+            keepalive_timeout=self.keepalive_timeout,
+            max_message_bytes=self.max_message_bytes,
+            tls=self.tls,
+        )
 
     def database(self) -> str:
         """MESH_DATABASE_URL, or the embedded SQLite file under the data folder."""
@@ -120,6 +189,22 @@ class Settings:
                 max_attempts=reader.get("MESH_EVENTS_MAX_ATTEMPTS", _positive_int, 5),
                 retention=reader.get("MESH_EVENTS_RETENTION", _positive_int, 1_000_000),
             ),
+            telemetry=TelemetrySettings(
+                traces_exporter=reader.get(
+                    "MESH_TRACES_EXPORTER", _choice("none", "console", "otlp"), "none"
+                ),
+                sample_ratio=reader.get("MESH_TRACES_SAMPLE_RATIO", _ratio, 1.0),
+                metrics=reader.get("MESH_METRICS", _bool, None) is not False,  # unset: on
+                metrics_address=reader.get("MESH_METRICS_ADDRESS", _address, ""),
+            ),
+            keepalive=reader.get("MESH_KEEPALIVE_SECONDS", _positive, 30.0),
+            keepalive_timeout=reader.get("MESH_KEEPALIVE_TIMEOUT_SECONDS", _positive, 10.0),
+            tls=TlsSettings(
+                ca_file=reader.get("MESH_TLS_CA_FILE", _file, ""),
+                cert_file=reader.get("MESH_TLS_CERT_FILE", _file, ""),
+                key_file=reader.get("MESH_TLS_KEY_FILE", _file, ""),
+                client_auth=bool(reader.get("MESH_TLS_CLIENT_AUTH", _bool, None)),
+            ),
             start_policy=StartPolicy(
                 attempts=reader.get("MESH_START_ATTEMPTS", _positive_int, 3),
                 base_delay=reader.get("MESH_START_BASE_DELAY_SECONDS", _non_negative, 0.5),
@@ -130,6 +215,14 @@ class Settings:
         )
         if settings.events.backend == "redis" and not settings.redis_url:
             reader.errors.append("MESH_EVENTS_BACKEND=redis needs MESH_REDIS_URL")
+        tls = settings.tls
+        if bool(tls.cert_file) != bool(tls.key_file):
+            reader.errors.append("MESH_TLS_CERT_FILE and MESH_TLS_KEY_FILE go together")
+        if tls.client_auth and not (tls.ca_file and tls.serves_tls):
+            reader.errors.append(
+                "MESH_TLS_CLIENT_AUTH needs MESH_TLS_CA_FILE, MESH_TLS_CERT_FILE and "
+                "MESH_TLS_KEY_FILE"
+            )
         if reader.errors:
             raise ConfigError("invalid configuration: " + "; ".join(reader.errors))
         return settings
@@ -165,6 +258,13 @@ def _non_negative(raw: str) -> float:
     value = float(raw)
     if not value >= 0:
         raise ValueError("must be 0 or more")
+    return value
+
+
+def _ratio(raw: str) -> float:
+    value = float(raw)
+    if not 0 <= value <= 1:
+        raise ValueError("must be between 0 and 1")
     return value
 
 
@@ -207,6 +307,12 @@ def _redis_url(raw: str) -> str:
 def _namespace(raw: str) -> str:
     if not raw.replace("-", "").replace("_", "").isalnum():
         raise ValueError("must be letters, digits, '-' or '_'")
+    return raw
+
+
+def _file(raw: str) -> str:
+    if not Path(raw).is_file():
+        raise ValueError("no such file")
     return raw
 
 

@@ -16,25 +16,33 @@ Usage::
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
+from opentelemetry import metrics
+from opentelemetry.metrics import CallbackOptions, Observation
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext import asyncio as sqlalchemy_asyncio
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import Executable
 
 from core.config import Settings
-from core.driver import STATEMENT_TIMEOUT, Driver, busy, statement_timed_out, unavailable
-from core.errors import DeadlineExceededError, UnavailableError
+from core.errors import DeadlineExceededError, ResourceExhaustedError, UnavailableError
 from core.health import Health
 from core.lifecycle import Component
+from core.schema import at_heads
+
+if TYPE_CHECKING:
+    from core.driver import Driver
 
 log = structlog.get_logger()
 
@@ -47,6 +55,45 @@ Hook = Callable[[], Awaitable[None] | None]
 
 # PostgreSQL serialization failure and deadlock; both mean "run the transaction again".
 _RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
+
+# SQLite copies its WAL into the database file inside the commit that takes the WAL past
+# wal_autocheckpoint pages: two fsyncs and the copy, 6-10 ms on this machine, every ~200
+# one-event commits at the default 1000 pages. A PASSIVE checkpoint in the background
+# does that copying without blocking readers or writers; the commit that crosses the
+# raised threshold then only finishes what is left, which lets the next write restart the
+# WAL (so it stays bounded: 16 MB).
+_WAL_AUTOCHECKPOINT_PAGES = 4000
+_WAL_CHECKPOINT_SECONDS = 0.2
+STATEMENT_TIMEOUT = "57014"  # query_canceled, raised by statement_timeout
+
+
+# Every started Database, for the pool metrics read at collection.
+_RUNNING: weakref.WeakSet[Database] = weakref.WeakSet()
+
+
+def _pool_counts(pick: int) -> Callable[[CallbackOptions], list[Observation]]:
+    def observe(options: CallbackOptions) -> list[Observation]:
+        totals: dict[str, int] = {}
+        for db in list(_RUNNING):
+            totals[db.dialect] = totals.get(db.dialect, 0) + db.pool_counts()[pick]
+        return [Observation(n, {"db.system": dialect}) for dialect, n in totals.items()]
+
+    return observe
+
+
+_meter = metrics.get_meter("core.database")
+_meter.create_observable_up_down_counter(
+    "mesh.db.pool.in_use",
+    [_pool_counts(0)],
+    unit="{connection}",
+    description="Pooled database connections checked out now.",
+)
+_meter.create_observable_up_down_counter(
+    "mesh.db.pool.waiting",
+    [_pool_counts(1)],
+    unit="{caller}",
+    description="Callers waiting now for a pooled database connection.",
+)
 
 
 def redacted(url: str) -> str:
@@ -113,7 +160,9 @@ class Database(Component):
             "pool_timeout": pool_timeout,
         }
         self._engine: AsyncEngine | None = None
+        self._checkouts = Checkouts()
         self._returning: set[asyncio.Task[None]] = set()
+        self._checkpoints: asyncio.Task[None] | None = None
         self._driver: Driver | None = None
         self._variants: dict[tuple[tuple[str, Any], ...], AsyncEngine] = {}
         # SQLite: our begin hook skips BEGIN; PostgreSQL: the driver's autocommit.
@@ -147,8 +196,9 @@ class Database(Component):
         try:
             async with engine.connect() as conn:  # fail at start, not at the first request
                 await conn.execute(text("select 1"))
-            if self.migrations:
-                from core.migrate import require_current, upgrade  # loads alembic
+            folders = [CORE_MIGRATIONS, *self.migrations]  # core.migrate adds core's too
+            if self.migrations and not await at_heads(engine, folders):
+                from core.migrate import require_current, upgrade  # loads Alembic: ~8 MB
 
                 if self.migrate:
                     await upgrade(engine, self.migrations)
@@ -158,11 +208,23 @@ class Database(Component):
             await engine.dispose()
             raise
         self._engine = engine
+        file = make_url(self.url).database if self.dialect == "sqlite" else None
+        if file and file != ":memory:":
+            wal = Path(f"{file}-wal")
+            self._checkpoints = asyncio.create_task(self._checkpoint(wal), name="wal-checkpoints")
         if self.dialect == "postgresql":
-            self._driver = Driver(engine)
+            from core.driver import Driver  # loads asyncpg: only for PostgreSQL
+
+            self._driver = Driver(engine, self._checkouts)
+        _RUNNING.add(self)
         log.info("database.connected", url=redacted(self.url))
 
     async def stop(self) -> None:
+        _RUNNING.discard(self)
+        if self._checkpoints is not None:
+            self._checkpoints.cancel()
+            await asyncio.gather(self._checkpoints, return_exceptions=True)
+            self._checkpoints = None
         if self._returning:  # connections on their way back must reach the pool first
             await asyncio.wait(self._returning, timeout=5.0)
         if self._engine is not None:
@@ -170,6 +232,28 @@ class Database(Component):
             self._engine = None
             self._driver = None
             self._variants.clear()
+
+    def pool_counts(self) -> tuple[int, int]:
+        """Connections checked out of the pool now, and callers waiting for one."""
+        engine = self._engine
+        if engine is None:
+            return 0, 0
+        checked_out: int = getattr(engine.pool, "checkedout", lambda: 0)()
+        return checked_out, self._checkouts.waiting
+
+    async def _checkpoint(self, wal: Path) -> None:
+        """SQLite: a PASSIVE checkpoint whenever the WAL changed (see _WAL_AUTOCHECKPOINT_PAGES)."""
+        seen = 0
+        while True:
+            await asyncio.sleep(_WAL_CHECKPOINT_SECONDS)
+            try:
+                changed = os.stat(wal).st_mtime_ns  # one local syscall: no thread needed
+                if changed != seen:
+                    async with self.connect(autocommit=True) as conn:
+                        await conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+                    seen = changed
+            except Exception as exc:  # the next round tries again; commits checkpoint anyway
+                log.debug("database.checkpoint_failed", error=type(exc).__name__)
 
     async def check_health(self) -> Health:
         pool = self.engine.pool
@@ -195,12 +279,7 @@ class Database(Component):
         execution options such as `isolation_level`.
         """
         engine = self._variant(**(self._autocommit if autocommit else options))
-        try:
-            conn = await engine.connect().start()
-        except PoolTimeout:
-            raise busy() from None
-        except Exception as exc:
-            raise unavailable() from exc
+        conn = await self._checkouts.take(engine.connect().start)
         try:
             yield conn
         except DBAPIError as exc:
@@ -333,7 +412,7 @@ class Database(Component):
             database = make_url(self.url).database
             if database and database != ":memory:":
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
-            engine = create_async_engine(self.url, hide_parameters=True)
+            engine = sqlalchemy_asyncio.create_async_engine(self.url, hide_parameters=True)
             _use_sqlite_transactions(engine)
             return engine
         connect_args: dict[str, Any] = {}
@@ -342,14 +421,57 @@ class Database(Component):
             connect_args["server_settings"] = {"statement_timeout": ms}
         # No pre-ping: it costs three round trips per checkout. A dropped connection is
         # invalidated when it fails (the call gets UNAVAILABLE), and recycled before servers
-        # or proxies time it out.
-        return create_async_engine(
+        # or proxies time it out. Looked up on the module at each call, so the SQLAlchemy
+        # instrumentation (core.telemetry, when tracing) wraps it whenever it was imported.
+        return sqlalchemy_asyncio.create_async_engine(
             self.url,
             pool_recycle=1800,
             hide_parameters=True,  # error texts must not carry request data
             connect_args=connect_args,
             **self._pool,
         )
+
+
+class Checkouts:
+    """Takes connections from the pool, counting the callers still waiting for one.
+
+    SQLAlchemy's pool reports only the connections checked out; the waiting count is the
+    `mesh.db.pool.waiting` metric. Shared by `Database.connect` and core.driver.
+    """
+
+    def __init__(self) -> None:
+        self.waiting = 0
+
+    async def take(self, checkout: Callable[[], Awaitable[T]]) -> T:
+        """Runs `checkout`; a full pool is RESOURCE_EXHAUSTED, any other failure UNAVAILABLE."""
+        self.waiting += 1
+        try:
+            return await checkout()
+        except PoolTimeout:
+            raise busy() from None
+        except Exception as exc:
+            raise unavailable() from exc
+        finally:
+            self.waiting -= 1
+
+
+# The errors of an unusable database, shared with core.driver's asyncpg path.
+
+
+def unavailable() -> UnavailableError:
+    return UnavailableError("the database is unreachable", reason="DATABASE_UNAVAILABLE")
+
+
+def busy() -> ResourceExhaustedError:
+    return ResourceExhaustedError(
+        "every database connection is busy; try again later", reason="DATABASE_BUSY"
+    )
+
+
+def statement_timed_out() -> DeadlineExceededError:
+    return DeadlineExceededError(
+        "a database statement ran past its time limit", reason="DATABASE_TIMEOUT"
+    )
 
 
 def _use_sqlite_transactions(engine: AsyncEngine) -> None:
@@ -367,6 +489,7 @@ def _use_sqlite_transactions(engine: AsyncEngine) -> None:
             "journal_mode=WAL",
             "synchronous=NORMAL",
             "busy_timeout=5000",
+            f"wal_autocheckpoint={_WAL_AUTOCHECKPOINT_PAGES}",
             "foreign_keys=ON",
         ):
             cursor.execute(f"PRAGMA {pragma}")

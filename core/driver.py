@@ -23,15 +23,13 @@ from typing import Any, cast
 import asyncpg
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql import ClauseElement, Executable
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.util import greenlet_spawn
 
-from core.errors import DeadlineExceededError, ResourceExhaustedError, UnavailableError
+from core.database import STATEMENT_TIMEOUT, Checkouts, statement_timed_out, unavailable
 
-STATEMENT_TIMEOUT = "57014"  # query_canceled, raised by statement_timeout
 # Connection exceptions, and the server shutting down: the connection is gone.
 _CONNECTION_LOST = ("08", "57P01", "57P02", "57P03")
 _REQUIRED = object()
@@ -85,9 +83,10 @@ class Prepared:
 class Driver:
     """Runs compiled statements on asyncpg connections checked out of `engine`'s pool."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, checkouts: Checkouts) -> None:
         self._engine = engine
         self._compiled: dict[int, tuple[Executable, Prepared]] = {}
+        self._checkouts = checkouts
 
     def prepared(self, statement: Executable) -> Prepared:
         """Compiles `statement` once; callers keep their statements for the process's life."""
@@ -109,12 +108,7 @@ class Driver:
     async def _run(self, statement: Executable, params: Mapping[str, Any], *, fetch: bool) -> Any:
         compiled = self.prepared(statement)
         arguments = compiled.arguments(params)
-        try:
-            pooled = await self._engine.raw_connection()
-        except PoolTimeout:
-            raise busy() from None
-        except Exception as exc:
-            raise unavailable() from exc
+        pooled = await self._checkouts.take(self._engine.raw_connection)
         reusable = False
         try:
             conn: asyncpg.Connection = pooled.driver_connection
@@ -147,22 +141,3 @@ class Driver:
                 # Lost, cancelled mid-statement or failed in an unknown way: never reuse it.
                 # Outside a greenlet the pool closes it at once, without waiting.
                 pooled.invalidate()
-
-
-# The errors of an unusable database, shared with core.database's SQLAlchemy path.
-
-
-def unavailable() -> UnavailableError:
-    return UnavailableError("the database is unreachable", reason="DATABASE_UNAVAILABLE")
-
-
-def busy() -> ResourceExhaustedError:
-    return ResourceExhaustedError(
-        "every database connection is busy; try again later", reason="DATABASE_BUSY"
-    )
-
-
-def statement_timed_out() -> DeadlineExceededError:
-    return DeadlineExceededError(
-        "a database statement ran past its time limit", reason="DATABASE_TIMEOUT"
-    )

@@ -1,8 +1,8 @@
 """structlog set-up: JSON lines off a terminal, readable lines on one.
 
 Every line carries the service name and version, and `trace_id`/`span_id` whenever an
-OpenTelemetry span is active (no component starts spans yet). Call `configure_logging`
-once, in `__main__`; modules just do `log = structlog.get_logger()`.
+OpenTelemetry span is active (core.rpc's boundary starts one per call when tracing is on).
+Call `configure_logging` once, in `__main__`; modules just do `log = structlog.get_logger()`.
 """
 
 from __future__ import annotations

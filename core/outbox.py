@@ -1,7 +1,9 @@
 """The transactional outbox: every committed change writes its event in the same transaction.
 
-Rows are written here; delivering them is the job of the events system's relay (not
-built yet). A rolled-back transaction leaves no row, a committed one exactly one.
+Rows are written here; delivering them is the job of the events system's relay
+(`core.events.relay`). A rolled-back transaction leaves no row, a committed one exactly
+one. An event written inside a span carries its W3C `traceparent` in its attributes, so
+whoever handles it can link back to the call that made the change.
 
 Usage::
 
@@ -20,6 +22,7 @@ from typing import Any
 import sqlalchemy as sa
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
+from opentelemetry import propagate, trace
 
 from core.database import Transaction
 
@@ -53,9 +56,12 @@ def event_row(
     data_version: str = "1",
     attributes: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The outbox row of one event, with a new event id."""
+    """The outbox row of one event, with a new event id and the current trace context."""
     packed = any_pb2.Any()
     packed.Pack(data)
+    attributes = dict(attributes or {})
+    if "traceparent" not in attributes and trace.get_current_span().get_span_context().is_valid:
+        propagate.inject(attributes)
     return {
         "event_id": str(uuid.uuid4()),
         "type": type,
@@ -64,7 +70,7 @@ def event_row(
         "time": datetime.now(UTC),
         "data_version": data_version,
         "data": packed.SerializeToString(),
-        "attributes": attributes or {},
+        "attributes": attributes,
     }
 
 

@@ -5,12 +5,15 @@
 - Any other exception is logged with its traceback and reaches the client as INTERNAL
   with the fixed message "internal error": no class name, text, path or URL leaks.
 - A request whose bytes do not decode is INVALID_ARGUMENT, not UNKNOWN.
-- Every call writes one `rpc.finished` line with method, code, duration and peer.
+- Every call writes one `rpc.finished` line with method, code, duration and peer, records
+  `rpc.server.duration` when metrics are on and, when tracing is, runs in a SERVER span
+  that continues the caller's trace (core.telemetry).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -18,13 +21,28 @@ from typing import Any, cast
 
 import grpc
 import structlog
+from opentelemetry.trace import Span
 from structlog.contextvars import bind_contextvars
 
 from core.errors import DETAILS_KEY, DomainError, InternalError, InvalidArgumentError, to_status
+from core.telemetry import ServerMethod
 
 log = structlog.get_logger()
 
 Context = grpc.aio.ServicerContext[Any, Any]
+
+# When the call being handled must be answered (time.monotonic()), if its caller set a
+# deadline: clients read it through `remaining()` so a call made on the way never gets
+# more time than the caller has left.
+_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "mesh_deadline", default=None
+)
+
+
+def remaining() -> float | None:
+    """Seconds left of the deadline of the call this task is handling; None if none."""
+    deadline = _deadline.get()
+    return None if deadline is None else deadline - time.monotonic()
 
 
 class _Undecodable:
@@ -180,42 +198,51 @@ def _checked(request: Any, unary_request: bool) -> Any:
 
 
 def _unary(behavior: Any, method: str, *, unary_request: bool) -> Any:
+    observed = ServerMethod(method)  # names and metric attributes, built once
+
     async def handle(request: Any, context: Context) -> Any:
         started = _begin(method, context)
+        span = observed.start(context)
         try:
             response = await behavior(_checked(request, unary_request), context)
         except BaseException as exc:
-            await _failed(context, exc, started)
+            await _failed(context, exc, started, observed, span)
             raise
-        _finished(context.code() or grpc.StatusCode.OK, started)
+        _finished(context.code() or grpc.StatusCode.OK, started, observed, span)
         return response
 
     return handle
 
 
 def _streaming_gen(behavior: Any, method: str, *, unary_request: bool) -> Any:
+    observed = ServerMethod(method)
+
     async def handle(request: Any, context: Context) -> AsyncIterator[Any]:
         started = _begin(method, context)
+        span = observed.start(context)
         try:
             async for response in behavior(_checked(request, unary_request), context):
                 yield response
         except BaseException as exc:
-            await _failed(context, exc, started)
+            await _failed(context, exc, started, observed, span)
             raise
-        _finished(context.code() or grpc.StatusCode.OK, started)
+        _finished(context.code() or grpc.StatusCode.OK, started, observed, span)
 
     return handle
 
 
 def _streaming_coro(behavior: Any, method: str, *, unary_request: bool) -> Any:
+    observed = ServerMethod(method)
+
     async def handle(request: Any, context: Context) -> None:
         started = _begin(method, context)
+        span = observed.start(context)
         try:
             await behavior(_checked(request, unary_request), context)
         except BaseException as exc:
-            await _failed(context, exc, started)
+            await _failed(context, exc, started, observed, span)
             raise
-        _finished(context.code() or grpc.StatusCode.OK, started)
+        _finished(context.code() or grpc.StatusCode.OK, started, observed, span)
 
     return handle
 
@@ -224,14 +251,31 @@ def _begin(method: str, context: Context) -> float:
     # grpc.aio runs every call in a task of its own, with its own copy of the context
     # variables: what we bind here is seen by the handler's logs and needs no unbinding.
     bind_contextvars(rpc=method, peer=context.peer())
+    left = context.time_remaining()
+    if left is not None:
+        _deadline.set(time.monotonic() + left)
     return time.perf_counter()
 
 
-def _finished(code: grpc.StatusCode, started: float) -> None:
-    log.info("rpc.finished", code=code.name, ms=round((time.perf_counter() - started) * 1000, 3))
+def _finished(
+    code: grpc.StatusCode,
+    started: float,
+    observed: ServerMethod,
+    span: Span | None,
+    error: BaseException | None = None,
+) -> None:
+    ms = (time.perf_counter() - started) * 1000
+    log.info("rpc.finished", code=code.name, ms=round(ms, 3))  # inside the span: traced
+    observed.end(code, ms, span, error)
 
 
-async def _failed(context: Context, exc: BaseException, started: float) -> None:
+async def _failed(
+    context: Context,
+    exc: BaseException,
+    started: float,
+    observed: ServerMethod,
+    span: Span | None,
+) -> None:
     """Logs the call's end; for a domain or unexpected error, aborts with its status.
 
     Returns (so the caller re-raises) for cancellation, aborts already made and
@@ -249,6 +293,6 @@ async def _failed(context: Context, exc: BaseException, started: float) -> None:
         code, replacement = grpc.StatusCode.INTERNAL, InternalError("internal error")
     else:  # KeyboardInterrupt and the like are not ours to turn into a status
         code = grpc.StatusCode.UNKNOWN
-    _finished(code, started)
+    _finished(code, started, observed, span, exc if replacement is not None else None)
     if replacement is not None:
         await abort_with(context, replacement)

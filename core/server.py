@@ -23,7 +23,8 @@ import structlog
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health_pb2_grpc
 
-from core.config import Settings
+from core.channel import server_credentials
+from core.config import Settings, TlsSettings
 from core.container import Container, StartError, StopError
 from core.lifecycle import Component, FatalStartError
 from core.probes import HealthPublisher, HealthServicer
@@ -74,6 +75,8 @@ class GrpcServer(Component):
         grace: float,
         max_message_bytes: int,
         depends_on: tuple[str, ...] = (),
+        keepalive: float = 30.0,
+        tls: TlsSettings | None = None,
     ) -> None:
         self.services = list(services)
         self.address = address
@@ -89,7 +92,16 @@ class GrpcServer(Component):
             ("grpc.so_reuseport", 0),  # a taken port must fail, not be shared
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
+            # Clients configured alike ping every `keepalive` seconds, also while idle
+            # (core.channel); allowing twice that rate keeps a ping that comes a little
+            # early from counting as abuse and closing the connection (too_many_pings).
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", int(keepalive * 500)),
+            # And the server pings its clients as often, to find a vanished one (and end
+            # its Watch and Subscribe streams) within keepalive + the ping timeout.
+            ("grpc.keepalive_time_ms", int(keepalive * 1000)),
         ]
+        self._tls = tls or TlsSettings()
         self._server: grpc.aio.Server | None = None
         self._publishing: asyncio.Task[None] | None = None
 
@@ -105,6 +117,8 @@ class GrpcServer(Component):
             grace=settings.grace_seconds,
             max_message_bytes=settings.max_message_bytes,
             depends_on=tuple(c.name for c in container.components),
+            keepalive=settings.keepalive,
+            tls=settings.tls,
         )
         container.register(server)
         return server
@@ -121,7 +135,10 @@ class GrpcServer(Component):
         health_pb2_grpc.add_HealthServicer_to_server(self.health, bounded)
         enable_reflection(bounded, self.service_names)
         try:
-            self.port = server.add_insecure_port(self.address)
+            if self._tls.serves_tls:
+                self.port = server.add_secure_port(self.address, server_credentials(self._tls))
+            else:
+                self.port = server.add_insecure_port(self.address)
         except RuntimeError:
             raise FatalStartError(
                 f"cannot listen on {self.address}: the address is already in use or not "
@@ -137,7 +154,12 @@ class GrpcServer(Component):
             raise
         self._publishing = asyncio.create_task(self._publisher.run(), name="health-publisher")
         host = self.address.rpartition(":")[0]
-        log.info("server.listening", address=f"{host}:{self.port}", services=self.service_names)
+        log.info(
+            "server.listening",
+            address=f"{host}:{self.port}",
+            services=self.service_names,
+            tls=self._tls.serves_tls,
+        )
 
     async def stop(self) -> None:
         """Readiness NOT_SERVING and Watch streams ended first, then in-flight calls drain."""

@@ -26,6 +26,7 @@ from core.container import Container
 from core.errors import ConfigError, DomainError
 from core.logging import configure_logging
 from core.server import GrpcServer, Service, serve
+from core.telemetry import configure_telemetry
 from mesh.admin.v1 import admin_pb2
 from servers.admin.server import admin_service
 from servers.events import cli as events_cli
@@ -122,7 +123,21 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         level=settings.log_level,
     )
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return asyncio.run(_run(settings, args.services or list(SERVICES)))
+    try:
+        telemetry = configure_telemetry(
+            settings.telemetry, service=settings.service_name, version=VERSION
+        )
+    except OSError as exc:
+        address = settings.telemetry.metrics_address
+        print(
+            f"mesh: cannot serve metrics on {address} (MESH_METRICS_ADDRESS): {exc}",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        return asyncio.run(_run(settings, args.services or list(SERVICES)))
+    finally:
+        telemetry.shutdown()  # exports the spans still batched
 
 
 async def _run(settings: Settings, names: list[str]) -> int:
@@ -144,7 +159,7 @@ async def _health(args: argparse.Namespace, settings: Settings) -> int:
     address = args.address or settings.address
     label = args.service or '""'
     try:
-        async with HealthClient(address) as client:
+        async with HealthClient(address, channel=settings.channel()) as client:
             if not args.watch:
                 status = await client.check(args.service)
                 print(f"{label}: {status}")
@@ -161,7 +176,7 @@ async def _health(args: argparse.Namespace, settings: Settings) -> int:
 async def _status(args: argparse.Namespace, settings: Settings) -> int:
     address = args.address or settings.address
     try:
-        async with AdminClient(address) as client:
+        async with AdminClient(address, channel=settings.channel()) as client:
             summary = await client.get_service_summary()
     except DomainError as exc:
         print(f"mesh: {address}: {exc.code.name}: {exc.message}", file=sys.stderr)
@@ -194,7 +209,25 @@ def _status_table(summary: admin_pb2.ServiceSummary) -> str:
     lines.append("services: " + ", ".join(summary.grpc_services))
     if summary.overall.reason:
         lines.append("not healthy: " + summary.overall.reason)
-    return "\n".join(lines)
+    return "\n".join(lines + _calls_table(summary))
+
+
+def _calls_table(summary: admin_pb2.ServiceSummary) -> list[str]:
+    if not summary.metrics_enabled:
+        return ["calls: not measured (MESH_METRICS is off)"]
+    lines = [f"{'METHOD':<48} {'CALLS':>8} {'AVG MS':>9} {'P99 MS':>9} {'OK':>7} {'ERRORS':>7}"]
+    for m in summary.methods:
+        lines.append(
+            f"{m.service.rpartition('.')[2] + '/' + m.method:<48} {m.calls:>8} "
+            f"{m.average_ms:>9.3f} {m.p99_ms:>9.3f} {m.success_rate:>7.1%} {m.error_rate:>7.1%}"
+        )
+    state = admin_pb2.CircuitBreakerState.Name
+    for b in summary.circuit_breakers:
+        lines.append(
+            f"breaker {b.target}: {state(b.state)[22:]}, {b.consecutive_failures} failures "
+            f"in a row, opened {b.times_opened} times"
+        )
+    return lines
 
 
 async def _db_upgrade(settings: Settings) -> int:

@@ -2,6 +2,8 @@
 
 `event_bus(container, settings, serving=...)` builds the bus a process uses: on Redis Streams when
 MESH_REDIS_URL is set (or MESH_EVENTS_BACKEND=redis), else on the SQL database.
+`consumer_span(event, group=...)` wraps the handling of one received event in a CONSUMER
+span linked to the span that published it (see core.events.tracing).
 """
 
 from __future__ import annotations
@@ -10,6 +12,9 @@ from core.config import Settings
 from core.container import Container
 from core.events.bus import EventBus
 from core.events.model import EventStore, Policy
+from core.events.tracing import consumer_span, producer_of
+
+__all__ = ["consumer_span", "event_bus", "producer_of"]
 
 
 def event_bus(container: Container, settings: Settings, *, serving: bool) -> EventBus:

@@ -18,14 +18,17 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import itertools
 import time
 import uuid
-from collections.abc import AsyncGenerator, Awaitable, Sequence
+import weakref
+from collections.abc import AsyncGenerator, Awaitable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
+from opentelemetry import metrics
 
 from core.errors import (
     DomainError,
@@ -48,6 +51,7 @@ from core.events.model import (
     check_group,
     prepare,
 )
+from core.events.tracing import stamp
 from core.health import Health
 from core.lifecycle import Component
 
@@ -58,6 +62,32 @@ READ_BATCH = 500
 GROUP_EVENTS = 1000  # most events the writer stores in one append
 CHECKPOINT_SECONDS = 1.0
 IDLE_POLL_SECONDS = 1.0
+
+_meter = metrics.get_meter("meshkit.events")
+_published = _meter.create_counter(
+    "mesh.events.published", unit="{event}", description="Events stored (duplicates not counted)"
+)
+_delivered = _meter.create_counter(
+    "mesh.events.delivered", unit="{event}", description="Events handed to subscribers"
+)
+_buses: weakref.WeakSet[EventBus] = weakref.WeakSet()  # running buses, for the lag gauge
+
+
+def _observe_lag(_: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
+    """The most events any live subscription of this process is behind the head."""
+    try:
+        lags = [bus.lag() for bus in list(_buses)]
+    except RuntimeError:  # the loop changed a subscription meanwhile: skip this reading
+        return []
+    return [metrics.Observation(max(lags))] if lags else []
+
+
+_meter.create_observable_gauge(
+    "mesh.events.subscriber.lag",
+    callbacks=[_observe_lag],
+    unit="{event}",
+    description="Most events a live subscription is behind the newest (at least; max)",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +144,12 @@ class EventBus(Component):
         self.published = 0
         self.delivered = 0
         self.serving = False  # EventService is served from this bus (see core.events)
+        self._positions: dict[int, str] = {}  # each live subscription's position, for lag
+        self._subscription_ids = itertools.count()
+        self._labels = {"backend": store.name}
+        self._labels_by_mode = {
+            mode: {"backend": store.name, "mode": mode} for mode in ("subscription", "group")
+        }
 
     async def start(self) -> None:
         self._closing = asyncio.Event()
@@ -123,8 +159,10 @@ class EventBus(Component):
         self._floor = self.store.order_key(self._head)
         self._floor_known = True
         self._writer = asyncio.create_task(self._write_queued(), name="event-bus-writer")
+        _buses.add(self)
 
     async def stop(self) -> None:
+        _buses.discard(self)
         self.close_streams()
         if self._writer is not None:
             self._writer.cancel()
@@ -192,6 +230,7 @@ class EventBus(Component):
             bad += prepare(event, name, self.max_event_bytes, now)
         if bad:
             raise InvalidArgumentError("invalid event", violations=bad, reason="INVALID_EVENT")
+        stamp(batch)  # after validation: the trace context is ours, not the caller's
         if self._writer is None:
             raise UnavailableError("the event bus is not running", reason="EVENTS_UNAVAILABLE")
         waiter: asyncio.Future[list[Appended]] = asyncio.get_running_loop().create_future()
@@ -224,7 +263,10 @@ class EventBus(Component):
                         if not waiter.done():
                             waiter.set_exception(exc)
                     continue
-                self.published += sum(not r.duplicate for r in results)
+                stored = sum(not r.duplicate for r in results)
+                self.published += stored
+                if stored:
+                    _published.add(stored, self._labels)
                 start = 0
                 for batch, waiter in group:
                     if not waiter.done():
@@ -308,29 +350,52 @@ class EventBus(Component):
         """Stored events after `after`, a CaughtUp once, then live ones, with checkpoints."""
         caught_up = False
         checkpointed, last_checkpoint = after, time.monotonic()
-        while True:
-            changed = self._changed  # taken before reading, so no wake-up is missed
-            page = self._from_ring(after, selector)
-            if page is None:
-                page = await self._settled(self.store.read(after, selector, READ_BATCH))
-            for event in page.events:
-                yield event
-            self.delivered += len(page.events)
-            after = page.covered or after
-            if page.at_head and not caught_up:
-                caught_up, checkpointed = True, after  # the marker carries the position
-                yield CaughtUp(after)
-            now = time.monotonic()
-            if after != checkpointed and now - last_checkpoint >= CHECKPOINT_SECONDS:
-                checkpointed, last_checkpoint = after, now
-                yield Checkpoint(after)
-            if self._closing.is_set():
-                yield Checkpoint(after)
-                raise _stopping(after)
-            if page.at_head and not changed.is_set():
-                # An idle subscription sleeps until the next event; one with a position
-                # not yet checkpointed wakes once more to send it.
-                await self._wait(CHECKPOINT_SECONDS if after != checkpointed else None)
+        me = next(self._subscription_ids)
+        self._positions[me] = after
+        try:
+            while True:
+                changed = self._changed  # taken before reading, so no wake-up is missed
+                page = self._from_ring(after, selector)
+                if page is None:
+                    page = await self._settled(self.store.read(after, selector, READ_BATCH))
+                for event in page.events:
+                    yield event
+                if page.events:
+                    self.delivered += len(page.events)
+                    _delivered.add(len(page.events), self._labels_by_mode["subscription"])
+                after = page.covered or after
+                self._positions[me] = after
+                if page.at_head and not caught_up:
+                    caught_up, checkpointed = True, after  # the marker carries the position
+                    yield CaughtUp(after)
+                now = time.monotonic()
+                if after != checkpointed and now - last_checkpoint >= CHECKPOINT_SECONDS:
+                    checkpointed, last_checkpoint = after, now
+                    yield Checkpoint(after)
+                if self._closing.is_set():
+                    yield Checkpoint(after)
+                    raise _stopping(after)
+                if page.at_head and not changed.is_set():
+                    # An idle subscription sleeps until the next event; one with a position
+                    # not yet checkpointed wakes once more to send it.
+                    await self._wait(CHECKPOINT_SECONDS if after != checkpointed else None)
+        finally:
+            del self._positions[me]
+
+    def lag(self) -> int:
+        """The most events a live subscription is behind this process's newest event.
+
+        Counted in the ring of recent events: a subscription behind the ring is at least
+        the whole ring behind. Consumer groups are not counted (their backlog is in the store).
+        """
+        worst = 0
+        for after in list(self._positions.values()):
+            key = self.store.order_key(after)
+            behind = len(self._keys)
+            if key >= self._floor:
+                behind -= bisect.bisect_right(self._keys, key)
+            worst = max(worst, behind)
+        return worst
 
     def _from_ring(self, after: str, selector: Selector) -> Page | None:
         key = self.store.order_key(after)
@@ -372,7 +437,9 @@ class EventBus(Component):
                 for delivery in batch:
                     yield delivery
                 held += len(batch)
-                self.delivered += len(batch)
+                if batch:
+                    self.delivered += len(batch)
+                    _delivered.add(len(batch), self._labels_by_mode["group"])
                 if not batch and not caught_up:
                     caught_up = True
                     yield CaughtUp("")

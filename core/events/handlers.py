@@ -22,6 +22,11 @@ with the error or None). Events of one subject are processed one after another i
 stream order; different subjects run concurrently, up to `concurrency` at a time.
 Delivery is at least once: after a crash, unacked events come back (to this or another
 member), so `process` must tolerate an event it has seen before.
+
+Each event is handled inside a CONSUMER span (`process <type>`, see
+`core.events.tracing.consumer_span`) linked to the span that published it; the counter
+`mesh.events.handled` counts outcomes by group: processed, failed (a try that raised) and
+dead_lettered.
 """
 
 from __future__ import annotations
@@ -31,13 +36,21 @@ from collections import deque
 from contextlib import aclosing
 
 import structlog
+from opentelemetry import metrics, trace
 
 from core.events.bus import EventBus
 from core.events.model import Delivery, Event, Selector
+from core.events.tracing import consumer_span
 from core.health import Health
 from core.lifecycle import Component
 
 log = structlog.get_logger()
+
+_handled = metrics.get_meter("meshkit.events").create_counter(
+    "mesh.events.handled",
+    unit="{event}",
+    description="Events of in-process handlers by outcome: processed, failed, dead_lettered",
+)
 
 
 class EventHandler(Component):
@@ -64,6 +77,10 @@ class EventHandler(Component):
         self._slots = asyncio.Semaphore(self.concurrency)
         self.processed = 0
         self.dead_lettered = 0
+        self._outcomes = {
+            outcome: {"messaging.consumer.group.name": self.group, "outcome": outcome}
+            for outcome in ("processed", "failed", "dead_lettered")
+        }
 
     # -- what a subclass writes ---------------------------------------------------------
 
@@ -132,6 +149,15 @@ class EventHandler(Component):
             del self._lanes[subject]  # empty, and no await since the loop's last check
 
     async def _handle(self, event: Event) -> None:
+        with consumer_span(event, group=self.group) as span:
+            error = await self._settle(event, span)
+        try:
+            await self.cleanup(event, error)
+        except Exception:
+            log.exception("event.cleanup_failed", group=self.group, id=event.id)
+
+    async def _settle(self, event: Event, span: trace.Span) -> BaseException | None:
+        """Validates and processes `event`, then acks it or dead-letters it; returns the error."""
         error: BaseException | None = None
         try:
             await self.validate(event)
@@ -144,14 +170,15 @@ class EventHandler(Component):
         if error is None:
             await self._bus.ack(self.group, [event.id])
             self.processed += 1
-        else:
-            log.warning("event.dead_lettered", group=self.group, id=event.id, error=reason)
-            await self._bus.nack(self.group, event.id, delay=0.0, park=True, error=reason)
-            self.dead_lettered += 1
-        try:
-            await self.cleanup(event, error)
-        except Exception:
-            log.exception("event.cleanup_failed", group=self.group, id=event.id)
+            _handled.add(1, self._outcomes["processed"])
+            return None
+        log.warning("event.dead_lettered", group=self.group, id=event.id, error=reason)
+        span.set_status(trace.StatusCode.ERROR, reason)
+        span.record_exception(error)
+        await self._bus.nack(self.group, event.id, delay=0.0, park=True, error=reason)
+        self.dead_lettered += 1
+        _handled.add(1, self._outcomes["dead_lettered"])
+        return error
 
     async def _process(self, event: Event) -> BaseException | None:
         """Tries `process` up to `attempts` times; returns the last error, or None."""
@@ -162,6 +189,7 @@ class EventHandler(Component):
                     await self.process(event)
                 return None
             except Exception as exc:
+                _handled.add(1, self._outcomes["failed"])
                 if attempt == self.attempts:
                     return exc
                 log.info("event.retry", group=self.group, id=event.id, attempt=attempt)

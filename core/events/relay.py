@@ -7,6 +7,12 @@ position order, publishes them, then marks them sent. A crash between the two
 publishes them again under the same event ids, which the event store dedupes: no event
 is lost, none is stored twice, and none overtakes an earlier one.
 
+Each batch is published inside a PRODUCER span (`publish`, see
+`core.events.tracing.publish_span`) that continues the writers' trace when the whole
+batch came from one, so the publish call carries it on to the events service. The
+leader reports its last known backlog as the gauge `mesh.outbox.backlog`, and counts
+`mesh.outbox.relayed`.
+
 Usage::
 
     relay = OutboxRelay(db, bus.publish, depends_on=("database", "event-bus"))
@@ -18,7 +24,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+import weakref
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -26,11 +33,13 @@ import sqlalchemy as sa
 import structlog
 from google.protobuf import any_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
+from opentelemetry import metrics
 from sqlalchemy.exc import IntegrityError
 
 from core.database import Database
 from core.errors import InvalidArgumentError
 from core.events.model import Event
+from core.events.tracing import publish_span
 from core.health import Health
 from core.lifecycle import Component
 from core.outbox import outbox
@@ -41,6 +50,27 @@ Publish = Callable[[Sequence[Event]], Awaitable[Any]]
 
 LEASE_SECONDS = 10.0
 SENT_RETENTION_SECONDS = 3600.0  # sent rows are kept this long for inspection, then deleted
+BACKLOG_SECONDS = 5.0  # how often a leader that is behind or failing counts its backlog
+
+_meter = metrics.get_meter("meshkit.events")
+_relayed = _meter.create_counter(
+    "mesh.outbox.relayed", unit="{event}", description="Outbox events published and marked sent"
+)
+_relays: weakref.WeakSet[OutboxRelay] = weakref.WeakSet()  # running relays, for the gauge
+
+
+def _observe_backlog(_: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
+    """The leader's last known count of unsent outbox rows (followers report none)."""
+    known = [r.last_backlog for r in list(_relays) if r.leader and r.last_backlog is not None]
+    return [metrics.Observation(max(known))] if known else []
+
+
+_meter.create_observable_gauge(
+    "mesh.outbox.backlog",
+    callbacks=[_observe_backlog],
+    unit="{event}",
+    description="Committed outbox events not yet relayed, as the relay last counted them",
+)
 
 leases = sa.Table(
     "mesh_leases",
@@ -88,11 +118,15 @@ class OutboxRelay(Component):
         self.leader = False
         self.relayed = 0
         self.rejected = 0  # rows the event service refused on their own (logged)
+        self.last_backlog: int | None = None  # unsent rows when last known; None: unknown
+        self._counted = 0.0  # time.monotonic() of the last count
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=self.name)
+        _relays.add(self)
 
     async def stop(self) -> None:
+        _relays.discard(self)
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -136,6 +170,10 @@ class OutboxRelay(Component):
                 moved = 0
                 if await self._hold_lease():
                     moved = await self.relay_once()
+                    if moved < self._batch:
+                        self.last_backlog = 0  # as of the read: it found them all
+                    else:
+                        await self._count_backlog()
                     if time.monotonic() - last_cleanup > 60:
                         last_cleanup = time.monotonic()
                         await self._delete_sent()
@@ -144,10 +182,22 @@ class OutboxRelay(Component):
                 failures += 1
                 self._last_error = type(exc).__name__
                 log.warning("relay.failed", error=self._last_error, failures=failures)
+                await self._count_backlog()
                 await asyncio.sleep(min(5.0, 0.1 * 2**failures))
                 continue
             if moved < self._batch:  # a full batch means more may wait: go on at once
                 await asyncio.sleep(self._interval if self.leader else 1.0)
+
+    async def _count_backlog(self) -> None:
+        """Counts unsent rows for the gauge, at most every BACKLOG_SECONDS; never raises."""
+        if not self.leader or time.monotonic() - self._counted < BACKLOG_SECONDS:
+            return
+        self._counted = time.monotonic()
+        try:
+            async with asyncio.timeout(1.0):
+                self.last_backlog = await self.backlog()
+        except Exception:  # the database is what fails: its own health says so
+            self.last_backlog = None
 
     async def relay_once(self) -> int:
         """Publishes the oldest unsent rows, then marks them sent; returns how many."""
@@ -162,9 +212,11 @@ class OutboxRelay(Component):
         if not rows:
             return 0
         # Bounded well inside the lease, so no other instance starts relaying meanwhile.
+        events = [_event(r) for r in rows]
         async with asyncio.timeout(self._lease / 3):
             try:
-                await self._publish([_event(r) for r in rows])
+                with publish_span(events):
+                    await self._publish(events)
             except InvalidArgumentError as exc:
                 if exc.reason == "BATCH_TOO_LARGE" and len(rows) > 1:
                     self._batch = max(1, len(rows) // 2)  # the event service takes fewer
@@ -175,6 +227,7 @@ class OutboxRelay(Component):
             sent = outbox.update().where(outbox.c.position.in_(positions))
             await tx.conn.execute(sent.values(sent_time=datetime.now(UTC)))
         self.relayed += len(rows)
+        _relayed.add(len(rows))
         return len(rows)
 
     async def _publish_one_by_one(self, rows: Sequence[Any]) -> None:
@@ -184,8 +237,10 @@ class OutboxRelay(Component):
         forever; it is logged with its id, counted in health and passed over.
         """
         for row in rows:
+            event = _event(row)
             try:
-                await self._publish([_event(row)])
+                with publish_span([event]):
+                    await self._publish([event])
             except InvalidArgumentError as exc:
                 self.rejected += 1
                 log.error("relay.rejected", id=row.event_id, type=row.type, error=exc.message)

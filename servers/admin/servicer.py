@@ -1,4 +1,4 @@
-"""AdminService: protobuf <-> the container's summary, nothing else."""
+"""AdminService: protobuf <-> the container's summary, the call statistics and breakers."""
 
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ from datetime import UTC, datetime
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from core import telemetry
 from core.container import ComponentSummary, Container, ContainerSummary
 from core.errors import FieldViolation, InvalidArgumentError
 from core.health import Health, HealthState
 from core.lifecycle import Status, Transition
 from core.rpc import Context
 from mesh.admin.v1 import admin_pb2, admin_pb2_grpc
+from servers.admin.metrics import breakers, method_stats
 
 MAX_PING_DELAY = 60.0
 _ENDED = (Status.STOPPING, Status.STOPPED, Status.ERROR)
@@ -66,9 +68,14 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         return admin_pb2.PingResponse(message=request.message, server_time=now)
 
     def _summary(self) -> admin_pb2.ServiceSummary:
-        return summary_to_proto(
+        summary = summary_to_proto(
             self._container.summary(), self._service, self._version, self._grpc_services()
         )
+        metrics = telemetry.collect()  # None when metrics are off: then no methods at all
+        summary.metrics_enabled = metrics is not None
+        summary.methods.extend(method_stats(metrics))
+        summary.circuit_breakers.extend(breakers())
+        return summary
 
 
 def summary_to_proto(

@@ -105,7 +105,9 @@ def _command(sub: Any, name: str, help: str, run: Command) -> argparse.ArgumentP
 
 async def _call(run: Command, args: argparse.Namespace, settings: Settings) -> int:
     try:
-        async with EventsClient(args.address or settings.address) as client:
+        async with EventsClient(
+            args.address or settings.address, channel=settings.channel()
+        ) as client:
             result = await run(client, args)
     except DomainError as exc:
         print(json.dumps(_error(exc), indent=2), file=sys.stderr)
@@ -163,7 +165,9 @@ async def _subscribe(args: argparse.Namespace, settings: Settings) -> int:
     try:
         if args.ack and not args.group:
             raise _invalid("--ack", "needs --group: only group deliveries are acked")
-        async with EventsClient(args.address or settings.address) as client:
+        async with EventsClient(
+            args.address or settings.address, channel=settings.channel()
+        ) as client:
             stream = client.subscribe(
                 types=args.type,
                 subject=args.subject,

@@ -79,7 +79,7 @@ def _query(parser: argparse.ArgumentParser) -> None:
 async def _call(run: Command, args: argparse.Namespace, settings: Settings) -> int:
     address = args.address or settings.address
     try:
-        async with ProjectsClient(address) as client:
+        async with ProjectsClient(address, channel=settings.channel()) as client:
             result = await run(client, args)
     except DomainError as exc:
         print(json.dumps(_error(exc), indent=2), file=sys.stderr)

@@ -9,11 +9,13 @@ from collections.abc import Sequence
 import structlog
 
 from clients.events import EventsClient
+from clients.health import HealthClient
 from core.cache import Cache
-from core.config import Settings
+from core.config import ChannelSettings, Settings
 from core.container import Container
 from core.crud import Crud
 from core.database import Database
+from core.errors import DomainError
 from core.events import event_bus
 from core.events.model import Event
 from core.events.relay import OutboxRelay
@@ -27,6 +29,8 @@ __all__ = ["MIGRATIONS", "ProjectPurger", "register"]
 from servers.projects.servicer import ProjectServicer
 
 log = structlog.get_logger()
+
+EVENT_SERVICE = "mesh.events.v1.EventService"  # its name in the events server's health
 
 
 class ProjectPurger(Component):
@@ -81,19 +85,38 @@ class RemoteEvents(Component):
     """The events service in another process (MESH_EVENTS_ADDRESS), for the outbox relay.
 
     The client retries UNAVAILABLE within its deadline; the relay's own loop retries
-    after that, so the outbox holds events while the events service is down.
+    after that, so the outbox holds events while the events service is down. Its health
+    is the events service's own (grpc.health.v1 Check of EventService): DEGRADED, never
+    UNHEALTHY, while that is down or NOT_SERVING, since writes go on meanwhile. Starting
+    needs no events service: channels connect on first use.
     """
 
     name = "events-client"
+    check_timeout = 1.0  # seconds the health check waits for the events service
 
-    def __init__(self, address: str) -> None:
-        self._client = EventsClient(address)
+    def __init__(self, address: str, channel: ChannelSettings) -> None:
+        self._address = address
+        self._client = EventsClient(address, channel=channel)
+        self._health = HealthClient(address, channel=channel)
 
     async def start(self) -> None:
         await self._client.__aenter__()
+        await self._health.__aenter__()
 
     async def stop(self) -> None:
+        await self._health.__aexit__(None, None, None)
         await self._client.__aexit__(None, None, None)
+
+    async def check_health(self) -> Health:
+        try:
+            status = await self._health.check(EVENT_SERVICE, timeout=self.check_timeout)
+        except DomainError as exc:
+            reason = f"events service at {self._address} unreachable ({exc.code.name})"
+            return Health.degraded(f"{reason}; events wait in the outbox")
+        if status != "SERVING":
+            reason = f"events service at {self._address} is {status}"
+            return Health.degraded(f"{reason}; events wait in the outbox")
+        return Health.healthy(address=self._address)
 
     async def publish(self, events: Sequence[Event]) -> None:
         await self._client.publish_batch(events)
@@ -107,7 +130,7 @@ def register(container: Container, settings: Settings) -> list[Service]:
     projects = Crud(PROJECTS, db, cache)
     container.register(ProjectPurger(projects, settings.purge_interval))
     if settings.events.address:  # the events service runs in another process
-        remote = RemoteEvents(settings.events.address)
+        remote = RemoteEvents(settings.events.address, settings.channel())
         container.register(remote, OutboxRelay(db, remote.publish, depends_on=(db.name,)))
     else:
         bus = event_bus(container, settings, serving=False)
@@ -115,4 +138,6 @@ def register(container: Container, settings: Settings) -> list[Service]:
         container.register(relay)
     servicer = ProjectServicer(projects)
     add = projects_pb2_grpc.add_ProjectServiceServicer_to_server
+    # Only the database decides readiness: without the event bus or the events service,
+    # writes go on and their events wait in the outbox.
     return [Service(SERVICE, servicer, add, needs=("database",))]

@@ -153,7 +153,7 @@ class Server:
     async def _spawn(
         self, *, argv: list[str] | None = None, stdout: int | None = asyncio.subprocess.DEVNULL
     ) -> asyncio.subprocess.Process:
-        with self.log_path.open("wb") as stderr:
+        with self.log_path.open("ab") as stderr:  # a restart keeps what the last run logged
             self._process = await asyncio.create_subprocess_exec(
                 *(argv or self.argv), env=self.env, cwd=REPO, stdout=stdout, stderr=stderr
             )

@@ -42,7 +42,7 @@ class Side:
 class Pair:
     name: str
     note: str
-    target: float
+    target: float | None  # None: reported, not judged
     service: Side
     baseline: Side
     on_postgres: bool
@@ -72,7 +72,8 @@ def build_report(
 ) -> dict[str, Any]:
     def side(s: Side) -> dict[str, Any]:
         best = s.best()
-        return {"best": asdict(best) if best else None, "runs": [asdict(r) for r in s.runs]}
+        runs = [asdict(r) for r in s.runs]
+        return {"label": s.label, "best": asdict(best) if best else None, "runs": runs}
 
     return {
         "load_generator": generator.name,
@@ -81,7 +82,7 @@ def build_report(
         "rounds": args.rounds,
         "seconds_per_run": args.seconds,
         "warmup_seconds": args.warmup,
-        "service_settings": "MESH_LOG_LEVEL=warning, in-process cache only (no Redis)",
+        "service_settings": "MESH_LOG_LEVEL=warning, in-process cache only (no Redis), metrics on",
         "machine": {"cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0]},
         "python": platform.python_version(),
         "grpcio": grpc.__version__,
@@ -103,8 +104,8 @@ def build_report(
     }
 
 
-def _meets(ratio: float | None, target: float) -> bool | None:
-    return None if ratio is None else ratio >= target
+def _meets(ratio: float | None, target: float | None) -> bool | None:
+    return None if ratio is None or target is None else ratio >= target
 
 
 def _round3(value: float | None) -> float | None:
@@ -128,10 +129,10 @@ def print_report(report: dict[str, Any]) -> None:
     print(header)
     print("-" * len(header))
     for p in report["pairs"]:
-        for label in ("service", "baseline"):
-            best = p[label]["best"] or {}
+        for key in ("service", "baseline"):
+            best = p[key]["best"] or {}
             print(
-                f"{p['name'] if label == 'service' else '':<22}{label:<10}"
+                f"{p['name'] if key == 'service' else '':<22}{p[key]['label']:<10}"
                 f"{num(best.get('calls_per_s'), 10)}{num(best.get('p50_ms'), 9, 2)}"
                 f"{num(best.get('p99_ms'), 9, 2)}{num(best.get('cpu_us_per_call'), 13)}"
                 f"{num(best.get('pg_cpu_us_per_call'), 12)}"
@@ -139,11 +140,12 @@ def print_report(report: dict[str, Any]) -> None:
         verdict = {True: "met", False: "MISSED", None: "not measured"}[p["meets_target"]]
         ratio = "-" if p["ratio"] is None else f"{p['ratio']:.2f}x"
         cpu = "-" if p["cpu_ratio"] is None else f"{p['cpu_ratio']:.2f}x"
-        print(
-            f"{'':<22}{'ratio':<10}{ratio:>10}   target >= {p['target_ratio']:.2f}x: {verdict}"
-            f"   (CPU/call, baseline/service: {cpu})"
-        )
+        target = p["target_ratio"]
+        judged = "no target" if target is None else f"target >= {target:.2f}x: {verdict}"
+        print(f"{'':<22}{'ratio':<10}{ratio:>10}   {judged}   (CPU/call, baseline/service: {cpu})")
         print()
+    if "spans_exported" in report:
+        print(f"spans the traced service exported over OTLP: {report['spans_exported']}")
     cache = report["service_cache_stats"]
     if cache:
         print(

@@ -9,7 +9,11 @@ same load generator, interleaved round by round so machine noise hits both sides
 2. uncached GetProject (the service with `Crud(..., cache=None)`, tests/bench/uncached.py)
    against a grpc.aio handler doing one asyncpg SELECT by primary key;
 3. CreateProject (`mesh serve projects`, outbox row included) against a grpc.aio handler
-   doing one asyncpg INSERT.
+   doing one asyncpg INSERT;
+4. the cost of telemetry: cached GetProject on the service as configured by default
+   (metrics on, tracing off) and with tracing on too (every call sampled, spans exported
+   over OTLP to tests/bench/otlp_sink.py), each against the same service with both off,
+   each in a process of its own.
 
 It prints calls/s, latency and CPU per call of each server process, and the ratios
 against their targets, and writes the same as JSON (default /tmp/mesh-bench-results.json).
@@ -52,6 +56,7 @@ GET = "/mesh.projects.v1.ProjectService/GetProject"
 CREATE = "/mesh.projects.v1.ProjectService/CreateProject"
 SEED_NAME = "projects/bench-project"
 BASELINE_TABLE = "bench_projects"
+SPAN_COUNT_FILE = "otlp-spans"  # in the run's log folder, written by otlp_sink.py
 
 
 def sample_project() -> pb.Project:
@@ -147,6 +152,25 @@ async def start_servers(stack: AsyncExitStack, dsn: str, logs: Path) -> dict[str
     finally:
         await conn.close()
 
+    # The same service with telemetry off, and with every call traced and exported.
+    sink_argv = procs.script("otlp_sink.py", str(logs / SPAN_COUNT_FILE))
+    sink = procs.Server("otlp sink", sink_argv, procs.server_env(), logs)
+    await started("sink", sink, sink.start_reporting_port)
+    traced_env = service_env | {
+        "MESH_TRACES_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{sink.address}",
+        "OTEL_EXPORTER_OTLP_INSECURE": "true",
+    }
+    # Processes of their own, apart from the one that takes the creates: that one's relay
+    # moves each round's thousands of new events on while later pairs are measured.
+    for key, env in [
+        ("metrics", service_env),
+        ("quiet", service_env | {"MESH_METRICS": "false"}),
+        ("traced", traced_env),
+    ]:
+        server = procs.Server(key, [mesh, "serve", "projects"], env, logs)
+        await started(key, server, server.start_on_free_port)
+
     plain = procs.server_env(MESH_LOG_LEVEL="warning", MESH_LOG_FORMAT="json")
     uncached_env = plain | {"MESH_DATABASE_URL": url, "MESH_MIGRATE_ON_START": "false"}
     for key, argv, env in [
@@ -168,7 +192,7 @@ async def build_pairs(servers: dict[str, procs.Server]) -> list[Pair]:
         await call_raw(servers["service"].address, GET, get)
     )
     check(expected.project.name == SEED_NAME, f"seeded project reads back as {expected}")
-    for key in ("service", "canned", "uncached", "select"):
+    for key in ("service", "metrics", "quiet", "traced", "canned", "uncached", "select"):
         for _ in range(3):
             raw = await call_raw(servers[key].address, GET, get)
             check(
@@ -216,6 +240,22 @@ async def build_pairs(servers: dict[str, procs.Server]) -> list[Pair]:
             side("service", "service", CREATE, create, create_size),
             side("baseline", "insert", CREATE, create, create_size),
             on_postgres=True,
+        ),
+        Pair(
+            "GetProject metrics",
+            "cached, metrics on (the default) | cached, MESH_METRICS=false",
+            0.9,
+            side("metrics", "metrics", GET, get, get_size),
+            side("off", "quiet", GET, get, get_size),
+            on_postgres=False,
+        ),
+        Pair(
+            "GetProject traced",
+            "cached, metrics on + every call traced over OTLP | cached, telemetry off",
+            None,
+            side("traced", "traced", GET, get, get_size),
+            side("off", "quiet", GET, get, get_size),
+            on_postgres=False,
         ),
     ]
 
@@ -284,6 +324,7 @@ async def run(args: argparse.Namespace) -> int:
         problems += await check_writes(dsn, counts_before, pairs)
         cache = await cache_stats(servers["service"].address)
         report = build_report(args, generator, pairs, cache, time.monotonic() - started)
+        report["spans_exported"] = spans_exported(logs)
     complaints = [s for s in servers.values() if s.complaints()]
     for server in complaints:
         print(f"note: {server.label} logged errors, see {server.log_path}")
@@ -317,6 +358,14 @@ async def check_writes(dsn: str, before: dict[str, int], pairs: list[Pair]) -> l
         f"baseline {created[BASELINE_TABLE]} (for {pair.baseline.total_ok} OK calls)"
     )
     return problems
+
+
+def spans_exported(logs: Path) -> int:
+    """Spans the traced service delivered to the OTLP sink: proof that tracing was on."""
+    try:
+        return int((logs / SPAN_COUNT_FILE).read_text() or 0)
+    except (OSError, ValueError):
+        return 0
 
 
 async def cache_stats(address: str) -> dict[str, str]:

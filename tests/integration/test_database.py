@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
+import sqlite3
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -12,7 +15,9 @@ from core.container import StartError
 from core.database import Database, Transaction
 from core.errors import DeadlineExceededError, NotFoundError
 from core.health import HealthState
-from core.migrate import CORE_MIGRATIONS
+from core.lifecycle import FatalStartError
+from core.migrate import CORE_MIGRATIONS, require_current
+from core.schema import at_heads
 from servers.projects.repository import MIGRATIONS
 from tests.conftest import make_container
 
@@ -144,3 +149,56 @@ async def test_migrations_run_once_and_are_idempotent(database_url: str) -> None
     checked = Database(database_url, migrations=[CORE_MIGRATIONS, MIGRATIONS], migrate=False)
     await checked.start()  # the schema is current: no error
     await checked.stop()
+
+
+# core_0002 undone: projects_0001 (which depends on core_0001) is then the only row.
+BACK_TO_CORE_0001 = "delete from alembic_version where version_num = 'core_0002'"
+
+
+async def test_the_schema_check_without_alembic_agrees_with_alembic(database_url: str) -> None:
+    folders = [CORE_MIGRATIONS, MIGRATIONS]
+    database = Database(database_url, migrations=folders, migrate=True)
+    await database.start()
+    try:
+        assert await at_heads(database.engine, folders)
+        await require_current(database.engine, folders)  # Alembic says the same
+        async with database.engine.begin() as conn:  # as if the last core revision were new
+            await conn.execute(sa.text(BACK_TO_CORE_0001))
+        assert not await at_heads(database.engine, folders)
+        with pytest.raises(FatalStartError, match="mesh db upgrade"):
+            await require_current(database.engine, folders)
+    finally:
+        await database.stop()
+
+
+async def test_a_database_behind_a_revision_is_upgraded_at_start(database_url: str) -> None:
+    database = Database(database_url, migrations=[CORE_MIGRATIONS, MIGRATIONS], migrate=True)
+    await database.start()
+    async with database.engine.begin() as conn:  # back to before core_0002 (the events tables)
+        for table in ("mesh_leases", "mesh_event_deliveries", "mesh_event_groups", "mesh_events"):
+            await conn.execute(sa.text(f"drop table {table}"))
+        await conn.execute(sa.text(BACK_TO_CORE_0001))
+    await database.stop()
+    await database.start()
+    try:
+        assert await at_heads(database.engine, [CORE_MIGRATIONS, MIGRATIONS])
+        async with database.engine.connect() as conn:
+            await conn.execute(sa.text("select count(*) from mesh_events"))
+    finally:
+        await database.stop()
+
+
+async def test_sqlite_commits_reach_the_database_file_in_the_background(tmp_path: Path) -> None:
+    path = tmp_path / "mesh.db"
+    database = Database(f"sqlite+aiosqlite:///{path}")
+    await database.start()
+    try:
+        async with database.engine.begin() as conn:
+            await conn.run_sync(counters.metadata.create_all)
+            await conn.execute(counters.insert(), [{"id": i, "value": i} for i in range(10)])
+        await asyncio.sleep(0.6)  # far below the autocheckpoint threshold: only ours ran
+        shutil.copy(path, tmp_path / "alone.db")  # the database file, without its WAL
+    finally:
+        await database.stop()
+    with sqlite3.connect(tmp_path / "alone.db") as copy:
+        assert copy.execute("select count(*) from counters").fetchone() == (10,)

@@ -74,12 +74,39 @@ async def _read_logs(process: MeshProcess, listening: asyncio.Event) -> None:
 
 
 @asynccontextmanager
+async def subscribing(
+    server: MeshProcess, *args: str, stderr: int = asyncio.subprocess.PIPE
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """`mesh events subscribe ARGS` against `server` until the block ends (killed if running)."""
+    proc = await asyncio.create_subprocess_exec(
+        *(MESH, "events", "subscribe", *args, "--address", server.address),
+        env=mesh_env(),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=stderr,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+
+
+@asynccontextmanager
 async def serving(*services: str, env: Mapping[str, str]) -> AsyncIterator[MeshProcess]:
     """`mesh serve SERVICE...` until the block ends; yields once it listens."""
+    async with listening_process([MESH, "serve", *services], env) as process:
+        yield process
+
+
+@asynccontextmanager
+async def listening_process(
+    argv: list[str], env: Mapping[str, str], cwd: Path | None = None
+) -> AsyncIterator[MeshProcess]:
+    """Runs `argv` until the block ends; yields once it logs "server.listening"."""
     proc = await asyncio.create_subprocess_exec(
-        MESH,
-        "serve",
-        *services,
+        *argv,
+        cwd=cwd,
         env=dict(env),
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
@@ -94,11 +121,9 @@ async def serving(*services: str, env: Mapping[str, str]) -> AsyncIterator[MeshP
             {waiter, reader}, timeout=STARTUP, return_when=asyncio.FIRST_COMPLETED
         )
         if not done:
-            raise AssertionError(
-                f"mesh serve did not listen within {STARTUP:g}s:\n{process.tail()}"
-            )
+            raise AssertionError(f"{argv[0]} did not listen within {STARTUP:g}s:\n{process.tail()}")
         if not listening.is_set():
-            raise AssertionError(f"mesh serve exited before listening:\n{process.tail()}")
+            raise AssertionError(f"{argv[0]} exited before listening:\n{process.tail()}")
         yield process
     finally:
         waiter.cancel()
@@ -291,3 +316,64 @@ async def fresh_database() -> AsyncIterator[str]:
         yield name
     finally:
         await pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# -- projects and events in processes of their own -------------------------------------------
+
+
+@dataclass
+class SplitMesh:
+    """`mesh serve events` and `mesh serve projects` pointed at it (MESH_EVENTS_ADDRESS)."""
+
+    events: MeshProcess
+    projects: MeshProcess
+    events_env: dict[str, str]  # starts the events service again on the same port
+
+
+@asynccontextmanager
+async def split_mesh(directory: Path, **env: str) -> AsyncIterator[SplitMesh]:
+    """The events service on a fixed free port, then projects; each on its own SQLite file.
+
+    `env` goes to both processes. The events service is started first, but projects
+    does not need it to start.
+    """
+    common = mesh_env(MESH_HEALTH_INTERVAL_SECONDS="0.2", MESH_HEALTH_TIMEOUT_SECONDS="2", **env)
+    events_address = f"127.0.0.1:{free_port()}"
+    events_env = common | {
+        "MESH_ADDRESS": events_address,
+        "MESH_DATA_DIR": str(directory / "events"),
+        "MESH_SERVICE_NAME": "events",
+    }
+    projects_env = common | {
+        "MESH_DATA_DIR": str(directory / "projects"),
+        "MESH_EVENTS_ADDRESS": events_address,
+        "MESH_SERVICE_NAME": "projects",
+    }
+    async with (
+        serving("events", env=events_env) as events,
+        serving("projects", env=projects_env) as projects,
+    ):
+        yield SplitMesh(events, projects, events_env)
+
+
+# -- test replicas (tests/mesh/_replica.py) --------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@asynccontextmanager
+async def replica(**env: str) -> AsyncIterator[MeshProcess]:
+    """`python -m tests.mesh._replica` with `env` until the block ends; yields once it listens."""
+    argv = [sys.executable, "-m", "tests.mesh._replica"]
+    replica_env = mesh_env(MESH_HEALTH_INTERVAL_SECONDS="0.1", **env)
+    async with listening_process(argv, replica_env, cwd=ROOT) as process:
+        yield process
+
+
+async def wait_log(
+    process: MeshProcess, event: str, *, count: int = 1, within: float = 10.0
+) -> None:
+    """Waits until `process` has written `count` log lines named `event`."""
+    async with asyncio.timeout(within):
+        while len(process.events(event)) < count:  # noqa: ASYNC110 (the log reader sets no event)
+            await asyncio.sleep(0.02)

@@ -10,7 +10,6 @@ import asyncio
 import json
 import signal
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,14 @@ import pytest
 
 from clients.events import EventsClient, make_event
 from mesh.events.v1 import events_pb2 as pb
-from tests.mesh._processes import MESH, STARTUP, MeshProcess, mesh_env, run_mesh, serving
+from tests.mesh._processes import (
+    STARTUP,
+    MeshProcess,
+    mesh_env,
+    run_mesh,
+    serving,
+    subscribing,
+)
 
 
 @pytest.fixture
@@ -32,23 +38,6 @@ async def mesh_json(server: MeshProcess, *args: str) -> Any:
     code, out, err = await run_mesh("events", *args, "--address", server.address, env=mesh_env())
     assert code == 0, err
     return json.loads(out)
-
-
-@asynccontextmanager
-async def following(server: MeshProcess, *args: str) -> AsyncIterator[asyncio.subprocess.Process]:
-    """`mesh events subscribe ARGS` running until the block ends (killed if still running)."""
-    proc = await asyncio.create_subprocess_exec(
-        *(MESH, "events", "subscribe", *args, "--address", server.address),
-        env=mesh_env(),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        yield proc
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-        await proc.wait()
 
 
 async def lines(proc: asyncio.subprocess.Process, count: int) -> list[dict[str, Any]]:
@@ -128,7 +117,7 @@ async def test_subscribe_prints_stored_then_live_events_and_exits_0_on_ctrl_c(
 ) -> None:
     async with EventsClient(server.address) as events:
         stored = [await events.publish(make_event("mesh.demo.v1.x", "demo")) for _ in range(2)]
-        async with following(server, "--from-beginning") as proc:
+        async with subscribing(server, "--from-beginning") as proc:
             backlog = await lines(proc, 2)
             live = await events.publish(make_event("mesh.demo.v1.x", "demo"))
             [printed] = await lines(proc, 1)
@@ -144,7 +133,7 @@ async def test_a_group_follower_acks_and_dead_letters_can_be_replayed(
 ) -> None:
     async with EventsClient(server.address) as events:
         acked = await events.publish(make_event("mesh.demo.v1.x", "demo"))
-        async with following(server, "--group", "g", "--from-beginning", "--ack") as proc:
+        async with subscribing(server, "--group", "g", "--from-beginning", "--ack") as proc:
             [line] = await lines(proc, 1)
             await acked_in(events, "g", acked.id)  # a Ctrl-C must not cut the ack short
             code, _ = await interrupt(proc)

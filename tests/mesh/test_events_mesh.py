@@ -27,7 +27,6 @@ from core.errors import UnavailableError
 from mesh.admin.v1 import admin_pb2
 from mesh.events.v1 import events_pb2 as pb
 from tests.mesh._processes import (
-    MESH,
     STARTUP,
     MeshProcess,
     RedisServer,
@@ -38,6 +37,7 @@ from tests.mesh._processes import (
     redis_client,
     run_mesh,
     serving,
+    subscribing,
     wait_component,
     wait_health,
 )
@@ -206,19 +206,9 @@ async def cli_member(
     server: MeshProcess, consumer: str
 ) -> AsyncIterator[asyncio.subprocess.Process]:
     """`mesh events subscribe --group` in a process of its own, never acking."""
-    proc = await asyncio.create_subprocess_exec(
-        *(MESH, "events", "subscribe", "--group", GROUP, "--consumer", consumer, "--markers"),
-        *("--address", server.address),
-        env=mesh_env(),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    try:
+    args = ("--group", GROUP, "--consumer", consumer, "--markers")
+    async with subscribing(server, *args, stderr=asyncio.subprocess.DEVNULL) as proc:
         yield proc
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-        await proc.wait()
 
 
 async def printed(proc: asyncio.subprocess.Process, kind: str) -> dict[str, Any]:
@@ -303,6 +293,9 @@ class OnPrivateRedis:
         await wait_component(self.server.address, "event-bus", UNHEALTHY)
         await self.redis.start()  # it had no persistence
         await wait_component(self.server.address, "event-bus", DEGRADED, within=WITHIN)
+        # The client balances over ready servers only: wait until it has seen this one
+        # ready again (a DEGRADED bus still serves).
+        await self.events.wait_ready(WITHIN)
 
 
 @asynccontextmanager

@@ -65,6 +65,32 @@ HEALTH_STATE_DEGRADED: HealthState.ValueType  # 2
 HEALTH_STATE_UNHEALTHY: HealthState.ValueType  # 3
 Global___HealthState: _TypeAlias = HealthState  # noqa: Y015
 
+class _CircuitBreakerState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CircuitBreakerStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CircuitBreakerState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CIRCUIT_BREAKER_STATE_UNSPECIFIED: _CircuitBreakerState.ValueType  # 0
+    CIRCUIT_BREAKER_STATE_CLOSED: _CircuitBreakerState.ValueType  # 1
+    """Calls go through."""
+    CIRCUIT_BREAKER_STATE_OPEN: _CircuitBreakerState.ValueType  # 2
+    """Calls fail at once with UNAVAILABLE until the reset time has passed."""
+    CIRCUIT_BREAKER_STATE_HALF_OPEN: _CircuitBreakerState.ValueType  # 3
+    """A few trial calls go through; a success closes the breaker, a failure opens it."""
+
+class CircuitBreakerState(_CircuitBreakerState, metaclass=_CircuitBreakerStateEnumTypeWrapper):
+    """Where a circuit breaker is."""
+
+CIRCUIT_BREAKER_STATE_UNSPECIFIED: CircuitBreakerState.ValueType  # 0
+CIRCUIT_BREAKER_STATE_CLOSED: CircuitBreakerState.ValueType  # 1
+"""Calls go through."""
+CIRCUIT_BREAKER_STATE_OPEN: CircuitBreakerState.ValueType  # 2
+"""Calls fail at once with UNAVAILABLE until the reset time has passed."""
+CIRCUIT_BREAKER_STATE_HALF_OPEN: CircuitBreakerState.ValueType  # 3
+"""A few trial calls go through; a success closes the breaker, a failure opens it."""
+Global___CircuitBreakerState: _TypeAlias = CircuitBreakerState  # noqa: Y015
+
 @_typing.final
 class StatusTransition(_message.Message):
     """One lifecycle transition of a component."""
@@ -232,6 +258,9 @@ class ServiceSummary(_message.Message):
     OVERALL_FIELD_NUMBER: _builtins.int
     TRANSITIONS_FIELD_NUMBER: _builtins.int
     HEALTH_HISTORY_FIELD_NUMBER: _builtins.int
+    METRICS_ENABLED_FIELD_NUMBER: _builtins.int
+    METHODS_FIELD_NUMBER: _builtins.int
+    CIRCUIT_BREAKERS_FIELD_NUMBER: _builtins.int
     service: _builtins.str
     """The service name from MESH_SERVICE_NAME."""
     version: _builtins.str
@@ -245,6 +274,10 @@ class ServiceSummary(_message.Message):
     """0 to 100: the mean of the components' scores (healthy 100, degraded 50, unhealthy 0)."""
     total_components: _builtins.int
     healthy_components: _builtins.int
+    metrics_enabled: _builtins.bool
+    """Whether this process records metrics (MESH_METRICS). When false, `methods` is empty
+    because nothing was measured, not because nothing was called.
+    """
     @_builtins.property
     def uptime(self) -> _duration_pb2.Duration: ...
     @_builtins.property
@@ -265,6 +298,16 @@ class ServiceSummary(_message.Message):
     def health_history(self) -> _containers.RepeatedCompositeFieldContainer[Global___HealthReport]:
         """The recent changes of the overall health state, oldest first."""
 
+    @_builtins.property
+    def methods(self) -> _containers.RepeatedCompositeFieldContainer[Global___MethodStats]:
+        """The calls this process served since it started, per method that was called at least
+        once, by service then method name. Read from its rpc.server.duration metric.
+        """
+
+    @_builtins.property
+    def circuit_breakers(self) -> _containers.RepeatedCompositeFieldContainer[Global___CircuitBreakerSummary]:
+        """The circuit breakers of this process's clients, one per target called, by target."""
+
     def __init__(
         self,
         *,
@@ -281,14 +324,102 @@ class ServiceSummary(_message.Message):
         overall: Global___HealthReport | None = ...,
         transitions: _abc.Iterable[Global___StatusTransition] | None = ...,
         health_history: _abc.Iterable[Global___HealthReport] | None = ...,
+        metrics_enabled: _builtins.bool = ...,
+        methods: _abc.Iterable[Global___MethodStats] | None = ...,
+        circuit_breakers: _abc.Iterable[Global___CircuitBreakerSummary] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["overall", b"overall", "uptime", b"uptime"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["components", b"components", "grpc_services", b"grpc_services", "health", b"health", "health_history", b"health_history", "health_score", b"health_score", "healthy_components", b"healthy_components", "overall", b"overall", "service", b"service", "status", b"status", "total_components", b"total_components", "transitions", b"transitions", "uptime", b"uptime", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["circuit_breakers", b"circuit_breakers", "components", b"components", "grpc_services", b"grpc_services", "health", b"health", "health_history", b"health_history", "health_score", b"health_score", "healthy_components", b"healthy_components", "methods", b"methods", "metrics_enabled", b"metrics_enabled", "overall", b"overall", "service", b"service", "status", b"status", "total_components", b"total_components", "transitions", b"transitions", "uptime", b"uptime", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ServiceSummary: _TypeAlias = ServiceSummary  # noqa: Y015
+
+@_typing.final
+class MethodStats(_message.Message):
+    """The calls one method served since the process started."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    CALLS_FIELD_NUMBER: _builtins.int
+    AVERAGE_MS_FIELD_NUMBER: _builtins.int
+    P99_MS_FIELD_NUMBER: _builtins.int
+    SUCCESS_RATE_FIELD_NUMBER: _builtins.int
+    ERROR_RATE_FIELD_NUMBER: _builtins.int
+    service: _builtins.str
+    """The full service name, e.g. "mesh.projects.v1.ProjectService"."""
+    method: _builtins.str
+    """The method name, e.g. "GetProject"."""
+    calls: _builtins.int
+    """Calls that ended, whatever their status code."""
+    average_ms: _builtins.float
+    """Mean duration in milliseconds, from the handler's start to its end."""
+    p99_ms: _builtins.float
+    """99th percentile duration in milliseconds, interpolated within the metric's histogram
+    bucket (buckets are about 1.5x apart below 10 ms), so an estimate.
+    """
+    success_rate: _builtins.float
+    """Fraction of the calls, 0 to 1, that ended OK."""
+    error_rate: _builtins.float
+    """Fraction of the calls, 0 to 1, that ended with a code that says the server failed:
+    UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE or DATA_LOSS. The
+    rest answered the caller's own mistake (NOT_FOUND, INVALID_ARGUMENT, ...) or were
+    CANCELLED by it.
+    """
+    def __init__(
+        self,
+        *,
+        service: _builtins.str = ...,
+        method: _builtins.str = ...,
+        calls: _builtins.int = ...,
+        average_ms: _builtins.float = ...,
+        p99_ms: _builtins.float = ...,
+        success_rate: _builtins.float = ...,
+        error_rate: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["average_ms", b"average_ms", "calls", b"calls", "error_rate", b"error_rate", "method", b"method", "p99_ms", b"p99_ms", "service", b"service", "success_rate", b"success_rate"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MethodStats: _TypeAlias = MethodStats  # noqa: Y015
+
+@_typing.final
+class CircuitBreakerSummary(_message.Message):
+    """The circuit breaker that guards the calls to one target."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TARGET_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    CONSECUTIVE_FAILURES_FIELD_NUMBER: _builtins.int
+    TIMES_OPENED_FIELD_NUMBER: _builtins.int
+    target: _builtins.str
+    """The channel target, e.g. "dns:///events:50051"."""
+    state: Global___CircuitBreakerState.ValueType
+    consecutive_failures: _builtins.int
+    """Failed calls in a row so far (UNAVAILABLE or DEADLINE_EXCEEDED); a success resets it."""
+    times_opened: _builtins.int
+    """How many times the breaker has opened since the process started."""
+    def __init__(
+        self,
+        *,
+        target: _builtins.str = ...,
+        state: Global___CircuitBreakerState.ValueType = ...,
+        consecutive_failures: _builtins.int = ...,
+        times_opened: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consecutive_failures", b"consecutive_failures", "state", b"state", "target", b"target", "times_opened", b"times_opened"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CircuitBreakerSummary: _TypeAlias = CircuitBreakerSummary  # noqa: Y015
 
 @_typing.final
 class GetServiceSummaryRequest(_message.Message):

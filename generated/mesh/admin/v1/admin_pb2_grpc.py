@@ -60,7 +60,8 @@ class AdminServiceServicer:
 
     def GetServiceSummary(self, request, context):
         """Returns every component's status, health, uptime, version, dependencies and
-        recent transitions. Always OK while the server is up.
+        recent transitions, the per-method call statistics and the circuit breakers.
+        Always OK while the server is up.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -37,7 +37,8 @@ class AdminServiceStub:
     def __new__(cls, channel: _aio.Channel) -> AdminServiceAsyncStub: ...
     GetServiceSummary: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetServiceSummaryRequest, _admin_pb2.GetServiceSummaryResponse]
     """Returns every component's status, health, uptime, version, dependencies and
-    recent transitions. Always OK while the server is up.
+    recent transitions, the per-method call statistics and the circuit breakers.
+    Always OK while the server is up.
     """
     WatchServiceStatus: _grpc.UnaryStreamMultiCallable[_admin_pb2.WatchServiceStatusRequest, _admin_pb2.WatchServiceStatusResponse]
     """Streams a fresh summary at once and then after every status or health change.
@@ -58,7 +59,8 @@ class AdminServiceAsyncStub(AdminServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetServiceSummary: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetServiceSummaryRequest, _admin_pb2.GetServiceSummaryResponse]  # type: ignore[assignment]
     """Returns every component's status, health, uptime, version, dependencies and
-    recent transitions. Always OK while the server is up.
+    recent transitions, the per-method call statistics and the circuit breakers.
+    Always OK while the server is up.
     """
     WatchServiceStatus: _aio.UnaryStreamMultiCallable[_admin_pb2.WatchServiceStatusRequest, _admin_pb2.WatchServiceStatusResponse]  # type: ignore[assignment]
     """Streams a fresh summary at once and then after every status or health change.
@@ -82,7 +84,8 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.GetServiceSummaryResponse, _abc.Awaitable[_admin_pb2.GetServiceSummaryResponse]]:
         """Returns every component's status, health, uptime, version, dependencies and
-        recent transitions. Always OK while the server is up.
+        recent transitions, the per-method call statistics and the circuit breakers.
+        Always OK while the server is up.
         """
 
     @_abc_1.abstractmethod
