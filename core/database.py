@@ -16,6 +16,7 @@ Usage::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import weakref
@@ -494,6 +495,16 @@ def _use_sqlite_transactions(engine: AsyncEngine) -> None:
         ):
             cursor.execute(f"PRAGMA {pragma}")
         cursor.close()
+
+    @event.listens_for(engine.sync_engine, "close")
+    def on_close(dbapi_connection: Any, _: Any) -> None:
+        # A connection closed inside a write transaction while the cursor of a cancelled
+        # statement is still alive becomes a zombie (sqlite3_close_v2) that keeps the
+        # write lock until that cursor is garbage collected; every other writer then
+        # waits out the busy timeout. Cancelled calls invalidate, hence close, their
+        # connection just so; rolling back first releases the lock at once.
+        with contextlib.suppress(Exception):  # closed already, or outside the event loop
+            dbapi_connection.rollback()
 
     @event.listens_for(engine.sync_engine, "begin")
     def on_begin(conn: Any) -> None:

@@ -202,3 +202,32 @@ async def test_sqlite_commits_reach_the_database_file_in_the_background(tmp_path
         await database.stop()
     with sqlite3.connect(tmp_path / "alone.db") as copy:
         assert copy.execute("select count(*) from counters").fetchone() == (10,)
+
+
+async def test_sqlite_a_connection_dropped_mid_transaction_releases_the_write_lock(
+    tmp_path: Path,
+) -> None:
+    """What a cancelled call leaves: a connection invalidated inside a write transaction
+    while its statement's cursor lives on. Closed as it is, SQLite would keep the lock
+    until that cursor is garbage collected, and every writer would wait out the busy
+    timeout (the project-purger's stop did, once in a few hundred quick restarts)."""
+    path = tmp_path / "mesh.db"
+    database = Database(f"sqlite+aiosqlite:///{path}")
+    await database.start()
+    try:
+        conn = await database.engine.connect()
+        driver = (await conn.get_raw_connection()).driver_connection
+        await driver.execute("BEGIN IMMEDIATE")
+        cursor = await driver.execute("select 1 union all select 2")
+        await cursor.fetchone()  # the statement is still running, as a cancelled one is
+        await conn.invalidate()
+        await conn.close()
+        other = sqlite3.connect(path, timeout=0.05)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # "database is locked" while the lock is held
+            other.execute("ROLLBACK")
+        finally:
+            other.close()
+        del cursor
+    finally:
+        await database.stop()
