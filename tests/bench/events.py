@@ -15,7 +15,9 @@ together, released together, and the server's CPU is read from /proc around them
 2. fan-out: the same with 10 streams, on 10 connections, in 2 consumer processes.
    Target: >= 20k events/s in all.
 3. latency: a publisher calls Publish at a steady 1k/s with its send time (time.time_ns)
-   in an attribute; a live subscriber records receive - send. Target: p99 <= 20 ms.
+   in an attribute; a live subscriber records receive - send. Target: p99 <= 20 ms. The
+   bare server takes the same Publish calls and hands each event to its live streams: the
+   share of the latency and CPU that is grpc's own.
 4. memory: 1000 idle subscriptions (start now) on 10 connections, opened 100 at a time
    (each 100 live before the next: clients arrive over time); the server's VmRSS
    before and after, and its CPU while they sit idle. Target: < 100 MB for the process.
@@ -388,9 +390,8 @@ async def run(args: argparse.Namespace) -> int:
                         problems.append(f"{kind} {side.label}: {r['problem']}")
         latency, idle = {}, {}
         for side in sides:
-            if side.label != "bare":
-                latency[side.label] = r = await measure_latency(side, args, logs)
-                _print_run(0, 1, "latency", side.label, r)
+            latency[side.label] = r = await measure_latency(side, args, logs)
+            _print_run(0, 1, "latency", side.label, r)
         for side in sides:  # last, each on a fresh process (see 4. above)
             await side.server.stop()
             if side.label == "bare":
@@ -465,8 +466,10 @@ def build_report(
                 else ratio >= TARGETS["replay_ratio"],
             }
         throughput[kind] = entry
-    for r in latency.values():
-        r["meets_target"] = r["p99_ms"] is not None and r["p99_ms"] <= TARGETS["latency_p99_ms"]
+    for label, r in latency.items():
+        p99 = r["p99_ms"]
+        met = p99 is not None and p99 <= TARGETS["latency_p99_ms"]
+        r["meets_target"] = None if label == "bare" else met
     for label, r in idle.items():
         r["meets_target"] = r["rss_mb"] < TARGETS["idle_rss_mb"] if label != "bare" else None
     return {
@@ -531,11 +534,12 @@ def print_report(report: dict[str, Any]) -> None:
             print(f"{line}; CPU/event bare/service {side['cpu_ratio']}x")
         print()
     for label, r in report["latency"].items():
+        verdict = f" (p99 <= {targets['latency_p99_ms']} ms: {met(r['meets_target'])})"
         print(
             f"latency {label:<7} asked {r['rate_asked']:.0f}/s, sent {r['rate_sent']}/s: p50"
             f" {r['p50_ms']} ms, p99 {r['p99_ms']} ms, max {r['max_ms']} ms"
-            f" (p99 <= {targets['latency_p99_ms']} ms: {met(r['meets_target'])})\n"
-            f"{'':<16}Publish RPC p50 {r['publish_p50_ms']} ms, p99 {r['publish_p99_ms']} ms;"
+            + (verdict if label != "bare" else "")
+            + f"\n{'':<16}Publish RPC p50 {r['publish_p50_ms']} ms, p99 {r['publish_p99_ms']} ms;"
             f" server {r['server_cpu_us_per_event']} us CPU per event published and delivered"
         )
     for label, r in report["idle"].items():

@@ -1,10 +1,12 @@
 """A bare grpc.aio EventService for the events bench: what a Subscribe stream costs without us.
 
-Only Subscribe is served, with the generated stubs and plain grpc.aio (no boundary, no
-bus, no store):
+Only Subscribe and Publish are served, with the generated stubs and plain grpc.aio (no
+boundary, no bus, no store):
 
-- with `start.now` (an idle subscription): one caught_up message, then nothing until
-  the caller cancels, as the service does when no event arrives;
+- with `start.now` (a live subscription): one caught_up message, then each event
+  Publish gives, until the caller cancels; idle while nobody publishes;
+- Publish hands the event, with a position, to every live subscription's queue: the
+  grpc work of the latency run without validation, storage or a bus;
 - otherwise: the prebuilt SubscribeResponse given on the command line, again and again
   until the caller cancels. It is the message the service sent for a real event, so both
   sides put the same bytes on the wire, and grpc serializes it per message on both.
@@ -33,13 +35,29 @@ class Streamer(events_pb2_grpc.EventServiceServicer):
     def __init__(self, response: pb.SubscribeResponse) -> None:
         self._response = response
         self._caught_up = pb.SubscribeResponse(caught_up=pb.CaughtUp(position="0"))
+        self._live: set[asyncio.Queue[pb.SubscribeResponse]] = set()
+        self._position = 0
+
+    async def Publish(self, request: pb.PublishRequest, context: Any) -> pb.PublishResponse:
+        self._position += 1
+        request.event.position = str(self._position)
+        message = pb.SubscribeResponse(event=request.event)
+        for queue in self._live:
+            queue.put_nowait(message)
+        return pb.PublishResponse(position=request.event.position)
 
     async def Subscribe(
         self, request: pb.SubscribeRequest, context: Any
     ) -> AsyncIterator[pb.SubscribeResponse]:
         if request.start.WhichOneof("start") in (None, "now"):
-            yield self._caught_up
-            await asyncio.Event().wait()  # idle until cancelled
+            queue: asyncio.Queue[pb.SubscribeResponse] = asyncio.Queue()
+            self._live.add(queue)
+            try:
+                yield self._caught_up
+                while True:
+                    yield await queue.get()
+            finally:
+                self._live.discard(queue)
         response = self._response
         while True:
             yield response
