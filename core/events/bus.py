@@ -22,6 +22,7 @@ import itertools
 import time
 import uuid
 import weakref
+from collections import OrderedDict
 from collections.abc import AsyncGenerator, Awaitable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -59,6 +60,7 @@ log = structlog.get_logger()
 T = TypeVar("T")
 
 READ_BATCH = 500
+SHARED_PAGES = 8  # full pages of stored events kept for subscribers reading the same ones
 GROUP_EVENTS = 1000  # most events the writer stores in one append
 CHECKPOINT_SECONDS = 1.0
 IDLE_POLL_SECONDS = 1.0
@@ -138,6 +140,7 @@ class EventBus(Component):
         self._changed = asyncio.Event()
         self._closing = asyncio.Event()
         self._work: set[asyncio.Future[Any]] = set()
+        self._pages: OrderedDict[tuple[str, Selector], asyncio.Future[Page]] = OrderedDict()
         self._queue: list[tuple[Sequence[Event], asyncio.Future[list[Appended]]]] = []
         self._queued = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
@@ -154,6 +157,7 @@ class EventBus(Component):
     async def start(self) -> None:
         self._closing = asyncio.Event()
         self._ring, self._keys, self._floor_known = [], [], False
+        self._pages.clear()
         await self.store.open(self._appended, self._lost)
         self._head = await self.store.head()
         self._floor = self.store.order_key(self._head)
@@ -199,10 +203,42 @@ class EventBus(Component):
         unclosed, and a claim cut off after its commit would strand what it handed out.
         `stop` waits for such work before the store closes.
         """
+        return await asyncio.shield(self._owned(work))
+
+    def _owned(self, work: Awaitable[T]) -> asyncio.Future[T]:
+        """`work` as a task that `stop` waits for."""
         task = asyncio.ensure_future(work)
         self._work.add(task)
         task.add_done_callback(self._work.discard)
-        return await asyncio.shield(task)
+        return task
+
+    async def _read(self, after: str, selector: Selector) -> Page:
+        """A page of stored events, read once for every subscription that wants it.
+
+        Subscriptions catching up from one position (after a deploy, or a fan-out) read
+        the same pages: one store read serves those that ask while it runs, and the last
+        SHARED_PAGES full pages are kept, since stored events never change. A page that
+        reached the head, or failed, is not kept: the next read may find more.
+        """
+        key = (after, selector)
+        shared = self._pages.get(key)
+        if shared is None:
+            shared = self._owned(self.store.read(after, selector, READ_BATCH))
+            self._pages[key] = shared
+            shared.add_done_callback(lambda done: self._keep(key, done))
+            while len(self._pages) > SHARED_PAGES:
+                self._pages.popitem(last=False)
+        else:
+            self._pages.move_to_end(key)
+        return await asyncio.shield(shared)
+
+    def _keep(self, key: tuple[str, Selector], done: asyncio.Future[Page]) -> None:
+        full = not done.cancelled() and done.exception() is None
+        if full:
+            page = done.result()
+            full = len(page.events) == READ_BATCH and not page.at_head
+        if not full and self._pages.get(key) is done:
+            del self._pages[key]
 
     def close_streams(self) -> None:
         """Ends every subscription with UNAVAILABLE (SERVER_STOPPING) so a drain need not wait."""
@@ -298,6 +334,7 @@ class EventBus(Component):
         """
         key = self.store.order_key(position)
         self._ring, self._keys = [], []
+        self._pages.clear()
         self._floor = max(self._floor, key)
         if key > self.store.order_key(self._head):
             self._head = position
@@ -357,7 +394,7 @@ class EventBus(Component):
                 changed = self._changed  # taken before reading, so no wake-up is missed
                 page = self._from_ring(after, selector)
                 if page is None:
-                    page = await self._settled(self.store.read(after, selector, READ_BATCH))
+                    page = await self._read(after, selector)
                 for event in page.events:
                     yield event
                 if page.events:
