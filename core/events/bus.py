@@ -217,8 +217,9 @@ class EventBus(Component):
 
         Subscriptions catching up from one position (after a deploy, or a fan-out) read
         the same pages: one store read serves those that ask while it runs, and the last
-        SHARED_PAGES full pages are kept, since stored events never change. A page that
-        reached the head, or failed, is not kept: the next read may find more.
+        SHARED_PAGES full pages are kept, since stored events never change (one trimmed
+        by retention meanwhile may still be served from here, which loses nothing). A
+        page that reached the head, or failed, is not kept: the next read may find more.
         """
         key = (after, selector)
         shared = self._pages.get(key)
