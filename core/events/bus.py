@@ -220,18 +220,26 @@ class EventBus(Component):
         SHARED_PAGES full pages are kept, since stored events never change (one trimmed
         by retention meanwhile may still be served from here, which loses nothing). A
         page that reached the head, or failed, is not kept: the next read may find more.
+        After a full page the next one is read ahead while this one is delivered, when the
+        store's reads run elsewhere (`read_ahead`).
         """
+        page = await asyncio.shield(self._page(after, selector))
+        if self.store.read_ahead and len(page.events) == READ_BATCH and not page.at_head:
+            self._page(page.covered, selector)
+        return page
+
+    def _page(self, after: str, selector: Selector) -> asyncio.Future[Page]:
+        """The shared read of the page after `after`: under way, kept, or started now."""
         key = (after, selector)
         shared = self._pages.get(key)
-        if shared is None:
-            shared = self._owned(self.store.read(after, selector, READ_BATCH))
-            self._pages[key] = shared
-            shared.add_done_callback(lambda done: self._keep(key, done))
-            while len(self._pages) > SHARED_PAGES:
-                self._pages.popitem(last=False)
-        else:
+        if shared is not None:
             self._pages.move_to_end(key)
-        return await asyncio.shield(shared)
+            return shared
+        shared = self._pages[key] = self._owned(self.store.read(after, selector, READ_BATCH))
+        shared.add_done_callback(lambda done: self._keep(key, done))
+        while len(self._pages) > SHARED_PAGES:
+            self._pages.popitem(last=False)
+        return shared
 
     def _keep(self, key: tuple[str, Selector], done: asyncio.Future[Page]) -> None:
         full = not done.cancelled() and done.exception() is None

@@ -162,6 +162,9 @@ class EventStore(Protocol):
     """
 
     name: str
+    # Reads run in another process (Redis, PostgreSQL): reading the next page while this
+    # one is delivered overlaps them. Not for SQLite, whose reads hold our own GIL.
+    read_ahead: bool
 
     async def open(self, on_append: AppendListener, on_lost: LossListener) -> None: ...
     async def close(self) -> None: ...

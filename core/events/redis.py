@@ -112,6 +112,7 @@ class RedisEventStore:
     """
 
     name = "redis"
+    read_ahead = True
 
     def __init__(
         self, url: str, *, namespace: str = "mesh", retention: int = 1_000_000, timeout: float = 2.0

@@ -92,6 +92,7 @@ class SqlEventStore:
 
     def __init__(self, db: Database) -> None:
         self._db = db
+        self.read_ahead = db.dialect != "sqlite"
         self._write = asyncio.Lock()
         self._on_append: AppendListener | None = None
         self._writer: AsyncConnection | None = None  # SQLite: held for appends

@@ -1,4 +1,4 @@
-"""The event bus over a real store (SQLite): what it adds to the store's own behaviour."""
+"""The event bus over a real store (SQLite, Redis): what it adds to the store's own behaviour."""
 
 from __future__ import annotations
 
@@ -8,12 +8,27 @@ from pathlib import Path
 
 from core.database import CORE_MIGRATIONS, Database
 from core.events.bus import CaughtUp, EventBus
-from core.events.model import Event, Page, Selector
+from core.events.model import Event, EventStore, Page, Selector
+from core.events.redis import RedisEventStore
 from core.events.sql import SqlEventStore
+from tests.integration._events import REDIS_URL, drop_namespace
 
 
 def an_event() -> Event:
     return Event(id=uuid.uuid4().hex, type="mesh.test.v1.thing.done", source="test")
+
+
+def count_reads(store: EventStore) -> list[int]:
+    """Counts the store's reads (the real store answers them); [n] grows as they start."""
+    reads = [0]
+    read = store.read
+
+    async def counted(after: str, selector: Selector, limit: int) -> Page:
+        reads[0] += 1
+        return await read(after, selector, limit)
+
+    store.read = counted  # type: ignore[method-assign]
+    return reads
 
 
 async def test_subscriptions_catching_up_from_one_position_share_the_store_reads(
@@ -29,18 +44,10 @@ async def test_subscriptions_catching_up_from_one_position_share_the_store_reads
     try:
         for _ in range(3):
             await bus.publish([an_event() for _ in range(400)])
-        reads = 0
-        read = store.read
-
-        async def counted(after: str, selector: Selector, limit: int) -> Page:
-            nonlocal reads
-            reads += 1
-            return await read(after, selector, limit)
-
-        store.read = counted  # type: ignore[method-assign]  # counted; the real store answers
+        reads = count_reads(store)
 
         async def catch_up() -> list[str]:
-            seen = []
+            seen: list[str] = []
             async for item in bus.subscribe(Selector(), ""):
                 if isinstance(item, CaughtUp):
                     return seen
@@ -54,7 +61,27 @@ async def test_subscriptions_catching_up_from_one_position_share_the_store_reads
         assert all(seen == caught_up[0] for seen in caught_up)
         # Pages of 500, 500 and 200: the two full ones read once for all five; the last
         # reached the head and is read again by whoever comes after its read. Alone: 15.
-        assert reads <= 7
+        assert reads[0] <= 7
     finally:
         await bus.stop()
         await db.stop()
+
+
+async def test_on_redis_the_next_page_is_read_while_one_is_delivered() -> None:
+    namespace = f"test-{uuid.uuid4().hex[:12]}"
+    store = RedisEventStore(REDIS_URL, namespace=namespace)
+    bus = EventBus(store, ring_size=1)
+    await bus.start()
+    try:
+        for _ in range(3):
+            await bus.publish([an_event() for _ in range(400)])
+        reads = count_reads(store)
+        stream = bus.subscribe(Selector(), "")
+        first = await anext(stream)  # the first page is read: 500 of 1 200 events
+        await asyncio.sleep(0)  # the read ahead starts
+        assert isinstance(first, Event)
+        assert reads[0] == 2
+        await stream.aclose()
+    finally:
+        await bus.stop()
+        await drop_namespace(namespace)
