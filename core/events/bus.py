@@ -22,7 +22,7 @@ import itertools
 import time
 import uuid
 import weakref
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import AsyncGenerator, Awaitable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -65,12 +65,36 @@ GROUP_EVENTS = 1000  # most events the writer stores in one append
 CHECKPOINT_SECONDS = 1.0
 IDLE_POLL_SECONDS = 1.0
 
+# Process-wide totals behind mesh.events.published and .delivered, read when metrics are
+# collected (as core.cache does): an append or a delivered page pays a dict increment,
+# not the SDK's Counter.add (7 us, once per subscriber for every live event).
+_PUBLISHED: Counter[str] = Counter()  # backend -> events
+_DELIVERED: Counter[tuple[str, str]] = Counter()  # backend, mode
+
+
+def _observe_published(_: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
+    return [metrics.Observation(n, {"backend": b}) for b, n in list(_PUBLISHED.items())]
+
+
+def _observe_delivered(_: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
+    return [
+        metrics.Observation(n, {"backend": b, "mode": mode})
+        for (b, mode), n in list(_DELIVERED.items())
+    ]
+
+
 _meter = metrics.get_meter("meshkit.events")
-_published = _meter.create_counter(
-    "mesh.events.published", unit="{event}", description="Events stored (duplicates not counted)"
+_meter.create_observable_counter(
+    "mesh.events.published",
+    callbacks=[_observe_published],
+    unit="{event}",
+    description="Events stored (duplicates not counted)",
 )
-_delivered = _meter.create_counter(
-    "mesh.events.delivered", unit="{event}", description="Events handed to subscribers"
+_meter.create_observable_counter(
+    "mesh.events.delivered",
+    callbacks=[_observe_delivered],
+    unit="{event}",
+    description="Events handed to subscribers",
 )
 _buses: weakref.WeakSet[EventBus] = weakref.WeakSet()  # running buses, for the lag gauge
 
@@ -149,10 +173,6 @@ class EventBus(Component):
         self.serving = False  # EventService is served from this bus (see core.events)
         self._positions: dict[int, str] = {}  # each live subscription's position, for lag
         self._subscription_ids = itertools.count()
-        self._labels = {"backend": store.name}
-        self._labels_by_mode = {
-            mode: {"backend": store.name, "mode": mode} for mode in ("subscription", "group")
-        }
 
     async def start(self) -> None:
         self._closing = asyncio.Event()
@@ -310,8 +330,7 @@ class EventBus(Component):
                     continue
                 stored = sum(not r.duplicate for r in results)
                 self.published += stored
-                if stored:
-                    _published.add(stored, self._labels)
+                _PUBLISHED[self.store.name] += stored
                 start = 0
                 for batch, waiter in group:
                     if not waiter.done():
@@ -408,7 +427,7 @@ class EventBus(Component):
                     yield event
                 if page.events:
                     self.delivered += len(page.events)
-                    _delivered.add(len(page.events), self._labels_by_mode["subscription"])
+                    _DELIVERED[self.store.name, "subscription"] += len(page.events)
                 after = page.covered or after
                 self._positions[me] = after
                 if page.at_head and not caught_up:
@@ -485,7 +504,7 @@ class EventBus(Component):
                 held += len(batch)
                 if batch:
                     self.delivered += len(batch)
-                    _delivered.add(len(batch), self._labels_by_mode["group"])
+                    _DELIVERED[self.store.name, "group"] += len(batch)
                 if not batch and not caught_up:
                     caught_up = True
                     yield CaughtUp("")
