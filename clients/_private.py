@@ -5,7 +5,7 @@ the deadline (the client's, the call's `timeout=`, and what is left of the deadl
 the server call being handled), the target's circuit breaker, telemetry, and turns a
 failed call into the `core.errors` exception the server raised. Retries are not made
 here: the channel's service config retries the client's idempotent methods (see
-`core.channel`).
+`core.calls.channel`).
 
 Usage (every client takes the same arguments)::
 
@@ -27,17 +27,12 @@ from typing import ClassVar, Self, TypeVar
 import grpc
 
 from core import telemetry
-from core.breaker import CircuitBreaker, breaker_for
-from core.channel import Resilience, channel_target, open_channel, service_config
+from core.calls.breaker import CircuitBreaker, breaker_for
+from core.calls.channel import Resilience, channel_target, open_channel, service_config
+from core.calls.deadlines import remaining
+from core.calls.status import DETAILS_KEY, from_rpc_error
 from core.config import ChannelSettings
-from core.errors import (
-    DETAILS_KEY,
-    DeadlineExceededError,
-    DomainError,
-    UnavailableError,
-    from_rpc_error,
-)
-from core.rpc import remaining
+from core.errors import DeadlineExceededError, DomainError, UnavailableError
 
 __all__ = ["ChannelSettings", "Client", "Resilience"]
 

@@ -100,7 +100,7 @@ class TlsSettings:
 class ChannelSettings:
     """How a client's channel connects: keepalive, message size limit and TLS.
 
-    The server permits a keepalive ping every `keepalive / 2` seconds (see core.server),
+    The server permits a keepalive ping every `keepalive / 2` seconds (see core.runtime.server),
     so clients and servers configured alike never see a `too_many_pings` GOAWAY.
     """
 
@@ -124,7 +124,7 @@ class Settings:
     health_interval: float = 5.0
     health_timeout: float = 2.0
     start_policy: StartPolicy = field(default_factory=StartPolicy)
-    # URLs may carry passwords: kept out of repr; log them through core.database.redacted.
+    # URLs may carry passwords: kept out of repr; log them through core.data.database.redacted.
     database_url: str = field(default="", repr=False)
     redis_url: str = field(default="", repr=False)
     migrate_on_start: bool | None = None

@@ -1,7 +1,7 @@
 """structlog set-up: JSON lines off a terminal, readable lines on one.
 
 Every line carries the service name and version, and `trace_id`/`span_id` whenever an
-OpenTelemetry span is active (core.rpc's boundary starts one per call when tracing is on).
+OpenTelemetry span is active (core.runtime.boundary starts one per call when tracing is on).
 Call `configure_logging` once, in `__main__`; modules just do `log = structlog.get_logger()`.
 """
 

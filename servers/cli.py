@@ -22,10 +22,10 @@ from google.protobuf.json_format import MessageToDict
 from clients.admin import AdminClient
 from clients.health import HealthClient
 from core.config import Settings
-from core.container import Container
 from core.errors import ConfigError, DomainError
 from core.logging import configure_logging
-from core.server import GrpcServer, Service, serve
+from core.runtime.container import Container
+from core.runtime.server import GrpcServer, Service, serve
 from core.telemetry import configure_telemetry
 from mesh.admin.v1 import admin_pb2
 from servers.admin.server import admin_service
@@ -234,7 +234,7 @@ async def _db_upgrade(settings: Settings) -> int:
     configure_logging(
         service="mesh", version=VERSION, log_format=settings.log_format, level="warning"
     )
-    from core.database import Database, redacted
+    from core.data.database import Database, redacted
 
     database = Database(settings.database(), migrations=MIGRATIONS, migrate=True)
     try:

@@ -13,9 +13,9 @@ import asyncpg
 import pytest
 
 from core.config import Settings, StartPolicy
-from core.container import Container
-from core.lifecycle import Component
-from core.server import GrpcServer, Service
+from core.runtime.container import Container
+from core.runtime.lifecycle import Component
+from core.runtime.server import GrpcServer, Service
 from servers.admin.server import admin_service
 
 FAST = StartPolicy(attempts=2, base_delay=0.01, max_delay=0.02, start_timeout=5, stop_timeout=5)

@@ -9,10 +9,10 @@ span linked to the span that published it (see core.events.tracing).
 from __future__ import annotations
 
 from core.config import Settings
-from core.container import Container
 from core.events.bus import EventBus
 from core.events.model import EventStore, Policy
 from core.events.tracing import consumer_span, producer_of
+from core.runtime.container import Container
 
 __all__ = ["consumer_span", "event_bus", "producer_of"]
 
@@ -40,7 +40,7 @@ def _build(container: Container, settings: Settings) -> EventBus:
             settings.redis_url, namespace=settings.cache_namespace, retention=config.retention
         )
     else:
-        from core.database import Database  # the SQL backend alone needs SQLAlchemy
+        from core.data.database import Database  # the SQL backend alone needs SQLAlchemy
         from core.events.sql import SqlEventStore
 
         db = container.provide(Database, lambda: Database.from_settings(settings))

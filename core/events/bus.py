@@ -53,8 +53,8 @@ from core.events.model import (
     prepare,
 )
 from core.events.tracing import stamp
-from core.health import Health
-from core.lifecycle import Component
+from core.runtime.health import Health
+from core.runtime.lifecycle import Component
 
 log = structlog.get_logger()
 T = TypeVar("T")
@@ -66,7 +66,7 @@ CHECKPOINT_SECONDS = 1.0
 IDLE_POLL_SECONDS = 1.0
 
 # Process-wide totals behind mesh.events.published and .delivered, read when metrics are
-# collected (as core.cache does): an append or a delivered page pays a dict increment,
+# collected (as core.resources.cache does): an append or a delivered page pays a dict increment,
 # not the SDK's Counter.add (7 us, once per subscriber for every live event).
 _PUBLISHED: Counter[str] = Counter()  # backend -> events
 _DELIVERED: Counter[tuple[str, str]] = Counter()  # backend, mode

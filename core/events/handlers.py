@@ -41,8 +41,8 @@ from opentelemetry import metrics, trace
 from core.events.bus import EventBus
 from core.events.model import Delivery, Event, Selector
 from core.events.tracing import consumer_span
-from core.health import Health
-from core.lifecycle import Component
+from core.runtime.health import Health
+from core.runtime.lifecycle import Component
 
 log = structlog.get_logger()
 

@@ -36,13 +36,13 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry import metrics
 from sqlalchemy.exc import IntegrityError
 
-from core.database import Database
+from core.data.database import Database
 from core.errors import InvalidArgumentError
 from core.events.model import Event
+from core.events.outbox import outbox
 from core.events.tracing import publish_span
-from core.health import Health
-from core.lifecycle import Component
-from core.outbox import outbox
+from core.runtime.health import Health
+from core.runtime.lifecycle import Component
 
 log = structlog.get_logger()
 

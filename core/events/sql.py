@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from core.database import Database
+from core.data.database import Database
 from core.errors import (
     FailedPreconditionError,
     FieldViolation,
@@ -48,7 +48,7 @@ from core.events.model import (
 metadata = sa.MetaData()
 _Position = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
-# Mirrors core/migrations/versions/0002_events.py; queries use these, migrations own the DDL.
+# Mirrors core/data/migrations/versions/0002_events.py; queries use these, migrations own the DDL.
 events = sa.Table(
     "mesh_events",
     metadata,
@@ -86,7 +86,7 @@ _OPEN = (int(State.DELIVERED), int(State.RETRYING))
 
 
 class SqlEventStore:
-    """`core.events.model.EventStore` over a `core.database.Database`."""
+    """`core.events.model.EventStore` over a `core.data.database.Database`."""
 
     name = "sql"
 

@@ -6,7 +6,7 @@ statements and Redis commands get spans of their own. Metrics are on by default:
 durations, cache, pool and circuit breaker numbers, served as Prometheus text on
 `metrics_address` when it is set and summarised by the admin service.
 
-`calls` holds what runs on every call (core.rpc's boundary, the clients): spans and the
+`calls` holds what runs on every call (core.runtime.boundary, the clients): spans and the
 duration histograms, each behind a plain flag check. `providers` sets up the SDK.
 
 Usage::

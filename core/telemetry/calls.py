@@ -1,6 +1,6 @@
 """The per-call telemetry: server and client spans, and the RPC duration histograms.
 
-core.rpc's boundary and the clients call in here on every call, so the off switches
+core.runtime.boundary and the clients call in here on every call, so the off switches
 are plain checks of `active`: no span work when tracing is off, no metric work when
 metrics are. `core.telemetry.providers` turns them on.
 """
@@ -145,7 +145,7 @@ SERVER_DURATIONS = Durations(SERVER_DURATION, "Duration of the calls this proces
 CLIENT_DURATIONS = Durations(CLIENT_DURATION, "Duration of the calls this process made.")
 
 
-# -- server side (called by core.rpc's boundary) ----------------------------------------------
+# -- server side (called by core.runtime.boundary) ---------------------------------------------
 
 
 class ServerMethod:

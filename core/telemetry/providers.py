@@ -48,7 +48,7 @@ from core.telemetry.calls import CLIENT_DURATIONS, SERVER_DURATIONS, active
 
 log = structlog.get_logger()
 
-_RPC_SCOPE = InstrumentationScope("core.rpc")
+_RPC_SCOPE = InstrumentationScope("core.runtime.boundary")
 
 
 class Telemetry:
@@ -265,7 +265,7 @@ class _Process:
             )
             self.sampler.inner = ParentBased(TraceIdRatioBased(settings.sample_ratio))
             _instrument_libraries(self._library_provider())
-            active.tracer = provider.get_tracer("core.rpc")
+            active.tracer = provider.get_tracer("core.runtime.boundary")
         if telemetry._reader is not None:
             self._meter_provider().add_metric_reader(telemetry._reader)
             SERVER_DURATIONS.reset()
@@ -397,7 +397,7 @@ def _exporter(name: str) -> SpanExporter:
 
 
 def _instrument_libraries(provider: TracerProvider) -> None:
-    """Spans for SQL statements (SQLAlchemy, and asyncpg for core.driver's direct ones) and
+    """Spans for SQL statements (SQLAlchemy, and asyncpg for core.data.statements's direct ones) and
     Redis commands. Imported only once tracing is on, as they patch their libraries; left
     in place after (tests that turn tracing off): the sampler then drops their spans."""
     from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
@@ -412,7 +412,7 @@ def _instrument_libraries(provider: TracerProvider) -> None:
             # hooks are unchanged (tests/integration/test_telemetry.py checks the spans).
             instrumentor.instrument(tracer_provider=provider, skip_dep_check=True)
     # SQLAlchemy's asyncpg dialect runs its statements as prepared statements, which its
-    # own instrumentation already traces: only core.driver's direct calls (on the
+    # own instrumentation already traces: only core.data.statements's direct calls (on the
     # Connection) need asyncpg's, or every SQLAlchemy statement would get two spans.
     from asyncpg.prepared_stmt import PreparedStatement
     from opentelemetry.instrumentation.utils import unwrap

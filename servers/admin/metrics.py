@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from opentelemetry.sdk.metrics.export import HistogramDataPoint, MetricsData
 
 from core import telemetry
-from core.breaker import BreakerState, all_breakers
+from core.calls.breaker import BreakerState, all_breakers
 from mesh.admin.v1 import admin_pb2
 
 _ERROR_CODES = frozenset(c.value[0] for c in telemetry.SERVER_ERRORS)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from core.container import Container
-from core.server import Service
+from core.runtime.container import Container
+from core.runtime.server import Service
 from mesh.admin.v1 import admin_pb2, admin_pb2_grpc
 from servers.admin.servicer import AdminServicer
 

@@ -10,11 +10,11 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from core import telemetry
-from core.container import ComponentSummary, Container, ContainerSummary
 from core.errors import FieldViolation, InvalidArgumentError
-from core.health import Health, HealthState
-from core.lifecycle import Status, Transition
-from core.rpc import Context
+from core.runtime.boundary import Context
+from core.runtime.container import ComponentSummary, Container, ContainerSummary
+from core.runtime.health import Health, HealthState
+from core.runtime.lifecycle import Status, Transition
 from mesh.admin.v1 import admin_pb2, admin_pb2_grpc
 from servers.admin.metrics import breakers, method_stats
 

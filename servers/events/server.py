@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from core.config import Settings
-from core.container import Container
 from core.events import event_bus
-from core.server import Service
+from core.runtime.container import Container
+from core.runtime.server import Service
 from mesh.events.v1 import events_pb2, events_pb2_grpc
 from servers.events.servicer import EventServicer
 

@@ -11,8 +11,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from core.errors import FieldViolation, InvalidArgumentError, NotFoundError
 from core.events.bus import CaughtUp, Checkpoint, EventBus
 from core.events.model import Delivery, Event, GroupStatus, HistoryQuery, Selector
-from core.pagination import PageTokens, page_size
-from core.rpc import Context
+from core.resources.pagination import PageTokens, page_size
+from core.runtime.boundary import Context
 from mesh.events.v1 import events_pb2 as pb
 from mesh.events.v1 import events_pb2_grpc
 
@@ -49,7 +49,7 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
             ]
         )
 
-    async def Subscribe(  # type: ignore[override]  # may yield serialized messages (core.rpc)
+    async def Subscribe(  # type: ignore[override]  # may yield serialized messages (core.runtime.boundary)
         self, request: pb.SubscribeRequest, context: Context
     ) -> AsyncIterator[pb.SubscribeResponse | bytes]:
         selector = _selector(request.selector)

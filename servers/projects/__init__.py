@@ -1,1 +1,1 @@
-"""`mesh.projects.v1.ProjectService`: projects on the CRUD engine of `core.crud`."""
+"""`mesh.projects.v1.ProjectService`: projects on the CRUD engine of `core.resources.crud`."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from core.errors import FieldViolation
-from core.resource import text_violations
+from core.resources.validation import text_violations
 from mesh.projects.v1.projects_pb2 import Project
 
 MAX_DISPLAY_NAME = 200

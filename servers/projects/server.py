@@ -10,20 +10,20 @@ import structlog
 
 from clients.events import EventsClient
 from clients.health import HealthClient
-from core.cache import Cache
 from core.config import ChannelSettings, Settings
-from core.container import Container
-from core.crud import Crud
-from core.database import Database
+from core.data.database import Database
 from core.errors import DomainError
 from core.events import event_bus
 from core.events.model import Event
 from core.events.relay import OutboxRelay
-from core.health import Health
-from core.lifecycle import Component
-from core.server import Service
+from core.resources.cache import Cache
+from core.resources.crud import Crud
+from core.runtime.container import Container
+from core.runtime.health import Health
+from core.runtime.lifecycle import Component
+from core.runtime.server import Service
 from mesh.projects.v1 import projects_pb2, projects_pb2_grpc
-from servers.projects.repository import MIGRATIONS, PROJECTS, SERVICE
+from servers.projects.resource import MIGRATIONS, PROJECTS, SERVICE
 
 __all__ = ["MIGRATIONS", "ProjectPurger", "register"]
 from servers.projects.servicer import ProjectServicer
@@ -72,15 +72,6 @@ class ProjectPurger(Component):
             await asyncio.sleep(self._interval)
 
 
-def cache_for(settings: Settings) -> Cache:
-    namespace = settings.cache_namespace
-    return Cache(
-        settings.redis_url or None,
-        prefix=f"{namespace}:cache:",
-        channel=f"{namespace}:cache:invalidate",
-    )
-
-
 class RemoteEvents(Component):
     """The events service in another process (MESH_EVENTS_ADDRESS), for the outbox relay.
 
@@ -126,7 +117,7 @@ def register(container: Container, settings: Settings) -> list[Service]:
     """Adds the projects service's components to `container`; returns what it serves."""
     db = container.provide(Database, lambda: Database.from_settings(settings))
     db.include(MIGRATIONS)
-    cache = container.provide(Cache, lambda: cache_for(settings))
+    cache = container.provide(Cache, lambda: Cache.from_settings(settings))
     projects = Crud(PROJECTS, db, cache)
     container.register(ProjectPurger(projects, settings.purge_interval))
     if settings.events.address:  # the events service runs in another process

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from core.crud import Crud
-from core.rpc import Context
+from core.resources.crud import Crud
+from core.runtime.boundary import Context
 from mesh.projects.v1 import projects_pb2 as pb
 from mesh.projects.v1 import projects_pb2_grpc
 

@@ -17,13 +17,13 @@ import dataclasses
 import signal
 
 from core.config import Settings
-from core.container import Container
-from core.crud import Crud
-from core.database import Database
+from core.data.database import Database
 from core.logging import configure_logging
-from core.server import GrpcServer, Service
+from core.resources.crud import Crud
+from core.runtime.container import Container
+from core.runtime.server import GrpcServer, Service
 from mesh.projects.v1 import projects_pb2_grpc
-from servers.projects.repository import MIGRATIONS, PROJECTS, SERVICE
+from servers.projects.resource import MIGRATIONS, PROJECTS, SERVICE
 from servers.projects.servicer import ProjectServicer
 
 

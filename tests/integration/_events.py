@@ -13,10 +13,11 @@ from typing import Any, TypeVar
 import grpc
 import redis.asyncio as redis
 
+from core.calls.status import from_rpc_error
 from core.config import EventSettings, Settings
-from core.container import Container
-from core.errors import DomainError, from_rpc_error
-from core.server import GrpcServer
+from core.errors import DomainError
+from core.runtime.container import Container
+from core.runtime.server import GrpcServer
 from mesh.events.v1 import events_pb2 as pb
 from mesh.events.v1 import events_pb2_grpc
 from servers.events import server as events

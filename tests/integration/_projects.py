@@ -14,16 +14,17 @@ import sqlalchemy as sa
 from google.protobuf import any_pb2
 
 from clients.projects import ProjectsClient
-from core.cache import Cache
-from core.crud import Crud
-from core.database import Database
-from core.errors import DomainError, from_rpc_error
-from core.idempotency import request_ids
-from core.outbox import outbox
+from core.calls.status import from_rpc_error
+from core.data.database import Database
+from core.errors import DomainError
+from core.events.outbox import outbox
+from core.resources.cache import Cache
+from core.resources.crud import Crud
+from core.resources.idempotency import request_ids
 from mesh.projects.v1 import projects_pb2 as pb
 from mesh.projects.v1 import projects_pb2_grpc
 from mesh.projects.v1.projects_pb2 import Project
-from servers.projects.repository import PROJECTS, projects, to_columns
+from servers.projects.resource import PROJECTS, projects, to_columns
 from tests.conftest import Running
 
 EVENT = "mesh.projects.v1.project"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 
 from clients.admin import AdminClient
-from core.health import Health
-from core.lifecycle import Component
+from core.runtime.health import Health
+from core.runtime.lifecycle import Component
 from mesh.admin.v1 import admin_pb2
 from tests.conftest import add_server, make_container, running
 

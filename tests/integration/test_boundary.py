@@ -10,15 +10,15 @@ from google.rpc import error_details_pb2, status_pb2
 from structlog.testing import capture_logs
 
 from clients.admin import AdminClient
+from core.calls.status import DETAILS_KEY
 from core.errors import (
-    DETAILS_KEY,
     FieldViolation,
     InternalError,
     InvalidArgumentError,
     NotFoundError,
 )
-from core.rpc import Context
-from core.server import Service
+from core.runtime.boundary import Context
+from core.runtime.server import Service
 from mesh.admin.v1 import admin_pb2, admin_pb2_grpc
 from servers.admin.servicer import AdminServicer
 from tests.conftest import Running, add_server, make_container, running

@@ -1,4 +1,5 @@
-"""core.cache against real Redis: the shared server for most tests, a private one for faults."""
+"""core.resources.cache against real Redis: the shared server for most tests, a private one
+for faults."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from core.cache import Cache
-from core.health import HealthState
+from core.resources.cache import Cache
+from core.runtime.health import HealthState
 from tests.conftest import make_container
 
 SHARED_URL = "redis://127.0.0.1:6379/0"

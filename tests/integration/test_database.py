@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from core.container import StartError
-from core.database import Database, Transaction
+from core.data.database import Database, Transaction
+from core.data.migrate import require_current
+from core.data.revisions import CORE_MIGRATIONS, at_heads
 from core.errors import DeadlineExceededError, NotFoundError
-from core.health import HealthState
-from core.lifecycle import FatalStartError
-from core.migrate import CORE_MIGRATIONS, require_current
-from core.schema import at_heads
-from servers.projects.repository import MIGRATIONS
+from core.runtime.container import StartError
+from core.runtime.health import HealthState
+from core.runtime.lifecycle import FatalStartError
+from servers.projects.resource import MIGRATIONS
 from tests.conftest import make_container
 
 counters = sa.Table(

@@ -1,5 +1,5 @@
 """Single statements on their own (`Database.fetch_one`, `execute_one`), on SQLite and
-PostgreSQL; on PostgreSQL they run on the driver directly (core.driver)."""
+PostgreSQL; on PostgreSQL they run on the driver directly (core.data.statements)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from core.database import Database
+from core.data.database import Database
 from core.errors import DeadlineExceededError, UnavailableError
 
 notes = sa.Table(

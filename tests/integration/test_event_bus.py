@@ -6,7 +6,8 @@ import asyncio
 import uuid
 from pathlib import Path
 
-from core.database import CORE_MIGRATIONS, Database
+from core.data.database import Database
+from core.data.revisions import CORE_MIGRATIONS
 from core.events.bus import CaughtUp, EventBus
 from core.events.model import Event, EventStore, Page, Selector
 from core.events.redis import RedisEventStore

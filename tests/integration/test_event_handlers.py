@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from core.container import Container
-from core.database import CORE_MIGRATIONS, Database
+from core.data.database import Database
+from core.data.revisions import CORE_MIGRATIONS
 from core.errors import InvalidArgumentError
 from core.events.bus import EventBus
 from core.events.handlers import EventHandler
 from core.events.model import Event, Policy
 from core.events.sql import SqlEventStore
+from core.runtime.container import Container
 from tests.conftest import FAST
 from tests.integration._events import REDIS_URL, drop_namespace, event, eventually
 

@@ -20,7 +20,8 @@ from typing import TypeVar
 import pytest
 from structlog.testing import capture_logs
 
-from core.database import CORE_MIGRATIONS, Database
+from core.data.database import Database
+from core.data.revisions import CORE_MIGRATIONS
 from core.errors import (
     FailedPreconditionError,
     InvalidArgumentError,

@@ -18,18 +18,19 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from core.config import TelemetrySettings
-from core.crud import Crud
-from core.database import CORE_MIGRATIONS, Database
+from core.data.database import Database
+from core.data.revisions import CORE_MIGRATIONS
 from core.events.bus import CaughtUp, EventBus
 from core.events.handlers import EventHandler
 from core.events.model import Event, HistoryQuery, Selector
+from core.events.outbox import emit, outbox
 from core.events.relay import OutboxRelay
 from core.events.sql import SqlEventStore
 from core.events.tracing import consumer_span, producer_of
-from core.outbox import emit, outbox
+from core.resources.crud import Crud
 from core.telemetry import Telemetry, configure_telemetry
 from mesh.projects.v1 import projects_pb2
-from servers.projects.repository import MIGRATIONS, PROJECTS
+from servers.projects.resource import MIGRATIONS, PROJECTS
 from tests.integration._events import event, eventually
 from tests.integration._projects import a_project
 

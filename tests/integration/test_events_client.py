@@ -19,10 +19,10 @@ from google.protobuf.struct_pb2 import Struct
 
 from clients.events import EventsClient, Subscription, make_event
 from core.config import Settings
-from core.container import Container
 from core.errors import InvalidArgumentError, NotFoundError, UnavailableError
 from core.events import event_bus
-from core.server import GrpcServer
+from core.runtime.container import Container
+from core.runtime.server import GrpcServer
 from mesh.events.v1 import events_pb2 as pb
 from servers.events import server as events_server
 from tests.conftest import FAST, Running, running, settings_for

@@ -14,8 +14,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from core.filtering import FilterField, Kind, compile_filter
-from core.ordering import parse_order_by
+from core.resources.filtering import FilterField, Kind, compile_filter
+from core.resources.ordering import parse_order_by
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

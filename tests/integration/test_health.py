@@ -9,10 +9,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from clients.health import HealthClient
 from core.errors import NotFoundError
-from core.health import Health
-from core.lifecycle import Component, Status
-from core.probes import LIVENESS, READINESS, HealthPublisher, HealthServicer
-from core.server import Service
+from core.runtime.health import Health
+from core.runtime.health_service import LIVENESS, READINESS, HealthPublisher, HealthServicer
+from core.runtime.lifecycle import Component, Status
+from core.runtime.server import Service
 from mesh.admin.v1 import admin_pb2, admin_pb2_grpc
 from servers.admin.servicer import AdminServicer
 from tests.conftest import Running, add_server, make_container, running

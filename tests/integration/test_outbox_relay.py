@@ -20,15 +20,16 @@ import pytest
 import sqlalchemy as sa
 from google.protobuf.wrappers_pb2 import StringValue
 
-from core.database import CORE_MIGRATIONS, Database
+from core.data.database import Database
+from core.data.revisions import CORE_MIGRATIONS
 from core.errors import UnavailableError
 from core.events.bus import EventBus
 from core.events.model import Appended, Event, HistoryQuery, Selector
+from core.events.outbox import emit, outbox
 from core.events.relay import OutboxRelay
 from core.events.sql import SqlEventStore
-from core.health import HealthState
-from core.lifecycle import Component
-from core.outbox import emit, outbox
+from core.runtime.health import HealthState
+from core.runtime.lifecycle import Component
 
 T = TypeVar("T")
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 
 from clients.projects import ProjectsClient
-from core.database import Database, Transaction
+from core.data.database import Database, Transaction
 from core.errors import AbortedError, AlreadyExistsError, InvalidArgumentError, NotFoundError
-from core.outbox import emit
+from core.events.outbox import emit
 from mesh.projects.v1.projects_pb2 import Project
-from servers.projects.repository import projects as projects_table
+from servers.projects.resource import projects as projects_table
 from tests.conftest import Running
 from tests.integration._projects import (
     EVENT,

@@ -9,10 +9,10 @@ import pytest
 
 from clients.admin import AdminClient
 from core.config import Settings, StartPolicy
-from core.container import Container, StartError
 from core.errors import ResourceExhaustedError
-from core.lifecycle import Status
-from core.server import GrpcServer
+from core.runtime.container import Container, StartError
+from core.runtime.lifecycle import Status
+from core.runtime.server import GrpcServer
 from tests.conftest import Running, add_server, make_container
 
 

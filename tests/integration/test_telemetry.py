@@ -19,11 +19,11 @@ from opentelemetry.trace import SpanKind, StatusCode
 from sqlalchemy import text
 from structlog.contextvars import merge_contextvars
 
-from core.breaker import breaker_for, forget_breakers
-from core.cache import Cache
+from core.calls.breaker import breaker_for, forget_breakers
 from core.config import TelemetrySettings
-from core.database import Database
+from core.data.database import Database
 from core.logging import add_trace_ids
+from core.resources.cache import Cache
 from core.telemetry import Telemetry, client_call, configure_telemetry
 from mesh.admin.v1 import admin_pb2, admin_pb2_grpc
 from tests.conftest import Running
@@ -364,7 +364,7 @@ async def test_sql_statements_get_spans_on_both_paths(
     spans.clear()
     try:
         with trace.get_tracer("test").start_as_current_span("a call"):
-            await db.fetch_one(SELECT_1, {})  # asyncpg directly (core.driver)
+            await db.fetch_one(SELECT_1, {})  # asyncpg directly (core.data.statements)
             async with db.connect(autocommit=True) as conn:  # through SQLAlchemy
                 await conn.execute(text("select 2"))
     finally:

@@ -30,13 +30,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from clients.projects import ProjectsClient
 from core.config import Settings
-from core.container import Container
 from core.errors import NotFoundError, UnavailableError
-from core.health import Health
-from core.lifecycle import Component
 from core.logging import configure_logging
-from core.rpc import Context
-from core.server import GrpcServer, Service, serve
+from core.runtime.boundary import Context
+from core.runtime.container import Container
+from core.runtime.health import Health
+from core.runtime.lifecycle import Component
+from core.runtime.server import GrpcServer, Service, serve
 from mesh.projects.v1 import projects_pb2 as pb
 from mesh.projects.v1 import projects_pb2_grpc
 from servers.admin.server import admin_service

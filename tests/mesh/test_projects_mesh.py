@@ -24,7 +24,7 @@ from clients.admin import AdminClient
 from clients.health import HealthClient
 from clients.projects import Project, ProjectsClient
 from core.errors import DomainError, NotFoundError, UnavailableError
-from core.resource import etag_for
+from core.resources.resource import etag_for
 from mesh.admin.v1 import admin_pb2
 from tests.mesh._processes import (
     MeshProcess,

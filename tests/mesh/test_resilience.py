@@ -17,10 +17,10 @@ import grpc
 import pytest
 from structlog.testing import capture_logs
 
-import core.rpc
+import core.calls.deadlines
 from clients.admin import AdminClient
 from clients.projects import Project, ProjectsClient, Resilience
-from core.breaker import BreakerState, CircuitBreaker, forget_breakers
+from core.calls.breaker import BreakerState, CircuitBreaker, forget_breakers
 from core.config import ChannelSettings, TlsSettings
 from core.errors import DeadlineExceededError, NotFoundError, UnavailableError
 from tests.conftest import PG_ADMIN_DSN
@@ -128,7 +128,7 @@ async def test_a_call_made_after_the_propagated_deadline_is_not_sent() -> None:
     nobody = f"127.0.0.1:{free_port()}"  # a call that went out would be UNAVAILABLE
 
     async def in_a_handler_out_of_time() -> None:
-        core.rpc._deadline.set(time.monotonic() - 0.1)
+        core.calls.deadlines._deadline.set(time.monotonic() - 0.1)
         async with ProjectsClient(nobody) as projects:
             await projects.get_project("projects/any", timeout=60)
 

@@ -16,7 +16,7 @@ import pytest
 
 from clients.admin import AdminClient
 from clients.health import HealthClient
-from core.errors import CancelledError, DeadlineExceededError, UnavailableError
+from core.errors import CallCancelledError, DeadlineExceededError, UnavailableError
 
 BIN = Path(sys.executable).parent
 MESH = str(BIN / "mesh")
@@ -126,7 +126,7 @@ async def test_sigterm_drains_the_call_in_flight_then_exits_zero(served: Process
 # How a call made after SIGTERM ends: refused by the draining server, cancelled with its
 # connection, or (rarely, when the client's retry waits for a server that is going away)
 # never served before its deadline.
-NOT_SERVED = (UnavailableError, CancelledError, DeadlineExceededError)
+NOT_SERVED = (UnavailableError, CallCancelledError, DeadlineExceededError)
 
 
 async def _ping_until_refused(client: AdminClient) -> None:

@@ -6,7 +6,13 @@ import grpc
 import pytest
 from structlog.testing import capture_logs
 
-from core.breaker import BreakerState, CircuitBreaker, all_breakers, breaker_for, forget_breakers
+from core.calls.breaker import (
+    BreakerState,
+    CircuitBreaker,
+    all_breakers,
+    breaker_for,
+    forget_breakers,
+)
 from core.errors import UnavailableError
 
 FAIL = grpc.StatusCode.UNAVAILABLE

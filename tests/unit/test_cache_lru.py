@@ -1,4 +1,4 @@
-"""The in-process tier of core.cache against a model LRU, with no Redis and no sockets."""
+"""The in-process tier of core.resources.cache against a model LRU, with no Redis and no sockets."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.cache import Cache
+from core.resources.cache import Cache
 
 KEYS = "abcdef"
 MAX_ENTRIES, MAX_BYTES = 4, 24

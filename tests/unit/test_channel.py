@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from core.channel import Resilience, channel_options, channel_target, service_config
+from core.calls.channel import Resilience, channel_options, channel_target, service_config
 from core.config import ChannelSettings, Settings
 from core.errors import ConfigError
 

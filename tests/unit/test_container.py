@@ -9,9 +9,9 @@ import pytest
 from structlog.testing import capture_logs
 
 from core.config import StartPolicy
-from core.container import Container, RegistrationError, StartError, StopError
-from core.health import Health, HealthState
-from core.lifecycle import Component, FatalStartError, IllegalTransitionError, Status
+from core.runtime.container import Container, RegistrationError, StartError, StopError
+from core.runtime.health import Health, HealthState
+from core.runtime.lifecycle import Component, FatalStartError, IllegalTransitionError, Status
 
 FAST = StartPolicy(attempts=3, base_delay=0.01, max_delay=0.02, start_timeout=5, stop_timeout=5)
 
@@ -398,7 +398,8 @@ async def test_a_components_own_timeout_error_is_not_mistaken_for_the_start_time
         await container.start()
 
     assert str(caught.value) == "db: TimeoutError: connect to db:5432 timed out", (
-        "BUG core/container.py _start_one: any TimeoutError raised by start() is reported as "
+        "BUG core/runtime/container.py _start_one: any TimeoutError raised by start() is "
+        "reported as "
         "'start timed out after <start_timeout>s' and its own message is lost; only "
         "asyncio.timeout(...).expired() means the container's deadline fired"
     )
@@ -545,7 +546,7 @@ async def test_a_components_own_timeout_error_is_not_mistaken_for_the_stop_timeo
         await container.stop()
 
     assert str(caught.value) == "db: TimeoutError: flush timed out", (
-        "BUG core/container.py _stop_one: any TimeoutError raised by stop() is reported as "
+        "BUG core/runtime/container.py _stop_one: any TimeoutError raised by stop() is reported as "
         "'stop timed out after <stop_timeout>s'; only asyncio.timeout(...).expired() means "
         "the container's deadline fired"
     )

@@ -7,16 +7,13 @@ from collections.abc import Sequence
 import grpc
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
+from core.calls.status import DETAILS_KEY, ERROR_FOR_CODE, from_rpc_error, to_status
 from core.errors import (
-    DETAILS_KEY,
     ERROR_DOMAIN,
-    ERROR_FOR_CODE,
     DomainError,
     FieldViolation,
     InvalidArgumentError,
     NotFoundError,
-    from_rpc_error,
-    to_status,
 )
 
 Metadata = Sequence[tuple[str, str | bytes]]
@@ -40,7 +37,7 @@ class FakeRpcError(grpc.RpcError):
 
 
 def failed_call(exc: DomainError) -> FakeRpcError:
-    """The error a client sees when a server answered `exc` (as core.rpc sends it)."""
+    """The error a client sees when a server answered `exc` (as core.runtime.boundary sends it)."""
     status = to_status(exc)
     trailing = [("x-request-id", "abc"), (DETAILS_KEY, status.SerializeToString())]
     return FakeRpcError(exc.code, status.message, trailing)

@@ -15,8 +15,8 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.sql.elements import ColumnElement
 
 from core.errors import InvalidArgumentError
-from core.filtering import FilterField, FilterLimits, Kind, compile_filter
-from core.ordering import Ordering, SortKey, parse_order_by
+from core.resources.filtering import FilterField, FilterLimits, Kind, compile_filter
+from core.resources.ordering import Ordering, SortKey, parse_order_by
 
 PROJECT_TYPES = ["MUSIC_CLIP", "VIDEO_EDIT", "AUDIO_EDIT", "IMAGE_EDIT", "CUSTOM"]
 

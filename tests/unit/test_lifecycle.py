@@ -8,9 +8,9 @@ from types import SimpleNamespace
 import pytest
 from structlog.testing import capture_logs
 
-import core.lifecycle
-from core.health import HealthState
-from core.lifecycle import (
+import core.runtime.lifecycle
+from core.runtime.health import HealthState
+from core.runtime.lifecycle import (
     HISTORY_SIZE,
     Component,
     IllegalTransitionError,
@@ -28,7 +28,7 @@ STOPPED, STARTING, RUNNING, STOPPING, ERROR = (
     Status.ERROR,
 )
 
-# The whole state machine, written out independently of `core.lifecycle._LEGAL`.
+# The whole state machine, written out independently of `core.runtime.lifecycle._LEGAL`.
 LEGAL_EDGES = {
     (STOPPED, STARTING),
     (STARTING, RUNNING),
@@ -169,7 +169,7 @@ async def test_a_failing_observer_does_not_break_the_transition() -> None:
 
 
 async def test_a_hanging_async_observer_is_cut_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(core.lifecycle, "OBSERVER_TIMEOUT", 0.05)
+    monkeypatch.setattr(core.runtime.lifecycle, "OBSERVER_TIMEOUT", 0.05)
     lifecycle = Lifecycle("db")
     seen: list[Transition] = []
 
@@ -217,7 +217,7 @@ async def test_history_keeps_only_the_latest_transitions() -> None:
 
 async def test_uptime_counts_only_while_running(monkeypatch: pytest.MonkeyPatch) -> None:
     now = [100.0]
-    monkeypatch.setattr(core.lifecycle, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    monkeypatch.setattr(core.runtime.lifecycle, "time", SimpleNamespace(monotonic=lambda: now[0]))
     lifecycle = Lifecycle("db")
     assert lifecycle.uptime == 0.0
 

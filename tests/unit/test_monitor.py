@@ -6,10 +6,10 @@ import asyncio
 
 from structlog.testing import capture_logs
 
-from core import monitor as monitor_module
-from core.health import Health, HealthState
-from core.lifecycle import Component, Status
-from core.monitor import ChangeFeed, HealthMonitor
+from core.runtime import monitor as monitor_module
+from core.runtime.health import Health, HealthState
+from core.runtime.lifecycle import Component, Status
+from core.runtime.monitor import ChangeFeed, HealthMonitor
 
 
 class Probe(Component):
@@ -96,7 +96,7 @@ async def test_a_checks_own_timeout_error_is_not_mistaken_for_the_check_timeout(
     await monitor.check([probe])
 
     assert monitor.latest(probe).reason == "health check failed: TimeoutError", (
-        "BUG core/monitor.py _check_one: a TimeoutError raised by check_health() itself is "
+        "BUG core/runtime/monitor.py _check_one: a TimeoutError raised by check_health() itself is "
         "reported as 'health check timed out after <timeout>s' (and not logged); only "
         "asyncio.timeout(...).expired() means the monitor's deadline fired"
     )

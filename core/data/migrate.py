@@ -1,7 +1,7 @@
 """Schema migrations with Alembic: upgrade to head, or check that the schema is current.
 
 Each package that owns tables keeps an Alembic version folder (core's is
-`core/migrations/versions`, a service's is e.g. `servers/projects/migrations`); every
+`core/data/migrations/versions`, a service's is e.g. `servers/projects/migrations`); every
 folder is its own branch, and `upgrade` brings all of them to their heads. On
 PostgreSQL an advisory lock makes concurrent upgrades from several instances safe.
 """
@@ -18,8 +18,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from core.database import CORE_MIGRATIONS
-from core.lifecycle import FatalStartError
+from core.data.revisions import CORE_MIGRATIONS
+from core.runtime.lifecycle import FatalStartError
 
 _SCRIPT_LOCATION = Path(__file__).parent / "migrations"
 _LOCK_KEY = 0x6D657368  # "mesh": one advisory lock for all schema changes

@@ -12,8 +12,8 @@ from collections.abc import Callable, Sequence
 
 import structlog
 
-from core.health import Health, HealthState, worst
-from core.lifecycle import Component, Status
+from core.runtime.health import Health, HealthState, worst
+from core.runtime.lifecycle import Component, Status
 
 log = structlog.get_logger()
 

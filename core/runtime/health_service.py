@@ -15,11 +15,11 @@ from collections.abc import Iterable, Mapping
 
 from grpc_health.v1 import health, health_pb2
 
-from core.container import Container
 from core.errors import NotFoundError
-from core.lifecycle import Status
-from core.monitor import ChangeFeed
-from core.rpc import Context
+from core.runtime.boundary import Context
+from core.runtime.container import Container
+from core.runtime.lifecycle import Status
+from core.runtime.monitor import ChangeFeed
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

@@ -8,8 +8,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-from core.filtering import FilterField, Kind
-from core.resource import Resource, RowLike, standard_columns
+from core.resources.filtering import FilterField, Kind
+from core.resources.resource import Resource, RowLike, standard_columns
 from mesh.projects.v1 import projects_pb2
 from mesh.projects.v1.projects_pb2 import Project
 from servers.projects.domain import WRITABLE, validate

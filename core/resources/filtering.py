@@ -3,7 +3,7 @@
 Only whitelisted fields can be named; every value, label key included, reaches the database
 as a bound parameter. Anything malformed raises `InvalidArgumentError` (reason
 `INVALID_FILTER` on field `filter`) whose message names the 1-based character position,
-e.g. ``filter: unexpected ')' at position 14``. AIP-132 `order_by` is in `core.ordering`,
+e.g. ``filter: unexpected ')' at position 14``. AIP-132 `order_by` is in `core.resources.ordering`,
 which reports its errors through `_raise` and `_show` here.
 
 Supported subset of https://google.aip.dev/160: ``= != < <= > >=``, the has operator ``:``
@@ -154,7 +154,7 @@ def _fail(index: int, detail: str) -> NoReturn:
 
 
 def _raise(field: str, reason: str, index: int, detail: str) -> NoReturn:
-    """Raises InvalidArgumentError at the 0-based `index`; core.ordering uses it too."""
+    """Raises InvalidArgumentError at the 0-based `index`; core.resources.ordering uses it too."""
     described = f"{detail} at position {index + 1}"
     raise InvalidArgumentError(
         f"{field}: {described}",

@@ -16,8 +16,6 @@ Usage::
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import random
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -28,44 +26,32 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import structlog
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
-from sqlalchemy import event, text
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext import asyncio as sqlalchemy_asyncio
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import Executable
 
 from core.config import Settings
-from core.errors import DeadlineExceededError, ResourceExhaustedError, UnavailableError
-from core.health import Health
-from core.lifecycle import Component
-from core.schema import at_heads
+from core.data import sqlite
+from core.data.pool import STATEMENT_TIMEOUT, Checkouts, statement_timed_out, unavailable
+from core.data.revisions import CORE_MIGRATIONS, at_heads
+from core.errors import DeadlineExceededError, UnavailableError
+from core.runtime.health import Health
+from core.runtime.lifecycle import Component
+from core.runtime.tasks import BackgroundTask
 
 if TYPE_CHECKING:
-    from core.driver import Driver
+    from core.data.statements import AsyncpgStatements
 
 log = structlog.get_logger()
-
-# core's own tables (outbox, request ids, secrets, events, leases); core.migrate adds this
-# folder to every upgrade.
-CORE_MIGRATIONS = Path(__file__).parent / "migrations" / "versions"
 
 T = TypeVar("T")
 Hook = Callable[[], Awaitable[None] | None]
 
 # PostgreSQL serialization failure and deadlock; both mean "run the transaction again".
 _RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
-
-# SQLite copies its WAL into the database file inside the commit that takes the WAL past
-# wal_autocheckpoint pages: two fsyncs and the copy, 6-10 ms on this machine, every ~200
-# one-event commits at the default 1000 pages. A PASSIVE checkpoint in the background
-# does that copying without blocking readers or writers; the commit that crosses the
-# raised threshold then only finishes what is left, which lets the next write restart the
-# WAL (so it stays bounded: 16 MB).
-_WAL_AUTOCHECKPOINT_PAGES = 4000
-_WAL_CHECKPOINT_SECONDS = 0.2
-STATEMENT_TIMEOUT = "57014"  # query_canceled, raised by statement_timeout
 
 
 # Every started Database, for the pool metrics read at collection.
@@ -82,7 +68,7 @@ def _pool_counts(pick: int) -> Callable[[CallbackOptions], list[Observation]]:
     return observe
 
 
-_meter = metrics.get_meter("core.database")
+_meter = metrics.get_meter("core.data.database")
 _meter.create_observable_up_down_counter(
     "mesh.db.pool.in_use",
     [_pool_counts(0)],
@@ -163,8 +149,8 @@ class Database(Component):
         self._engine: AsyncEngine | None = None
         self._checkouts = Checkouts()
         self._returning: set[asyncio.Task[None]] = set()
-        self._checkpoints: asyncio.Task[None] | None = None
-        self._driver: Driver | None = None
+        self._checkpoints = BackgroundTask("wal-checkpoints")
+        self._asyncpg: AsyncpgStatements | None = None
         self._variants: dict[tuple[tuple[str, Any], ...], AsyncEngine] = {}
         # SQLite: our begin hook skips BEGIN; PostgreSQL: the driver's autocommit.
         self._autocommit: dict[str, Any] = (
@@ -197,9 +183,9 @@ class Database(Component):
         try:
             async with engine.connect() as conn:  # fail at start, not at the first request
                 await conn.execute(text("select 1"))
-            folders = [CORE_MIGRATIONS, *self.migrations]  # core.migrate adds core's too
+            folders = [CORE_MIGRATIONS, *self.migrations]  # core.data.migrate adds core's too
             if self.migrations and not await at_heads(engine, folders):
-                from core.migrate import require_current, upgrade  # loads Alembic: ~8 MB
+                from core.data.migrate import require_current, upgrade  # loads Alembic: ~8 MB
 
                 if self.migrate:
                     await upgrade(engine, self.migrations)
@@ -212,26 +198,26 @@ class Database(Component):
         file = make_url(self.url).database if self.dialect == "sqlite" else None
         if file and file != ":memory:":
             wal = Path(f"{file}-wal")
-            self._checkpoints = asyncio.create_task(self._checkpoint(wal), name="wal-checkpoints")
+            self._checkpoints.start(
+                sqlite.keep_wal_checkpointed(wal, lambda: self.connect(autocommit=True))
+            )
         if self.dialect == "postgresql":
-            from core.driver import Driver  # loads asyncpg: only for PostgreSQL
+            # Imported here because it loads asyncpg, which only PostgreSQL needs.
+            from core.data.statements import AsyncpgStatements
 
-            self._driver = Driver(engine, self._checkouts)
+            self._asyncpg = AsyncpgStatements(engine, self._checkouts)
         _RUNNING.add(self)
         log.info("database.connected", url=redacted(self.url))
 
     async def stop(self) -> None:
         _RUNNING.discard(self)
-        if self._checkpoints is not None:
-            self._checkpoints.cancel()
-            await asyncio.gather(self._checkpoints, return_exceptions=True)
-            self._checkpoints = None
+        await self._checkpoints.stop()
         if self._returning:  # connections on their way back must reach the pool first
             await asyncio.wait(self._returning, timeout=5.0)
         if self._engine is not None:
             await self._engine.dispose()
             self._engine = None
-            self._driver = None
+            self._asyncpg = None
             self._variants.clear()
 
     def pool_counts(self) -> tuple[int, int]:
@@ -241,20 +227,6 @@ class Database(Component):
             return 0, 0
         checked_out: int = getattr(engine.pool, "checkedout", lambda: 0)()
         return checked_out, self._checkouts.waiting
-
-    async def _checkpoint(self, wal: Path) -> None:
-        """SQLite: a PASSIVE checkpoint whenever the WAL changed (see _WAL_AUTOCHECKPOINT_PAGES)."""
-        seen = 0
-        while True:
-            await asyncio.sleep(_WAL_CHECKPOINT_SECONDS)
-            try:
-                changed = os.stat(wal).st_mtime_ns  # one local syscall: no thread needed
-                if changed != seen:
-                    async with self.connect(autocommit=True) as conn:
-                        await conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
-                    seen = changed
-            except Exception as exc:  # the next round tries again; commits checkpoint anyway
-                log.debug("database.checkpoint_failed", error=type(exc).__name__)
 
     async def check_health(self) -> Health:
         pool = self.engine.pool
@@ -307,11 +279,11 @@ class Database(Component):
         """The first row of a single-statement read on its own (autocommit), or None.
 
         The row is read by column name (`row["id"]`). On PostgreSQL the statement runs on
-        the driver directly (see core.driver); errors map as in `connect`. Pass statements
+        the driver directly (see core.data.statements); errors map as in `connect`. Pass statements
         built once: each is compiled once.
         """
-        if self._driver is not None:
-            return await self._driver.fetch_one(statement, params)
+        if self._asyncpg is not None:
+            return await self._asyncpg.fetch_one(statement, params)
         async with self.connect(autocommit=True) as conn:
             row = (await conn.execute(statement, params)).first()
         return None if row is None else row._mapping
@@ -321,8 +293,8 @@ class Database(Component):
 
         A constraint violation raises SQLAlchemy's IntegrityError on every dialect.
         """
-        if self._driver is not None:
-            return await self._driver.execute(statement, params)
+        if self._asyncpg is not None:
+            return await self._asyncpg.execute(statement, params)
         async with self.connect(autocommit=True) as conn:
             await conn.execute(statement, params)
 
@@ -414,7 +386,7 @@ class Database(Component):
             if database and database != ":memory:":
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
             engine = sqlalchemy_asyncio.create_async_engine(self.url, hide_parameters=True)
-            _use_sqlite_transactions(engine)
+            sqlite.tune(engine)
             return engine
         connect_args: dict[str, Any] = {}
         if self.dialect == "postgresql":
@@ -431,83 +403,3 @@ class Database(Component):
             connect_args=connect_args,
             **self._pool,
         )
-
-
-class Checkouts:
-    """Takes connections from the pool, counting the callers still waiting for one.
-
-    SQLAlchemy's pool reports only the connections checked out; the waiting count is the
-    `mesh.db.pool.waiting` metric. Shared by `Database.connect` and core.driver.
-    """
-
-    def __init__(self) -> None:
-        self.waiting = 0
-
-    async def take(self, checkout: Callable[[], Awaitable[T]]) -> T:
-        """Runs `checkout`; a full pool is RESOURCE_EXHAUSTED, any other failure UNAVAILABLE."""
-        self.waiting += 1
-        try:
-            return await checkout()
-        except PoolTimeout:
-            raise busy() from None
-        except Exception as exc:
-            raise unavailable() from exc
-        finally:
-            self.waiting -= 1
-
-
-# The errors of an unusable database, shared with core.driver's asyncpg path.
-
-
-def unavailable() -> UnavailableError:
-    return UnavailableError("the database is unreachable", reason="DATABASE_UNAVAILABLE")
-
-
-def busy() -> ResourceExhaustedError:
-    return ResourceExhaustedError(
-        "every database connection is busy; try again later", reason="DATABASE_BUSY"
-    )
-
-
-def statement_timed_out() -> DeadlineExceededError:
-    return DeadlineExceededError(
-        "a database statement ran past its time limit", reason="DATABASE_TIMEOUT"
-    )
-
-
-def _use_sqlite_transactions(engine: AsyncEngine) -> None:
-    """Makes SQLite transactions real: WAL, a busy timeout, and BEGIN issued by us.
-
-    The sqlite3 driver otherwise delays BEGIN until the first write, so a read-then-write
-    unit of work is not isolated (SQLAlchemy's documented recipe for aiosqlite).
-    """
-
-    @event.listens_for(engine.sync_engine, "connect")
-    def on_connect(dbapi_connection: Any, _: Any) -> None:
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        for pragma in (
-            "journal_mode=WAL",
-            "synchronous=NORMAL",
-            "busy_timeout=5000",
-            f"wal_autocheckpoint={_WAL_AUTOCHECKPOINT_PAGES}",
-            "foreign_keys=ON",
-        ):
-            cursor.execute(f"PRAGMA {pragma}")
-        cursor.close()
-
-    @event.listens_for(engine.sync_engine, "close")
-    def on_close(dbapi_connection: Any, _: Any) -> None:
-        # A connection closed inside a write transaction while the cursor of a cancelled
-        # statement is still alive becomes a zombie (sqlite3_close_v2) that keeps the
-        # write lock until that cursor is garbage collected; every other writer then
-        # waits out the busy timeout. Cancelled calls invalidate, hence close, their
-        # connection just so; rolling back first releases the lock at once.
-        with contextlib.suppress(Exception):  # closed already, or outside the event loop
-            dbapi_connection.rollback()
-
-    @event.listens_for(engine.sync_engine, "begin")
-    def on_begin(conn: Any) -> None:
-        mode = conn.get_execution_options().get("mesh_begin", "DEFERRED")
-        if mode is not None:  # None: a read-only connection, each statement on its own
-            conn.exec_driver_sql(f"BEGIN {mode}")

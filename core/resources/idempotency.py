@@ -16,11 +16,11 @@ import sqlalchemy as sa
 from google.protobuf.message import Message
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from core.database import Transaction
+from core.data.database import Transaction
 from core.errors import FieldViolation, InvalidArgumentError
-from core.outbox import metadata
+from core.events.outbox import metadata
 
-# Mirrors core/migrations/versions/0001_core.py.
+# Mirrors core/data/migrations/versions/0001_core.py.
 request_ids = sa.Table(
     "mesh_request_ids",
     metadata,

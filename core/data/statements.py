@@ -9,7 +9,7 @@ module runs the statement as SQLAlchemy compiled it, with SQLAlchemy's own param
 conversions, on the asyncpg connection under a pooled one. Each statement commits on its
 own: asyncpg autocommits outside a transaction, as our autocommit connections do.
 
-Usage (through `core.database.Database`, which picks this on PostgreSQL)::
+Usage (through `core.data.database.Database`, which picks this on PostgreSQL)::
 
     row = await db.fetch_one(select(projects).where(projects.c.id == bindparam("id")),
                              {"id": "demo"})
@@ -28,7 +28,7 @@ from sqlalchemy.sql import ClauseElement, Executable
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.util import greenlet_spawn
 
-from core.database import STATEMENT_TIMEOUT, Checkouts, statement_timed_out, unavailable
+from core.data.pool import STATEMENT_TIMEOUT, Checkouts, statement_timed_out, unavailable
 
 # Connection exceptions, and the server shutting down: the connection is gone.
 _CONNECTION_LOST = ("08", "57P01", "57P02", "57P03")
@@ -80,7 +80,7 @@ class Prepared:
         return row
 
 
-class Driver:
+class AsyncpgStatements:
     """Runs compiled statements on asyncpg connections checked out of `engine`'s pool."""
 
     def __init__(self, engine: AsyncEngine, checkouts: Checkouts) -> None:

@@ -28,8 +28,7 @@ from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.message import Message
 from sqlalchemy.exc import IntegrityError
 
-from core.cache import Cache
-from core.database import Database, Transaction
+from core.data.database import Database, Transaction
 from core.errors import (
     AbortedError,
     AlreadyExistsError,
@@ -38,8 +37,10 @@ from core.errors import (
     InvalidArgumentError,
     NotFoundError,
 )
-from core.filtering import compile_filter
-from core.idempotency import (
+from core.events.outbox import emit, event_row, insert_with_event, metadata, with_event
+from core.resources.cache import Cache
+from core.resources.filtering import compile_filter
+from core.resources.idempotency import (
     check_request_id,
     claim,
     fingerprint,
@@ -47,19 +48,17 @@ from core.idempotency import (
     recall,
     record,
 )
-from core.ordering import after, parse_order_by
-from core.outbox import emit, event_row, insert_with_event, metadata, with_event
-from core.pagination import PageTokens, page_size
-from core.resource import (
+from core.resources.ordering import after, parse_order_by
+from core.resources.pagination import PageTokens, page_size
+from core.resources.resource import (
     Resource,
     RowLike,
     apply_paths,
     etag_for,
-    id_violations,
     mask_paths,
-    parse_name,
     timestamp,
 )
+from core.resources.validation import id_violations, parse_name
 
 M = TypeVar("M", bound=Message)
 T = TypeVar("T")

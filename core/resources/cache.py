@@ -40,9 +40,10 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from core.health import Health
-from core.lifecycle import Component
-from core.lru import LocalTier
+from core.config import Settings
+from core.resources.lru import LocalTier
+from core.runtime.health import Health
+from core.runtime.lifecycle import Component
 
 log = structlog.get_logger()
 
@@ -74,7 +75,7 @@ def _misses(options: CallbackOptions) -> list[Observation]:
     return [Observation(_TOTALS["misses"])]
 
 
-_meter = metrics.get_meter("core.cache")
+_meter = metrics.get_meter("core.resources.cache")
 _meter.create_observable_counter(
     "mesh.cache.hits",
     [_hits],
@@ -159,6 +160,17 @@ class Cache(Component):
         self._last_error = "not connected"
 
     # -- lifecycle ------------------------------------------------------------------------
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Cache:
+        """The process's cache: Redis at MESH_REDIS_URL when set, keyed under
+        MESH_CACHE_NAMESPACE, else in-process only."""
+        namespace = settings.cache_namespace
+        return cls(
+            settings.redis_url or None,
+            prefix=f"{namespace}:cache:",
+            channel=f"{namespace}:cache:invalidate",
+        )
 
     async def start(self) -> None:
         """Connects to Redis if configured. An unreachable Redis degrades health; never fails."""

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import inspect
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -24,25 +23,14 @@ import structlog
 from opentelemetry.trace import Span
 from structlog.contextvars import bind_contextvars
 
-from core.errors import DETAILS_KEY, DomainError, InternalError, InvalidArgumentError, to_status
+from core.calls.deadlines import set_remaining
+from core.calls.status import DETAILS_KEY, to_status
+from core.errors import DomainError, InternalError, InvalidArgumentError
 from core.telemetry import ServerMethod
 
 log = structlog.get_logger()
 
 Context = grpc.aio.ServicerContext[Any, Any]
-
-# When the call being handled must be answered (time.monotonic()), if its caller set a
-# deadline: clients read it through `remaining()` so a call made on the way never gets
-# more time than the caller has left.
-_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
-    "mesh_deadline", default=None
-)
-
-
-def remaining() -> float | None:
-    """Seconds left of the deadline of the call this task is handling; None if none."""
-    deadline = _deadline.get()
-    return None if deadline is None else deadline - time.monotonic()
 
 
 class _Undecodable:
@@ -253,7 +241,7 @@ def _begin(method: str, context: Context) -> float:
     bind_contextvars(rpc=method, peer=context.peer())
     left = context.time_remaining()
     if left is not None:
-        _deadline.set(time.monotonic() + left)
+        set_remaining(left)
     return time.perf_counter()
 
 

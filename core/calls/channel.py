@@ -38,7 +38,7 @@ import grpc
 from core.config import ChannelSettings, TlsSettings
 from core.errors import ConfigError
 
-READINESS = "readiness"  # the health name clients watch; see core.server
+READINESS = "readiness"  # the health name clients watch; see core.runtime.server
 MAX_ATTEMPTS = 5  # gRPC caps a retry policy's maxAttempts at 5
 RECONNECT_BACKOFF_MS = (100, 1000)  # first and longest pause between connection attempts
 

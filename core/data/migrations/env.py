@@ -1,4 +1,4 @@
-"""Alembic environment: runs on the connection `core.migrate` hands over."""
+"""Alembic environment: runs on the connection `core.data.migrate` hands over."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Alembic and Mako take about 8 MB of a server's memory for as long as it runs. A server
 that restarts on a database already at head needs none of it: the revision ids of the
 version files (read as text, never imported) and the `alembic_version` table answer the
-question. Only when they do not say "at head" does `core.migrate` load Alembic, to
+question. Only when they do not say "at head" does `core.data.migrate` load Alembic, to
 upgrade or to name what is missing. Whatever this module cannot read with certainty
 (a revision id it does not know, a file it cannot parse) counts as "not at head".
 """
@@ -17,6 +17,10 @@ from pathlib import Path
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+# core's own tables (outbox, request ids, secrets, events, leases); core.data.migrate adds
+# this folder to every upgrade.
+CORE_MIGRATIONS = Path(__file__).parent / "migrations" / "versions"
 
 _KEYS = ("revision", "down_revision", "depends_on")
 

@@ -177,7 +177,7 @@ def _openings(options: metrics.CallbackOptions) -> list[metrics.Observation]:
     return [metrics.Observation(b.opened, {"target": b.target}) for b in all_breakers()]
 
 
-_meter = metrics.get_meter("core.breaker")
+_meter = metrics.get_meter("core.calls.breaker")
 _meter.create_observable_gauge(
     "mesh.breaker.state",
     [_states],

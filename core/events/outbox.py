@@ -24,11 +24,11 @@ from google.protobuf import any_pb2
 from google.protobuf.message import Message
 from opentelemetry import propagate, trace
 
-from core.database import Transaction
+from core.data.database import Transaction
 
 metadata = sa.MetaData()
 
-# Mirrors core/migrations/versions/0001_core.py; queries use this, migrations own the DDL.
+# Mirrors core/data/migrations/versions/0001_core.py; queries use this, migrations own the DDL.
 outbox = sa.Table(
     "mesh_outbox",
     metadata,

@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 import sqlalchemy as sa
 from sqlalchemy.sql.elements import ColumnElement, UnaryExpression
 
-from core.filtering import _raise, _show
+from core.resources.filtering import _raise, _show
 
 MAX_ORDER_BY_LENGTH = 1000
 

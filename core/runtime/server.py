@@ -23,13 +23,13 @@ import structlog
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health_pb2_grpc
 
-from core.channel import server_credentials
+from core.calls.channel import server_credentials
 from core.config import Settings, TlsSettings
-from core.container import Container, StartError, StopError
-from core.lifecycle import Component, FatalStartError
-from core.probes import HealthPublisher, HealthServicer
-from core.reflection import enable_reflection
-from core.rpc import BoundaryServer
+from core.runtime.boundary import BoundaryServer
+from core.runtime.container import Container, StartError, StopError
+from core.runtime.health_service import HealthPublisher, HealthServicer
+from core.runtime.lifecycle import Component, FatalStartError
+from core.runtime.reflection import enable_reflection
 
 log = structlog.get_logger()
 
@@ -51,7 +51,8 @@ class Service:
 
     descriptor: ServiceDescriptor
     servicer: Any
-    # Called with a core.rpc.BoundaryServer, which has the two methods generated code uses.
+    # Called with a core.runtime.boundary.BoundaryServer, which has the two methods that
+    # generated code uses.
     add_to_server: Callable[[Any, Any], None]
     needs: tuple[str, ...] | None = None
     closing: Callable[[], None] | None = None
@@ -93,7 +94,7 @@ class GrpcServer(Component):
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
             # Clients configured alike ping every `keepalive` seconds, also while idle
-            # (core.channel); allowing twice that rate keeps a ping that comes a little
+            # (core.calls.channel); allowing twice that rate keeps a ping that comes a little
             # early from counting as abuse and closing the connection (too_many_pings).
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", int(keepalive * 500)),
@@ -129,7 +130,9 @@ class GrpcServer(Component):
 
     async def start(self) -> None:
         server = grpc.aio.server(options=self._options)
-        bounded = BoundaryServer(server)  # every handler passes through core.rpc's boundary
+        bounded = BoundaryServer(
+            server
+        )  # every handler passes through the RPC boundary (core.runtime.boundary)
         for service in self.services:
             service.add_to_server(service.servicer, bounded)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, bounded)

@@ -14,7 +14,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
-from core.rpc import BoundaryServer
+from core.runtime.boundary import BoundaryServer
 
 V1_SERVICE = "grpc.reflection.v1.ServerReflection"
 _V1ALPHA = "grpc.reflection.v1alpha"

@@ -1,4 +1,5 @@
-"""The in-process tier of `core.cache`: an LRU of byte values bounded by count and total size.
+"""The in-process tier of `core.resources.cache`: an LRU of byte values bounded by count and
+total size.
 
 Each entry lives for the seconds given when it is stored (callers add any jitter). A value
 larger than the byte bound is not kept; storing past either bound evicts the least recently

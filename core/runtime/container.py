@@ -21,9 +21,9 @@ from typing import TypeVar, overload
 import structlog
 
 from core.config import StartPolicy
-from core.health import Health, HealthState
-from core.lifecycle import Component, FatalStartError, Lifecycle, Status, Transition
-from core.monitor import ChangeFeed, HealthMonitor
+from core.runtime.health import Health, HealthState
+from core.runtime.lifecycle import Component, FatalStartError, Lifecycle, Status, Transition
+from core.runtime.monitor import ChangeFeed, HealthMonitor
 
 log = structlog.get_logger()
 

@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 
 import structlog
 
-from core.health import Health
+from core.runtime.health import Health
 
 log = structlog.get_logger()
 

@@ -1,0 +1,92 @@
+"""Background loops owned by a component: started with it, cancelled and awaited at its stop.
+
+Every loop a component runs on its own (a purger, the outbox relay, SQLite's WAL
+checkpoints, the health monitor) is a `BackgroundTask`, so none is left without an owner
+and "cancel it, then wait for it" is written once. A loop that repeats a step keeps the
+step's last error for the component's health.
+
+Usage::
+
+    class Purger(Component):
+        def __init__(self) -> None:
+            self._task = BackgroundTask("purger")
+
+        async def start(self) -> None:
+            self._task.repeat(self._purge_once, every=60.0)
+
+        async def stop(self) -> None:
+            await self._task.stop()
+
+        async def check_health(self) -> Health:
+            if self._task.last_error:
+                return Health.degraded(f"last purge failed: {self._task.last_error}")
+            return Health.healthy()
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+import structlog
+
+log = structlog.get_logger()
+
+
+async def cancel_and_wait(*tasks: asyncio.Future[Any]) -> None:
+    """Cancels `tasks` and waits until every one has finished; what they raise is dropped.
+
+    If the caller is cancelled meanwhile, that cancellation still propagates.
+    """
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class BackgroundTask:
+    """One named loop: `start` (or `repeat`) it, `stop` cancels it and waits for it.
+
+    Args:
+        name: The asyncio task's name, and the `task` field of its log lines.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.last_error = ""  # the type of the last failed step; "" after a success
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def start(self, loop: Coroutine[Any, Any, None]) -> None:
+        """Runs `loop` in a task of its own until `stop`."""
+        if self._task is not None:
+            loop.close()
+            raise RuntimeError(f"background task {self.name!r} is already started")
+        self._task = asyncio.create_task(loop, name=self.name)
+
+    def repeat(self, step: Callable[[], Awaitable[object]], *, every: float) -> None:
+        """Runs `step` now and then `every` seconds after each run ends, until `stop`.
+
+        A failed step is logged with its traceback and kept in `last_error` until a step
+        succeeds; the loop goes on either way.
+        """
+        self.start(self._repeat(step, every))
+
+    async def stop(self) -> None:
+        """Cancels the loop and waits for it to end; a no-op when it is not started."""
+        task, self._task = self._task, None
+        if task is not None:
+            await cancel_and_wait(task)
+
+    async def _repeat(self, step: Callable[[], Awaitable[object]], every: float) -> None:
+        while True:
+            try:
+                await step()
+                self.last_error = ""
+            except Exception as exc:
+                self.last_error = type(exc).__name__
+                log.exception("task.step_failed", task=self.name)
+            await asyncio.sleep(every)
