@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, overload
+from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
     import grpc
@@ -31,12 +31,8 @@ class _StatusCode:
     these errors (and its unit tests) then never loads grpc. The import hides no cycle.
     """
 
-    @overload
-    def __get__(self, instance: None, owner: type[DomainError]) -> grpc.StatusCode: ...
-    @overload
-    def __get__(self, instance: DomainError, owner: type[DomainError]) -> grpc.StatusCode: ...
     def __get__(self, instance: DomainError | None, owner: type[DomainError]) -> grpc.StatusCode:
-        import grpc
+        import grpc  # the one deferred import: see the class docstring
 
         return grpc.StatusCode[owner.status]
 
