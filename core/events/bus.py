@@ -76,14 +76,17 @@ class EventBus(Component):
 
     @property
     def max_batch(self) -> int:
+        """Most events one publish may carry."""
         return self._publisher.max_batch
 
     @property
     def max_event_bytes(self) -> int:
+        """Largest serialized event."""
         return self._publisher.max_event_bytes
 
     @property
     def policy(self) -> Policy:
+        """Visibility timeout and attempts of consumer groups."""
         return self._groups.policy
 
     @property
@@ -99,6 +102,7 @@ class EventBus(Component):
     # -- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Opens the store and starts the feed at its newest event, then the writer."""
         self._streams.reopen()
         self._feed.reset()
         await self.store.open(self._feed.appended, self._feed.lost)
@@ -106,6 +110,7 @@ class EventBus(Component):
         self._publisher.start()
 
     async def stop(self) -> None:
+        """Ends the streams, fails queued publishes, lets store work finish, closes the store."""
         self._feed.end()
         self.close_streams()
         await self._publisher.stop()
@@ -113,6 +118,7 @@ class EventBus(Component):
         await self.store.close()
 
     async def check_health(self) -> Health:
+        """The store's health; DEGRADED, not UNHEALTHY, when unreachable and not serving."""
         details = {
             "backend": self.store.name,
             "published": str(self.published),
@@ -156,6 +162,7 @@ class EventBus(Component):
         return self._feed.lag()
 
     async def history(self, query: HistoryQuery, after: str, limit: int) -> list[Event]:
+        """Up to `limit` stored events after `after` that `query` matches, oldest first."""
         return await self.store.history(query, after, limit)
 
     # -- consumer groups ------------------------------------------------------------------
@@ -170,20 +177,25 @@ class EventBus(Component):
         return self._groups.consume(group, consumer, selector, start, max_unacked)
 
     async def ack(self, group: str, event_ids: Sequence[str]) -> int:
+        """Marks events of `group` done; returns how many became acked by this call."""
         return await self._groups.ack(group, event_ids)
 
     async def nack(
         self, group: str, event_id: str, *, delay: float, park: bool, error: str
     ) -> State:
+        """Gives an event back to `group`: due again after `delay` seconds, or parked."""
         return await self._groups.nack(group, event_id, delay=delay, park=park, error=error)
 
     async def replay(self, group: str, event_ids: Sequence[str]) -> int:
+        """Brings dead letters (`event_ids`, or all) back for delivery; returns how many."""
         return await self._groups.replay(group, event_ids)
 
     async def event_status(self, event_id: str) -> tuple[Event | None, list[GroupStatus]]:
+        """The stored event (None if there is none) and its delivery to each group."""
         return await self._groups.event_status(event_id)
 
     async def dead_letters(
         self, group: str, after: str, limit: int
     ) -> list[tuple[Event, GroupStatus]]:
+        """Up to `limit` of `group`'s dead letters after position `after`, oldest first."""
         return await self._groups.dead_letters(group, after, limit)

@@ -82,6 +82,7 @@ class LiveFeed:
         _feeds.add(self)
 
     def end(self) -> None:
+        """Leaves the lag gauge (the bus stops)."""
         _feeds.discard(self)
 
     def appended(self, batch: Sequence[Event]) -> None:

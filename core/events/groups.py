@@ -96,6 +96,7 @@ class ConsumerGroups:
             log.info("group.left", group=group, consumer=member)
 
     async def ack(self, group: str, event_ids: Sequence[str]) -> int:
+        """Marks events of `group` done; returns how many became acked by this call."""
         acked = await self.store.ack(check_group(group), event_ids)
         self._streams.changes.notify()  # members waiting for credit
         return acked
@@ -103,6 +104,7 @@ class ConsumerGroups:
     async def nack(
         self, group: str, event_id: str, *, delay: float, park: bool, error: str
     ) -> State:
+        """Gives an event back to `group`: due again after `delay` seconds, or parked."""
         state = await self.store.nack(
             check_group(group), event_id, delay=delay, park=park, error=error, policy=self.policy
         )
@@ -110,15 +112,18 @@ class ConsumerGroups:
         return state
 
     async def replay(self, group: str, event_ids: Sequence[str]) -> int:
+        """Brings dead letters (`event_ids`, or all) back for delivery; returns how many."""
         replayed = await self.store.replay(check_group(group), event_ids)
         self._streams.changes.notify()
         return replayed
 
     async def event_status(self, event_id: str) -> tuple[Event | None, list[GroupStatus]]:
+        """The stored event (None if there is none) and its delivery to each group."""
         event = await self.store.get(event_id)
         return event, [] if event is None else await self.store.status(event_id)
 
     async def dead_letters(
         self, group: str, after: str, limit: int
     ) -> list[tuple[Event, GroupStatus]]:
+        """Up to `limit` of `group`'s dead letters after position `after`, oldest first."""
         return await self.store.dead_letters(check_group(group), after, limit)

@@ -61,6 +61,7 @@ class Publisher:
         self._writer = BackgroundTask("event-bus-writer")
 
     def start(self) -> None:
+        """Starts the writer; publishes fail with UNAVAILABLE until then."""
         self._writer.start(self._write_queued())
 
     async def stop(self) -> None:

@@ -69,6 +69,7 @@ class EventRequests:
         return self._bus.consume(group, consumer[:MAX_CONSUMER], selector, start, limit)
 
     async def ack(self, group: str, event_ids: Sequence[str]) -> int:
+        """Acks 1 to MAX_ACK_IDS events of `group`; returns how many this call acked."""
         return await self._bus.ack(group, _event_ids(event_ids, required=True))
 
     async def nack(
@@ -111,6 +112,7 @@ class EventRequests:
         return await _paged(f"dead-letters|{group}", requested_size, token, read, _letter_position)
 
     async def replay(self, group: str, event_ids: Sequence[str]) -> int:
+        """Replays up to MAX_ACK_IDS dead letters of `group` (all when none are named)."""
         return await self._bus.replay(group, _event_ids(event_ids, required=False))
 
 

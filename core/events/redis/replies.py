@@ -11,6 +11,7 @@ from core.events.model import DeliveryError, Event, GroupStatus, Selector, State
 
 
 def as_text(value: bytes | str) -> str:
+    """A reply value as text."""
     return value.decode() if isinstance(value, bytes) else value
 
 
@@ -21,6 +22,7 @@ def as_position(sid: bytes | str) -> str:
 
 
 def parse_event(sid: bytes | str, body: bytes) -> Event:
+    """A stored body as an event at stream id `sid`."""
     parsed = Event.FromString(body)
     parsed.position = as_text(sid)
     return parsed
@@ -32,10 +34,12 @@ def parse_events(flat: Sequence[Any]) -> list[Event]:
 
 
 def selector_json(selector: Selector) -> str:
+    """A selector as the JSON the scripts read (`groups` values, the scan's argument)."""
     return json.dumps({"types": list(selector.types), "subject": selector.subject})
 
 
 def parse_selector(raw: bytes | str) -> Selector:
+    """A selector from its JSON."""
     found = json.loads(raw)
     return Selector(tuple(found["types"] or ()), found["subject"])
 
@@ -50,10 +54,12 @@ def parse_status(group: str, st: dict[str, Any], due: float | None, now: float) 
 
 
 def no_group(group: str) -> NotFoundError:
+    """NOT_FOUND (GROUP_NOT_FOUND) for a group nobody joined."""
     return NotFoundError(f"no group {group!r}", reason="GROUP_NOT_FOUND", metadata={"group": group})
 
 
 def no_delivery(event_id: str, group: str) -> NotFoundError:
+    """NOT_FOUND (DELIVERY_NOT_FOUND) for an event never handed to `group`."""
     return NotFoundError(
         f"event {event_id!r} was never delivered to group {group!r}",
         reason="DELIVERY_NOT_FOUND",

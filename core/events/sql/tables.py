@@ -70,12 +70,14 @@ def start_of(after: str) -> int:
 
 
 def as_event(body: bytes, position: int) -> Event:
+    """A stored body as an event at `position`."""
     event = Event.FromString(body)
     event.position = str(position)
     return event
 
 
 def as_text(position: int | None) -> str:
+    """A row number as a position; "" for none (an empty table's head)."""
     return str(position) if position else ""
 
 
@@ -93,6 +95,7 @@ def where(selector: Selector) -> list[sa.ColumnElement[bool]]:
 
 
 def group_query(group: str, lock: bool = False) -> sa.Select[Any]:
+    """The group's row, locked for the transaction with `lock`."""
     query = sa.select(groups).where(groups.c.name == group)
     return query.with_for_update() if lock else query
 
@@ -103,4 +106,5 @@ def selector_of(group: Any) -> Selector:
 
 
 def no_group(group: str) -> NotFoundError:
+    """NOT_FOUND (GROUP_NOT_FOUND) for a group nobody joined."""
     return NotFoundError(f"no group {group!r}", reason="GROUP_NOT_FOUND", metadata={"group": group})
