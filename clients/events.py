@@ -53,25 +53,17 @@ not retried.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import random
-import time
 import uuid
-from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
-from functools import partial
-from types import TracebackType
-from typing import ClassVar, Self
+from typing import ClassVar
 
-import grpc
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from clients._private import ChannelSettings, Client, Resilience
-from core.errors import UnavailableError
+from clients._subscription import Call, Subscription
 from mesh.events.v1 import events_pb2 as pb
 from mesh.events.v1 import events_pb2_grpc
 from mesh.events.v1.events_pb2 import Event, PublishResponse, SubscribeResponse
@@ -309,159 +301,11 @@ class EventsClient(Client):
 
     # -- internals ------------------------------------------------------------------------
 
-
-class Subscription:
-    """The stream `EventsClient.subscribe` returns: iterate it once; see the module docstring.
-
-    `position` is where the stream would resume (for a plain subscription): the last
-    checkpoint or event position received, "" for the beginning, or None while the
-    server has not yet said where "now" is.
-    """
-
-    def __init__(
-        self,
-        client: EventsClient,
-        request: pb.SubscribeRequest,
-        resume: str | None,
-        *,
-        markers: bool,
-    ) -> None:
-        self._cursor = _Cursor(initial=resume, position=resume)
-        # The generator must not refer back to this object: without a cycle, a consumer
-        # that breaks out drops the last reference and asyncio closes the generator at
-        # once (cancelling the call) instead of whenever the cycle collector runs.
-        self._open = partial(_messages, client, request, self._cursor, markers)
-        self._messages: AsyncGenerator[SubscribeResponse, None] | None = None
-        self._reading = False  # a task is inside __anext__
-
-    @property
-    def position(self) -> str | None:
-        return self._cursor.position
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> SubscribeResponse:
-        if self._messages is None:
-            if self._cursor.closed:
-                raise StopAsyncIteration
-            self._messages = self._open()
-        self._reading = True
-        try:
-            return await anext(self._messages)
-        finally:
-            self._reading = False
-
-    async def aclose(self) -> None:
-        """Cancels the call; iterating (here or in another task) then ends at once."""
-        self._cursor.close()
-        messages, self._messages = self._messages, None
-        # A generator another task is inside cannot be closed from here; the cancelled
-        # call ends that task's read, and the generator returns by itself.
-        if messages is not None and not self._reading:
-            await messages.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-
-@dataclass(slots=True)
-class _Cursor:
-    """Where a subscription started and how far it got (see `Subscription.position`)."""
-
-    initial: str | None
-    position: str | None
-    call: grpc.aio.UnaryStreamCall[pb.SubscribeRequest, SubscribeResponse] | None = None
-    closed: bool = False
-
-    def close(self) -> None:
-        self.closed = True
-        if self.call is not None:
-            self.call.cancel()
-
-    def opened(
-        self, call: grpc.aio.UnaryStreamCall[pb.SubscribeRequest, SubscribeResponse]
-    ) -> None:
-        self.call = call
-        if self.closed:  # closed while the call was being opened
-            call.cancel()
-
-    def request(self, template: pb.SubscribeRequest) -> pb.SubscribeRequest:
-        """The request of the next call: `template` with the place to start from."""
-        request = pb.SubscribeRequest()
-        request.CopyFrom(template)
-        # The server keeps a group's place; its start matters only when it is created.
-        position = self.initial if template.group else self.position
-        if position is None:
-            request.start.now = True
-        elif position == "":
-            request.start.beginning = True
-        else:
-            request.start.after = position
-        return request
-
-    def advance(self, message: SubscribeResponse) -> None:
-        kind = message.WhichOneof("kind")
-        if kind == "event":
-            self.position = message.event.position
-        elif kind == "caught_up":
-            self.position = message.caught_up.position
-        elif kind == "checkpoint":
-            self.position = message.checkpoint.position
-
-    def stopped(self, error: UnavailableError) -> None:
-        """A stopping server says how far its last stream got; resume there."""
-        if error.reason == "SERVER_STOPPING" and error.metadata.get("position"):
-            self.position = error.metadata["position"]
-
-
-async def _messages(
-    client: EventsClient, template: pb.SubscribeRequest, cursor: _Cursor, markers: bool
-) -> AsyncGenerator[SubscribeResponse, None]:
-    """One call after another: a call that fails with UNAVAILABLE (or ends) opens the next."""
-    failures = 0
-    outage_since: float | None = None  # when the server was first found unavailable
-    while not cursor.closed:
-        request = cursor.request(template)
-        error: UnavailableError | None = None
-        stream = client._stream("Subscribe", client._stub.Subscribe, request, on_call=cursor.opened)
-        # aclosing: a consumer that breaks out or is cancelled lands here too, and closing
-        # the stream ends the call on the server at once (a group member's unacked events
-        # go back).
-        try:
-            async with contextlib.aclosing(stream) as messages:
-                async for message in messages:
-                    failures, outage_since = 0, None
-                    cursor.advance(message)
-                    if markers or message.HasField("event"):
-                        yield message
-            # The contract says a subscription never ends on its own; if one does anyway,
-            # resuming is what the caller wants, as after UNAVAILABLE.
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if cursor.closed and task is not None and not task.cancelling():
-                return  # aclose() from another task cancelled the call, not this task
-            raise
-        except UnavailableError as exc:  # also a circuit breaker that is open
-            error = exc
-            cursor.stopped(error)
-        failures += 1
-        outage_since = outage_since or time.monotonic()
-        if client.give_up_after is not None and (
-            time.monotonic() - outage_since > client.give_up_after
-        ):
-            raise error or UnavailableError("the subscription keeps ending") from None
-        # Exponential from 0.1 s up to max_backoff, with jitter so clients spread out.
-        ceiling = min(client.max_backoff, 0.05 * 2.0**failures)
-        await asyncio.sleep(ceiling * random.uniform(0.5, 1.0))
+    def _open_subscribe(
+        self, request: pb.SubscribeRequest, on_call: Callable[[Call], None]
+    ) -> AsyncGenerator[SubscribeResponse, None]:
+        """One Subscribe call of a `Subscription`; `on_call` gets the call to cancel it."""
+        return self._stream("Subscribe", self._stub.Subscribe, request, on_call=on_call)
 
 
 def _with_id(event: Event) -> Event:

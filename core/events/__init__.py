@@ -1,5 +1,10 @@
 """The event system: an envelope, two stores behind one interface, the bus, the relay.
 
+The bus (`core.events.bus`) publishes (`publisher`), feeds plain subscriptions (`feed`,
+`reads`) and serves consumer groups (`groups`); `requests` holds the rules of
+EventService's requests (limits, ack ids, page tokens) over it. The stores are
+`core.events.sql` and `core.events.redis`, each a stream half and a groups half.
+
 `event_bus(container, settings, serving=...)` builds the bus a process uses: on Redis Streams when
 MESH_REDIS_URL is set (or MESH_EVENTS_BACKEND=redis), else on the SQL database.
 `consumer_span(event, group=...)` wraps the handling of one received event in a CONSUMER

@@ -43,6 +43,7 @@ from core.events.model import Delivery, Event, Selector
 from core.events.tracing import consumer_span
 from core.runtime.health import Health
 from core.runtime.lifecycle import Component
+from core.runtime.tasks import cancel_and_wait
 
 log = structlog.get_logger()
 
@@ -104,13 +105,8 @@ class EventHandler(Component):
             lane.clear()  # not started: the group hands them out again
         if self._workers:
             await asyncio.wait(self._workers, timeout=(self.stop_timeout or 15.0) * 2 / 3)
-        for task in [*self._workers, self._reader]:
-            if task is not None:
-                task.cancel()
-        await asyncio.gather(*self._workers, return_exceptions=True)
-        if self._reader is not None:
-            await asyncio.gather(self._reader, return_exceptions=True)
-            self._reader = None
+        reader, self._reader = self._reader, None
+        await cancel_and_wait(*self._workers, *([reader] if reader is not None else []))
 
     async def check_health(self) -> Health:
         details = {"processed": str(self.processed), "dead_lettered": str(self.dead_lettered)}

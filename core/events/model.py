@@ -1,5 +1,8 @@
 """What an event store is: its types, the interface both backends implement, and validation.
 
+The interface has two halves, the stream (`EventStream`: appends and reads) and the
+consumer groups (`GroupStore`: claims, acks, statuses); `EventStore` is both.
+
 The envelope is the contract's own `mesh.events.v1.Event` message: stores keep it
 serialized, so an event is parsed once when read and never rebuilt field by field.
 Positions are opaque strings owned by the backend (a row number in SQL, a stream id in
@@ -112,6 +115,20 @@ class Delivery:
     attempt: int
 
 
+@dataclass(frozen=True, slots=True)
+class CaughtUp:
+    """A stream delivered every stored event it wanted; `position` is where that was."""
+
+    position: str
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """A plain subscription got this far; a caller may resume after `position`."""
+
+    position: str
+
+
 @dataclass(slots=True)
 class DeliveryError:
     message: str
@@ -150,8 +167,8 @@ AppendListener = Callable[[Sequence[Event]], None]
 LossListener = Callable[[str], None]  # every event up to this position is gone
 
 
-class EventStore(Protocol):
-    """The interface of the SQL (embedded) and Redis Streams (distributed) backends.
+class EventStream(Protocol):
+    """The stream half of an event store: lifecycle, appends and reads.
 
     Every method is safe to call from several tasks at once and bounded in time.
     `on_append` is called with each batch of newly stored events, in position order and
@@ -194,6 +211,13 @@ class EventStore(Protocol):
     async def get(self, event_id: str) -> Event | None: ...
     async def history(self, query: HistoryQuery, after: str, limit: int) -> list[Event]: ...
 
+
+class GroupStore(Protocol):
+    """The consumer-group half of an event store: who holds which event, and its state.
+
+    Every method is safe to call from several tasks at once and bounded in time.
+    """
+
     async def join(self, group: str, selector: Selector, start: str) -> None:
         """Creates the group at `start` (a position, "" for the beginning) if missing.
 
@@ -226,6 +250,10 @@ class EventStore(Protocol):
         self, group: str, after: str, limit: int
     ) -> list[tuple[Event, GroupStatus]]: ...
     async def replay(self, group: str, event_ids: Sequence[str]) -> int: ...
+
+
+class EventStore(EventStream, GroupStore, Protocol):
+    """The interface of the SQL (embedded) and Redis Streams (distributed) backends."""
 
 
 def check_group(name: str, field: str = "group") -> str:

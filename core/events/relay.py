@@ -43,6 +43,7 @@ from core.events.outbox import outbox
 from core.events.tracing import publish_span
 from core.runtime.health import Health
 from core.runtime.lifecycle import Component
+from core.runtime.tasks import BackgroundTask
 
 log = structlog.get_logger()
 
@@ -112,7 +113,7 @@ class OutboxRelay(Component):
         self._interval = interval
         self._lease = lease
         self._holder = f"relay-{uuid.uuid4().hex[:12]}"
-        self._task: asyncio.Task[None] | None = None
+        self._task = BackgroundTask(self.name)
         self._last_error = ""
         self._lease_until = 0.0
         self.leader = False
@@ -122,15 +123,12 @@ class OutboxRelay(Component):
         self._counted = 0.0  # time.monotonic() of the last count
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=self.name)
+        self._task.start(self._run())
         _relays.add(self)
 
     async def stop(self) -> None:
         _relays.discard(self)
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await self._task.stop()
         # No hand-over write here: on SQLite it would queue behind the other components'
         # stopping writers (and they behind it) for the busy timeout. The lease simply
         # runs out, within `lease` seconds, and another instance takes over.

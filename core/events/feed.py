@@ -1,0 +1,209 @@
+"""The live feed: plain subscriptions, served from a ring of recent events or the store.
+
+Subscriptions pull: each reads at its own pace, from the ring when its position is in
+it, from the store when it has fallen behind. Nothing is pushed into per-subscriber
+buffers, so a slow subscriber holds no memory and never slows a fast one; gRPC flow
+control paces the stream. A new event wakes every waiter through the bus's one change
+signal (`core.events._shared.Streams`).
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import time
+import weakref
+from collections.abc import AsyncGenerator, Iterable, Sequence
+
+from opentelemetry import metrics
+
+from core.errors import FieldViolation, InvalidArgumentError, OutOfRangeError
+from core.events._shared import DELIVERED, StoreWork, Streams, stopping
+from core.events.model import CaughtUp, Checkpoint, Event, EventStream, Page, Selector
+from core.events.reads import READ_BATCH, SharedReads
+
+CHECKPOINT_SECONDS = 1.0
+
+_feeds: weakref.WeakSet[LiveFeed] = weakref.WeakSet()  # running feeds, for the lag gauge
+
+
+def _observe_lag(_: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
+    """The most events any live subscription of this process is behind the head."""
+    try:
+        lags = [feed.lag() for feed in list(_feeds)]
+    except RuntimeError:  # the loop changed a subscription meanwhile: skip this reading
+        return []
+    return [metrics.Observation(max(lags))] if lags else []
+
+
+metrics.get_meter("meshkit.events").create_observable_gauge(
+    "mesh.events.subscriber.lag",
+    callbacks=[_observe_lag],
+    unit="{event}",
+    description="Most events a live subscription is behind the newest (at least; max)",
+)
+
+
+class LiveFeed:
+    """Recent events in order, and the subscriptions reading them.
+
+    Args:
+        store: The stream the events are stored in.
+        streams: The bus's change signal and closing flag.
+        work: The bus's store work, which its stop waits for.
+        ring_size: Recent events kept in memory for subscribers that keep up.
+    """
+
+    def __init__(
+        self, store: EventStream, streams: Streams, work: StoreWork, *, ring_size: int
+    ) -> None:
+        self.store = store
+        self._streams = streams
+        self._reads = SharedReads(store, work)
+        self._ring_size = ring_size
+        self._ring: list[Event] = []
+        self._keys: list[tuple[int, ...]] = []
+        self._floor: tuple[int, ...] = ()  # the ring holds every event after this key
+        self._floor_known = False
+        self._head = ""  # the newest position this process has seen
+        self._positions: dict[int, str] = {}  # each live subscription's position, for lag
+        self._subscription_ids = itertools.count()
+
+    def reset(self) -> None:
+        """Forgets what it held; `begin` starts it again."""
+        self._ring, self._keys, self._floor_known = [], [], False
+        self._reads.clear()
+
+    async def begin(self) -> None:
+        """Starts from the store's newest event (the store is open and calls `appended`)."""
+        self._head = await self.store.head()
+        self._floor = self.store.order_key(self._head)
+        self._floor_known = True
+        _feeds.add(self)
+
+    def end(self) -> None:
+        """Leaves the lag gauge (the bus stops)."""
+        _feeds.discard(self)
+
+    def appended(self, batch: Sequence[Event]) -> None:
+        """The store's listener: new events, in order, from this or another process."""
+        if not self._floor_known:
+            return  # begin() reads the head after opening; these are before it or in it
+        for event in batch:
+            key = self.store.order_key(event.position)
+            if key <= self._floor or (self._keys and key <= self._keys[-1]):
+                continue  # seen already (a reader may deliver an event twice)
+            self._ring.append(event)
+            self._keys.append(key)
+            self._head = event.position
+        if len(self._ring) > 2 * self._ring_size:
+            drop = len(self._ring) - self._ring_size
+            self._floor = self._keys[drop - 1]
+            del self._ring[:drop], self._keys[:drop]
+        self._streams.changes.notify()
+
+    def lost(self, position: str) -> None:
+        """The store lost every event up to `position`: forget them too.
+
+        Subscribers behind it then read from the store, which says POSITION_EXPIRED,
+        instead of being served events nobody else can see any more.
+        """
+        key = self.store.order_key(position)
+        self._ring, self._keys = [], []
+        self._reads.clear()
+        self._floor = max(self._floor, key)
+        if key > self.store.order_key(self._head):
+            self._head = position
+        self._streams.changes.notify()
+
+    async def resolve(self, *, after: str = "", beginning: bool = False) -> str:
+        """The position a subscription starts after: given, "" for the beginning, or now.
+
+        A position past the newest stored event is OUT_OF_RANGE: it belongs to another
+        store (or one that lost its data), and waiting for it would deliver nothing.
+        """
+        if not after:
+            return "" if beginning else self._head
+        try:
+            key = self.store.order_key(after)
+        except InvalidArgumentError:
+            raise InvalidArgumentError(
+                "malformed start position",
+                reason="INVALID_POSITION",
+                violations=[FieldViolation("start.after", "not a position of this event store")],
+            ) from None
+        if key > self.store.order_key(await self.store.head()):
+            raise OutOfRangeError(
+                f"position {after} is past the newest event",
+                reason="POSITION_AHEAD",
+                metadata={"position": after},
+            )
+        return after
+
+    async def subscribe(
+        self, selector: Selector, after: str
+    ) -> AsyncGenerator[Event | CaughtUp | Checkpoint, None]:
+        """Stored events after `after`, a CaughtUp once, then live ones, with checkpoints."""
+        streams, changes = self._streams, self._streams.changes
+        caught_up = False
+        checkpointed, last_checkpoint = after, time.monotonic()
+        me = next(self._subscription_ids)
+        self._positions[me] = after
+        try:
+            while True:
+                changed = changes.waiter()  # taken before reading, so no wake-up is missed
+                page = self._from_ring(after, selector)
+                if page is None:
+                    page = await self._reads.read(after, selector)
+                for event in page.events:
+                    yield event
+                if page.events:
+                    streams.delivered += len(page.events)
+                    DELIVERED[self.store.name, "subscription"] += len(page.events)
+                after = page.covered or after
+                self._positions[me] = after
+                if page.at_head and not caught_up:
+                    caught_up, checkpointed = True, after  # the marker carries the position
+                    yield CaughtUp(after)
+                now = time.monotonic()
+                if after != checkpointed and now - last_checkpoint >= CHECKPOINT_SECONDS:
+                    checkpointed, last_checkpoint = after, now
+                    yield Checkpoint(after)
+                if streams.closing.is_set():
+                    yield Checkpoint(after)
+                    raise stopping(after)
+                if page.at_head and not changed.is_set():
+                    # An idle subscription sleeps until the next event; one with a position
+                    # not yet checkpointed wakes once more to send it.
+                    await streams.wait(CHECKPOINT_SECONDS if after != checkpointed else None)
+        finally:
+            del self._positions[me]
+
+    def lag(self) -> int:
+        """The most events a live subscription is behind this process's newest event.
+
+        Counted in the ring of recent events: a subscription behind the ring is at least
+        the whole ring behind. Consumer groups are not counted (their backlog is in the store).
+        """
+        worst = 0
+        for after in list(self._positions.values()):
+            key = self.store.order_key(after)
+            behind = len(self._keys)
+            if key >= self._floor:
+                behind -= bisect.bisect_right(self._keys, key)
+            worst = max(worst, behind)
+        return worst
+
+    def _from_ring(self, after: str, selector: Selector) -> Page | None:
+        key = self.store.order_key(after)
+        if not self._floor_known or key < self._floor:
+            return None
+        start = bisect.bisect_right(self._keys, key)
+        end, found = start, list[Event]()
+        while end < len(self._ring) and len(found) < READ_BATCH:
+            event = self._ring[end]
+            end += 1
+            if selector.matches(event):
+                found.append(event)
+        covered = self._ring[end - 1].position if end > start else after
+        return Page(found, covered, end == len(self._ring))
