@@ -17,15 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import random
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
-from opentelemetry import metrics
-from opentelemetry.metrics import CallbackOptions, Observation
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
@@ -35,7 +32,14 @@ from sqlalchemy.sql import Executable
 
 from core.config import Settings
 from core.data import sqlite
-from core.data.pool import STATEMENT_TIMEOUT, Checkouts, statement_timed_out, unavailable
+from core.data.pool import (
+    STATEMENT_TIMEOUT,
+    Checkouts,
+    measure_pool,
+    statement_timed_out,
+    stop_measuring_pool,
+    unavailable,
+)
 from core.data.revisions import CORE_MIGRATIONS, at_heads
 from core.errors import DeadlineExceededError, UnavailableError
 from core.runtime.health import Health
@@ -52,35 +56,6 @@ Hook = Callable[[], Awaitable[None] | None]
 
 # PostgreSQL serialization failure and deadlock; both mean "run the transaction again".
 _RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
-
-
-# Every started Database, for the pool metrics read at collection.
-_RUNNING: weakref.WeakSet[Database] = weakref.WeakSet()
-
-
-def _pool_counts(pick: int) -> Callable[[CallbackOptions], list[Observation]]:
-    def observe(options: CallbackOptions) -> list[Observation]:
-        totals: dict[str, int] = {}
-        for db in list(_RUNNING):
-            totals[db.dialect] = totals.get(db.dialect, 0) + db.pool_counts()[pick]
-        return [Observation(n, {"db.system": dialect}) for dialect, n in totals.items()]
-
-    return observe
-
-
-_meter = metrics.get_meter("core.data.database")
-_meter.create_observable_up_down_counter(
-    "mesh.db.pool.in_use",
-    [_pool_counts(0)],
-    unit="{connection}",
-    description="Pooled database connections checked out now.",
-)
-_meter.create_observable_up_down_counter(
-    "mesh.db.pool.waiting",
-    [_pool_counts(1)],
-    unit="{caller}",
-    description="Callers waiting now for a pooled database connection.",
-)
 
 
 def redacted(url: str) -> str:
@@ -206,11 +181,11 @@ class Database(Component):
             from core.data.statements import AsyncpgStatements
 
             self._asyncpg = AsyncpgStatements(engine, self._checkouts)
-        _RUNNING.add(self)
+        measure_pool(self)
         log.info("database.connected", url=redacted(self.url))
 
     async def stop(self) -> None:
-        _RUNNING.discard(self)
+        stop_measuring_pool(self)
         await self._checkpoints.stop()
         if self._returning:  # connections on their way back must reach the pool first
             await asyncio.wait(self._returning, timeout=5.0)

@@ -4,7 +4,8 @@ Values are `bytes` (callers serialize). A miss in both tiers calls the loader on
 however many callers are waiting. Writers call `invalidate` after their transaction commits;
 the keys are dropped here, tombstoned in Redis and announced on a pub/sub channel so every
 other process drops its copy. Without Redis, or while it is down, the cache keeps serving
-from the loader and reports DEGRADED.
+from the loader and reports DEGRADED. The local tier is `core.resources.lru`, the Redis
+tier with its invalidation listener `core.resources.redis_tier`.
 
 Usage::
 
@@ -23,41 +24,22 @@ Usage::
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import random
-import time
-import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TypeVar
 
-import structlog
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
 
 from core.config import Settings
 from core.resources.lru import LocalTier
+from core.resources.redis_tier import RedisTier
 from core.runtime.health import Health
 from core.runtime.lifecycle import Component
+from core.runtime.tasks import cancel_and_wait
 
-log = structlog.get_logger()
-
-T = TypeVar("T")
 Loader = Callable[[], Awaitable[bytes | None]]
 """Loads one value from the source of truth; None means "no such resource"."""
-
-# Redis values carry a one-byte tag, so a cached None and a tombstone differ from any bytes.
-_VALUE, _NONE, _TOMBSTONE = b"v", b"n", b"t"
-_REDIS_ERRORS = (RedisError, OSError, TimeoutError)
-_KEEPALIVE = 5.0  # the listener pings after this much silence; no pong in as long: reconnect
-_MIN_RECONNECT = 0.05
-_MAX_PENDING = 1_000  # invalidations kept for retry while Redis is unreachable
-
 
 # Process-wide totals behind the mesh.cache.* metrics: read when metrics are collected, so
 # a lookup pays one dict increment, and they never go down when a Cache is dropped.
@@ -88,10 +70,6 @@ _meter.create_observable_counter(
     unit="{lookup}",
     description="Cache lookups the in-process tier could not answer.",
 )
-
-
-class _UnavailableError(Exception):
-    """Redis is backing off or the operation just failed; the caller falls back."""
 
 
 @dataclass(eq=False, slots=True)
@@ -139,25 +117,28 @@ class Cache(Component):
     ) -> None:
         if max_entries < 1 or max_bytes < 0 or min(ttl, negative_ttl, tombstone_ttl) <= 0:
             raise ValueError("cache limits must be positive")
-        self._url = redis_url
-        self._ttl, self._negative_ttl, self._tombstone_ttl = ttl, negative_ttl, tombstone_ttl
-        self._timeout, self._backoff = redis_timeout, backoff
-        self._channel, self._prefix = channel, prefix
-        self._id = uuid.uuid4().hex  # lets the listener skip this instance's own messages
+        self._ttl, self._negative_ttl = ttl, negative_ttl
         self._local = LocalTier(max_entries, max_bytes)
+        self._remote = (
+            None
+            if redis_url is None
+            else RedisTier(
+                redis_url,
+                ttl=ttl,
+                tombstone_ttl=tombstone_ttl,
+                timeout=redis_timeout,
+                backoff=backoff,
+                channel=channel,
+                prefix=prefix,
+                on_reset=self._clear_local,
+                on_invalidated=self._forget,
+            )
+        )
         self._flights: dict[str, _Flight] = {}
         self._tasks: set[asyncio.Task[bytes | None]] = set()
-        self._pending: set[str] = set()
         self._counts = dict.fromkeys(
-            ("hits_local", "hits_redis", "misses", "loads", "load_errors", "errors"), 0
+            ("hits_local", "hits_redis", "misses", "loads", "load_errors"), 0
         )
-        self._client: Redis | None = None
-        self._listener: asyncio.Task[None] | None = None
-        self._subscribed = asyncio.Event()
-        self._down_until = 0.0
-        self._bypass_remote_until = 0.0
-        self._redis_ok = True
-        self._last_error = "not connected"
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -174,50 +155,33 @@ class Cache(Component):
 
     async def start(self) -> None:
         """Connects to Redis if configured. An unreachable Redis degrades health; never fails."""
-        if self._url is None:
+        if self._remote is None:
             return
-        # No retries inside redis-py: our backoff decides, and a hidden reconnect would
-        # resubscribe the listener without telling us that messages were lost.
-        self._client = Redis.from_url(
-            self._url, socket_connect_timeout=self._timeout, retry=Retry(NoBackoff(), 0)
-        )
-        self._listener = asyncio.create_task(self._listen(), name="cache-invalidations")
         try:
-            with contextlib.suppress(_UnavailableError, TimeoutError):
-                await self._redis_call(lambda r: r.ping(), force=True)  # down: start, degraded
-                async with asyncio.timeout(4 * self._timeout):  # up: healthy at once
-                    await self._subscribed.wait()
+            await self._remote.start()
         except BaseException:  # cancelled while starting: leave nothing running
             await self.stop()
             raise
 
     async def stop(self) -> None:
-        """Cancels the listener and any loads in flight, then closes the Redis client."""
-        tasks = [*self._tasks, *([self._listener] if self._listener else [])]
-        for task in tasks:
-            task.cancel()
+        """Cancels any loads in flight and the listener, then closes the Redis client."""
         try:
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_and_wait(*self._tasks)
         finally:
-            self._listener = None
-            self._subscribed.clear()
-            self._clear_local()
-            if self._client is not None:
-                client, self._client = self._client, None
-                await client.aclose()
+            try:
+                if self._remote is not None:
+                    await self._remote.stop()
+            finally:
+                self._clear_local()
 
     async def check_health(self) -> Health:
         """HEALTHY when Redis answers and invalidations flow, else DEGRADED; details: stats."""
         details = {name: str(value) for name, value in self.stats().items()}
-        if self._url is None:
+        if self._remote is None:
             return Health.healthy(mode="local", **details)
-        try:
-            await self._redis_call(lambda r: r.ping(), force=True)
-        except _UnavailableError:
-            return Health.degraded(f"redis unreachable: {self._last_error}", **details)
-        if not self._subscribed.is_set():
-            return Health.degraded("invalidation listener reconnecting", **details)
-        await self._flush_pending()
+        problem = await self._remote.problem()
+        if problem:
+            return Health.degraded(problem, **details)
         return Health.healthy(**details)
 
     # -- public API -----------------------------------------------------------------------
@@ -250,20 +214,8 @@ class Cache(Component):
         and retried once Redis answers again.
         """
         self._forget(keys)
-        if self._url is None or not keys:
-            return
-        if len(self._pending) + len(keys) > _MAX_PENDING:
-            # Too many owed invalidations to remember: stop trusting Redis until every
-            # value written before now has expired there.
-            self._bypass_remote_until = time.monotonic() + self._ttl * 1.1
-            self._pending.clear()
-            log.error("cache.pending_overflow", bypass_s=round(self._ttl * 1.1))
-        else:
-            # Owed until Redis confirms: a failed or cancelled send leaves them owed, and
-            # reads do not trust Redis for owed keys.
-            self._pending.update(keys)
-        if await self._invalidate_remote(keys):
-            self._pending.difference_update(keys)
+        if self._remote is not None and keys:
+            await self._remote.invalidate(keys)
 
     def stats(self) -> dict[str, int]:
         """Counters since construction plus the local tier's current `entries` and `bytes`.
@@ -274,6 +226,7 @@ class Cache(Component):
         local = self._local
         return {
             **self._counts,
+            "errors": 0 if self._remote is None else self._remote.errors,
             "evictions": local.evictions,
             "entries": len(local),
             "bytes": local.total_bytes,
@@ -303,8 +256,11 @@ class Cache(Component):
     # -- loads ----------------------------------------------------------------------------
 
     async def _load(self, flight: _Flight, loader: Loader) -> bytes | None:
-        await self._flush_pending()  # invalidations owed to Redis go before any read of it
-        found, value = await self._read_remote(flight.key)
+        found, value = False, None
+        remote = self._remote
+        if remote is not None:
+            await remote.flush_pending()  # invalidations owed to Redis go before any read of it
+            found, value = await remote.read(flight.key)
         if found:
             self._counts["hits_redis"] += 1
             _TOTALS["hits_redis"] += 1
@@ -317,12 +273,16 @@ class Cache(Component):
                 raise
             if value is not None and not isinstance(value, bytes):
                 raise TypeError(f"cache loader returned {type(value).__name__}, not bytes")
-            if not flight.stale:
-                await self._write_remote(flight.key, value)
+            if not flight.stale and remote is not None:
+                await remote.write(flight.key, value, self._lifetime(value))
         if not flight.stale and self._local_trusted():
-            ttl = self._negative_ttl if value is None else self._ttl
-            self._local.store(flight.key, value, _jitter(ttl))
+            self._local.store(flight.key, value, self._lifetime(value))
         return value
+
+    def _lifetime(self, value: bytes | None) -> float:
+        """Seconds to keep `value` in a tier, jittered so entries do not expire together."""
+        ttl = self._negative_ttl if value is None else self._ttl
+        return ttl * random.uniform(0.9, 1.1)
 
     def _landed(self, flight: _Flight, task: asyncio.Task[bytes | None]) -> None:
         self._tasks.discard(task)
@@ -331,157 +291,6 @@ class Cache(Component):
         if not task.cancelled():
             task.exception()  # retrieved: every waiter may have been cancelled
 
-    # -- Redis tier -----------------------------------------------------------------------
-
-    # Races in Redis: invalidate() overwrites each key with a tombstone (SET PX, no NX) and
-    # fills use SET NX, so a fill that read the database before the commit cannot replace
-    # the tombstone, however the two interleave. A tombstone reads as a miss. We chose
-    # tombstones over a generation counter: one key per resource, one round trip per fill,
-    # nothing left behind once they expire.
-    async def _read_remote(self, key: str) -> tuple[bool, bytes | None]:
-        if not self._remote_trusted(key):
-            return False, None
-        try:
-            raw = await self._redis_call(lambda r: r.get(self._prefix + key))
-        except _UnavailableError:
-            return False, None
-        if not isinstance(raw, bytes) or raw[:1] not in (_VALUE, _NONE):
-            return False, None  # absent, tombstoned or not ours: load from the source
-        return True, (raw[1:] if raw[:1] == _VALUE else None)
-
-    async def _write_remote(self, key: str, value: bytes | None) -> None:
-        if not self._remote_trusted(key):
-            return
-        raw = _NONE if value is None else _VALUE + value
-        px = _ms(_jitter(self._negative_ttl if value is None else self._ttl))
-        with contextlib.suppress(_UnavailableError):
-            await self._redis_call(lambda r: r.set(self._prefix + key, raw, nx=True, px=px))
-
-    async def _invalidate_remote(self, keys: Iterable[str]) -> bool:
-        """Tombstones `keys` and announces them in one round trip; False if Redis failed."""
-        batch = list(keys)
-
-        async def send(r: Redis) -> None:
-            async with r.pipeline(transaction=False) as pipe:
-                for key in batch:
-                    pipe.set(self._prefix + key, _TOMBSTONE, px=_ms(self._tombstone_ttl))
-                pipe.publish(self._channel, json.dumps({"from": self._id, "keys": batch}))
-                await pipe.execute()
-
-        try:
-            await self._redis_call(send)
-        except _UnavailableError:
-            return False
-        return True
-
     def _local_trusted(self) -> bool:
         """Local copies are only safe while invalidations from other processes reach us."""
-        return self._url is None or self._subscribed.is_set()
-
-    def _remote_trusted(self, key: str) -> bool:
-        """Redis may hold a value we owe an invalidation for: then it is not to be read."""
-        return key not in self._pending and time.monotonic() >= self._bypass_remote_until
-
-    async def _flush_pending(self) -> None:
-        if self._pending:
-            keys, self._pending = self._pending, set()
-            if not await self._invalidate_remote(keys):
-                self._pending |= keys
-
-    async def _redis_call(self, op: Callable[[Redis], Awaitable[T]], *, force: bool = False) -> T:
-        """Runs `op` within the timeout; raises _UnavailableError on failure or in backoff."""
-        client = self._client
-        if client is None or (not force and time.monotonic() < self._down_until):
-            raise _UnavailableError
-        try:
-            async with asyncio.timeout(self._timeout):
-                result = await op(client)
-        except _REDIS_ERRORS as exc:
-            self._mark_down(exc)
-            raise _UnavailableError from exc
-        self._mark_up()
-        return result
-
-    def _mark_down(self, exc: BaseException) -> None:
-        self._counts["errors"] += 1
-        self._down_until = time.monotonic() + self._backoff
-        self._last_error = type(exc).__name__
-        if self._redis_ok:
-            self._redis_ok = False
-            log.warning("cache.redis_unreachable", error=self._last_error)
-
-    def _mark_up(self) -> None:
-        self._down_until = 0.0
-        if not self._redis_ok:
-            self._redis_ok = True
-            log.info("cache.redis_reachable")
-
-    # -- invalidation listener ------------------------------------------------------------
-
-    async def _listen(self) -> None:
-        """Owned by the component: reconnects with backoff until stop() cancels it."""
-        delay = _MIN_RECONNECT
-        while True:
-            try:
-                await self._listen_once()
-            except _REDIS_ERRORS as exc:
-                self._mark_down(exc)
-            except Exception:
-                log.exception("cache.listener_failed")
-            if self._subscribed.is_set():
-                self._subscribed.clear()
-                self._clear_local()  # from now until resubscribed, other writers go unheard
-                delay = _MIN_RECONNECT
-            await asyncio.sleep(random.uniform(delay / 2, delay))
-            delay = min(delay * 2, self._backoff)
-
-    async def _listen_once(self) -> None:
-        assert self._client is not None
-        async with self._client.pubsub() as pubsub:
-            async with asyncio.timeout(4 * self._timeout):
-                await pubsub.subscribe(self._channel)
-                confirmed = None
-                while confirmed is None or confirmed["type"] != "subscribe":
-                    confirmed = await pubsub.get_message(timeout=self._timeout)
-            # Invalidations sent while we were not subscribed are lost: start from empty.
-            self._clear_local()
-            self._subscribed.set()
-            self._mark_up()
-            log.info("cache.listener_subscribed", channel=self._channel)
-            await self._flush_pending()
-            pong_due = False
-            while True:
-                message = await pubsub.get_message(timeout=_KEEPALIVE)
-                if message is None:
-                    if pong_due:
-                        raise TimeoutError("no pong from redis")
-                    async with asyncio.timeout(self._timeout):
-                        await pubsub.ping()
-                    pong_due = True
-                    continue
-                pong_due = False
-                if message["type"] == "subscribe":  # redis-py reconnected under us
-                    self._clear_local()
-                elif message["type"] == "message":
-                    self._on_message(message["data"])
-
-    def _on_message(self, data: bytes) -> None:
-        try:
-            payload = json.loads(data)
-            origin, keys = payload["from"], payload["keys"]
-            if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
-                raise TypeError("keys")
-        except (ValueError, KeyError, TypeError):
-            log.warning("cache.bad_invalidation")
-            self._clear_local()  # unknown keys: the safe answer is to forget everything
-            return
-        if origin != self._id:
-            self._forget(keys)
-
-
-def _jitter(seconds: float) -> float:
-    return seconds * random.uniform(0.9, 1.1)
-
-
-def _ms(seconds: float) -> int:
-    return max(1, round(seconds * 1000))
+        return self._remote is None or self._remote.subscribed.is_set()

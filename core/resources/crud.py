@@ -1,9 +1,10 @@
 """A CRUD engine for AIP-style resources: one resource takes a proto, a table and a mapping.
 
-It owns the parts every resource repeats: names, field masks, etags, request ids, page
-tokens, filters, order, soft delete and purge, outbox events in the same transaction,
-and a read-through cache invalidated after commit. Hot paths use SQLAlchemy Core with
-statements built once, so SQLAlchemy's compiled-statement cache serves every call.
+It does what every resource repeats: names, field masks, etags, soft delete and purge,
+outbox events in the same transaction, and a read-through cache invalidated after commit.
+Request ids (`core.resources.idempotency`) and lists with filters, order and page tokens
+(`core.resources.listing`) are parts of their own that it uses. Hot paths use SQLAlchemy
+Core with statements built once, so SQLAlchemy's compiled-statement cache serves every call.
 
 Usage (see servers/projects for the whole thing)::
 
@@ -17,9 +18,8 @@ Usage (see servers/projects for the whole thing)::
 
 from __future__ import annotations
 
-import json
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar, cast
 
@@ -37,43 +37,16 @@ from core.errors import (
     InvalidArgumentError,
     NotFoundError,
 )
-from core.events.outbox import emit, event_row, insert_with_event, metadata, with_event
+from core.events.outbox import emit, event_row, insert_with_event, with_event
 from core.resources.cache import Cache
-from core.resources.filtering import compile_filter
-from core.resources.idempotency import (
-    check_request_id,
-    claim,
-    fingerprint,
-    forget_expired,
-    recall,
-    record,
-)
-from core.resources.ordering import after, parse_order_by
-from core.resources.pagination import PageTokens, page_size
-from core.resources.resource import (
-    Resource,
-    RowLike,
-    apply_paths,
-    etag_for,
-    mask_paths,
-    timestamp,
-)
+from core.resources.idempotency import RequestIds, check_request_id, forget_expired
+from core.resources.listing import Listing
+from core.resources.resource import Resource, RowLike, apply_paths, etag_for, mask_paths
 from core.resources.validation import id_violations, parse_name
 
 M = TypeVar("M", bound=Message)
-T = TypeVar("T")
 
 MAX_BATCH = 1000
-_secrets = sa.Table(
-    "mesh_secrets",
-    metadata,
-    sa.Column("name", sa.String(100), primary_key=True),
-    sa.Column("value", sa.String(200), nullable=False),
-)
-
-
-class _DuplicateRequestError(Exception):
-    """A concurrent request with the same request id committed first."""
 
 
 class _LostRaceError(Exception):
@@ -96,7 +69,11 @@ class Crud(Generic[M]):
         self._select_for_update = sa.select(table).where(by_id).with_for_update()
         self._insert = table.insert()
         self._insert_with_event = insert_with_event(table)
-        self._tokens: PageTokens | None = None
+        self._message = r.message_of
+        self._listing = Listing(r, database)
+        self._request_ids = RequestIds(
+            database, r.collection, r.message, keep=r.request_id_retention
+        )
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -131,34 +108,14 @@ class Crud(Generic[M]):
     async def list_page(
         self, *, size: int, token: str, filter: str, order_by: str, show_deleted: bool
     ) -> tuple[list[M], str]:
-        limit = page_size(size)
-        order = parse_order_by(order_by or self.resource.default_order, self._order_columns())
-        table = self.resource.table
-        columns = [table.c[self.resource.order_fields[o.field]] for o in order] + [table.c.id]
-        descending = [o.descending for o in order] + [order[-1].descending if order else False]
-        query = json.dumps([filter, [(o.field, o.descending) for o in order], show_deleted])
-        where = self._where(filter, show_deleted)
-        tokens = await self._page_tokens()
-        if token:
-            where.append(after(columns, descending, tokens.decode(token, query)))
-        sort = [c.desc() if d else c.asc() for c, d in zip(columns, descending, strict=True)]
-        statement = sa.select(table).where(*where).order_by(*sort).limit(limit + 1)
-        async with self.db.connect(autocommit=True) as conn:
-            rows = (await conn.execute(statement)).all()
-        page = [self._message(row._mapping) for row in rows[:limit]]
-        if len(rows) <= limit:
-            return page, ""
-        last = rows[limit - 1]._mapping
-        return page, tokens.encode(query, [last[c.name] for c in columns])
+        """One page of resources and the next page's token; see `Listing.page`."""
+        return await self._listing.page(
+            size=size, token=token, filter=filter, order_by=order_by, show_deleted=show_deleted
+        )
 
     async def count(self, *, filter: str, show_deleted: bool) -> int:
-        statement = (
-            sa.select(sa.func.count())
-            .select_from(self.resource.table)
-            .where(*self._where(filter, show_deleted))
-        )
-        async with self.db.connect(autocommit=True) as conn:
-            return int((await conn.execute(statement)).scalar_one())
+        """How many resources match; see `Listing.count`."""
+        return await self._listing.count(filter=filter, show_deleted=show_deleted)
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -177,7 +134,7 @@ class Crud(Generic[M]):
         bad_id = id_violations(resource_id, id_field) if resource_id else []
         resource_id = resource_id or self._new_id()
         self._check(message, bad_id)
-        values = self._new_row(message, resource_id)
+        values = self.resource.new_row(message, resource_id)
         if validate_only:
             if await self._cached(resource_id) is not None:
                 raise self._exists(resource_id)
@@ -193,7 +150,7 @@ class Crud(Generic[M]):
                 raise self._exists(resource_id) from None
             return await self._written(tx, "created", values)
 
-        return await self._idempotent("create", request_id, request, work)
+        return await self._request_ids.run("create", request_id, request, work)
 
     async def _create_at_once(self, values: dict[str, Any]) -> M:
         """The row and its outbox event in one atomic statement: one round trip."""
@@ -243,9 +200,9 @@ class Crud(Generic[M]):
             return await self._save(tx, current, values, "updated")
 
         try:
-            return await self._idempotent("update", request_id, request, work)
+            return await self._request_ids.run("update", request_id, request, work)
         except _LostRaceError:  # the row exists now: this attempt updates it
-            return await self._idempotent("update", request_id, request, work)
+            return await self._request_ids.run("update", request_id, request, work)
 
     async def delete(self, name: str, *, etag: str) -> M:
         return await self._set_deleted(name, etag, deleted=True)
@@ -313,7 +270,7 @@ class Crud(Generic[M]):
 
     async def _upsert(self, tx: Transaction, message: M, resource_id: str) -> M:
         self._check(message)
-        values = self._new_row(message, resource_id)
+        values = self.resource.new_row(message, resource_id)
         try:
             await tx.conn.execute(self._insert, values)
         except IntegrityError:
@@ -358,53 +315,6 @@ class Crud(Generic[M]):
             "data": message,
         }
 
-    def _new_row(self, message: M, resource_id: str) -> dict[str, Any]:
-        """The column values of a resource created now from `message`."""
-        now = datetime.now(UTC)
-        return {
-            **self.resource.to_columns(message),
-            "id": resource_id,
-            "revision": 1,
-            "create_time": now,
-            "update_time": now,
-            "delete_time": None,
-            "purge_time": None,
-        }
-
-    async def _idempotent(
-        self,
-        method: str,
-        request_id: str,
-        request: Message,
-        work: Callable[[Transaction], Awaitable[M]],
-    ) -> M:
-        """Runs `work` once per request id; a retry gets the response of the first run."""
-        if not request_id:
-            return await self.db.run(work)
-        request_id = check_request_id(request_id)
-        digest = fingerprint(f"{self.resource.collection}.{method}", request, request_id)
-        message_type = self.resource.message
-
-        async def once(tx: Transaction) -> M:
-            stored = await recall(tx.conn, request_id, method, digest)
-            if stored is not None:
-                return message_type.FromString(stored)
-            try:
-                await claim(tx, request_id, method, digest, self.resource.request_id_retention)
-            except IntegrityError:
-                raise _DuplicateRequestError from None
-            result = await work(tx)
-            await record(tx, request_id, result)
-            return result
-
-        try:
-            return await self.db.run(once)
-        except _DuplicateRequestError:
-            async with self.db.connect(autocommit=True) as conn:
-                stored = await recall(conn, request_id, method, digest)
-            assert stored is not None  # the other request committed its record
-            return message_type.FromString(stored)
-
     async def _cached(self, resource_id: str) -> bytes | None:
         if self.cache is None:
             return await self._load(resource_id)
@@ -417,40 +327,6 @@ class Crud(Generic[M]):
     async def _read(self, resource_id: str) -> M | None:
         row = await self.db.fetch_one(self._select_one, {"id": resource_id})
         return None if row is None else self._message(row)
-
-    def _message(self, row: RowLike) -> M:
-        r = self.resource
-        message = r.to_message(row)
-        m = cast(Any, message)
-        m.name = f"{r.collection}/{row['id']}"
-        m.etag = etag_for(row["id"], row["revision"])
-        for name in ("create_time", "update_time", "delete_time", "purge_time"):
-            ts = timestamp(row[name])
-            if ts is not None:
-                getattr(m, name).CopyFrom(ts)
-        if "state" in message.DESCRIPTOR.fields_by_name:
-            m.state = m.State.Value("STATE_DELETED" if row["delete_time"] else "STATE_ACTIVE")
-        return message
-
-    def _where(self, filter: str, show_deleted: bool) -> list[sa.ColumnElement[bool]]:
-        where = []
-        if filter:
-            where.append(compile_filter(filter, self.resource.filter_fields))
-        if not show_deleted:
-            where.append(self.resource.table.c.delete_time.is_(None))
-        return where
-
-    def _order_columns(self) -> dict[str, sa.ColumnElement[Any]]:
-        table = self.resource.table
-        return {name: table.c[column] for name, column in self.resource.order_fields.items()}
-
-    async def _page_tokens(self) -> PageTokens:
-        if self._tokens is None:
-            async with self.db.connect(autocommit=True) as conn:
-                query = sa.select(_secrets.c.value).where(_secrets.c.name == "page_token")
-                secret = (await conn.execute(query)).scalar_one()
-            self._tokens = PageTokens(bytes.fromhex(secret))
-        return self._tokens
 
     def _check(self, message: M, violations: Sequence[FieldViolation] = ()) -> None:
         """Raises one INVALID_ARGUMENT listing every bad field of the request."""

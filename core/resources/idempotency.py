@@ -3,20 +3,27 @@
 The id is recorded in the same transaction as the write it guards, so a write and its
 record commit together or not at all. A concurrent duplicate blocks on the primary key
 until the first commits, then fails and reads the stored response.
+
+Usage::
+
+    request_ids = RequestIds(database, "projects", Project, keep=timedelta(days=1))
+    project = await request_ids.run("create", request.request_id, request, insert_project)
 """
 
 from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any, Generic, TypeVar, cast
 
 import sqlalchemy as sa
 from google.protobuf.message import Message
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from core.data.database import Transaction
+from core.data.database import Database, Transaction
 from core.errors import FieldViolation, InvalidArgumentError
 from core.events.outbox import metadata
 
@@ -30,6 +37,8 @@ request_ids = sa.Table(
     sa.Column("response", sa.LargeBinary(), nullable=False),
     sa.Column("expire_time", sa.DateTime(timezone=True), nullable=False),
 )
+
+M = TypeVar("M", bound=Message)
 
 _LOOKUP = sa.select(request_ids.c.method, request_ids.c.request_hash, request_ids.c.response).where(
     request_ids.c.request_id == sa.bindparam("request_id")
@@ -117,3 +126,66 @@ async def forget_expired(tx: Transaction, batch: int = 5000) -> int:
         request_ids.delete().where(request_ids.c.request_id.in_(due.scalar_subquery()))
     )
     return int(result.rowcount)
+
+
+class _DuplicateRequestError(Exception):
+    """A concurrent request with the same request id committed first."""
+
+
+class RequestIds(Generic[M]):
+    """Runs the writes of one resource once per request id.
+
+    Args:
+        database: Where ids are recorded, in the transaction of the write they guard.
+        scope: Names the resource in a request's fingerprint, e.g. "projects".
+        response: The message type a write returns, stored for retries.
+        keep: How long an id is remembered after its first use.
+    """
+
+    def __init__(
+        self, database: Database, scope: str, response: type[M], *, keep: timedelta
+    ) -> None:
+        self._db = database
+        self._scope = scope
+        self._response = response
+        self._keep = keep
+
+    async def run(
+        self,
+        method: str,
+        request_id: str,
+        request: Message,
+        work: Callable[[Transaction], Awaitable[M]],
+    ) -> M:
+        """Runs `work` in a transaction once per request id; a retry gets the first response.
+
+        Without a request id, `work` simply runs in a transaction.
+
+        Raises:
+            InvalidArgumentError: the id is not a UUID, or was used for another request.
+        """
+        if not request_id:
+            return await self._db.run(work)
+        request_id = check_request_id(request_id)
+        digest = fingerprint(f"{self._scope}.{method}", request, request_id)
+        response_type = self._response
+
+        async def once(tx: Transaction) -> M:
+            stored = await recall(tx.conn, request_id, method, digest)
+            if stored is not None:
+                return response_type.FromString(stored)
+            try:
+                await claim(tx, request_id, method, digest, self._keep)
+            except IntegrityError:
+                raise _DuplicateRequestError from None
+            result = await work(tx)
+            await record(tx, request_id, result)
+            return result
+
+        try:
+            return await self._db.run(once)
+        except _DuplicateRequestError:
+            async with self._db.connect(autocommit=True) as conn:
+                stored = await recall(conn, request_id, method, digest)
+            assert stored is not None  # the other request committed its record
+            return response_type.FromString(stored)

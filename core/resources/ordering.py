@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 import sqlalchemy as sa
 from sqlalchemy.sql.elements import ColumnElement, UnaryExpression
 
-from core.resources.filtering import _raise, _show
+from core.resources.syntax import fail_at, quote
 
 MAX_ORDER_BY_LENGTH = 1000
 
@@ -94,22 +94,22 @@ def _sort_key(
     if not words:
         _fail(offset + len(segment), "expected a field name")
     if len(words) > 2:
-        _fail(offset + words[2].start(), f"unexpected {_show(words[2].group())}")
+        _fail(offset + words[2].start(), f"unexpected {quote(words[2].group())}")
     name = words[0].group()
     if name not in allowed:
-        _fail(offset + words[0].start(), f"unknown field {_show(name)}")
+        _fail(offset + words[0].start(), f"unknown field {quote(name)}")
     if name in seen:
-        _fail(offset + words[0].start(), f"field {_show(name)} appears twice")
+        _fail(offset + words[0].start(), f"field {quote(name)} appears twice")
     direction = words[1].group().lower() if len(words) == 2 else "asc"
     if direction not in ("asc", "desc"):
-        detail = f"invalid direction {_show(words[1].group())}, expected 'asc' or 'desc'"
+        detail = f"invalid direction {quote(words[1].group())}, expected 'asc' or 'desc'"
         _fail(offset + words[1].start(), detail)
     return SortKey(name, direction == "desc")
 
 
 def _fail(index: int, detail: str) -> NoReturn:
     """Raises INVALID_ORDER_BY for the 0-based `index` (reported 1-based)."""
-    _raise("order_by", "INVALID_ORDER_BY", index, detail)
+    fail_at("order_by", "INVALID_ORDER_BY", index, detail)
 
 
 def after(

@@ -1,5 +1,5 @@
 """What a CRUD resource is (`Resource`), and the AIP plumbing every one shares: names,
-etags, field masks and timestamps."""
+etags, field masks, timestamps, and the standard columns and fields of every row and message."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import hashlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import sqlalchemy as sa
 from google.protobuf.field_mask_pb2 import FieldMask
@@ -130,3 +130,30 @@ class Resource(Generic[M]):
     purge_after: timedelta = timedelta(days=30)
     request_id_retention: timedelta = timedelta(days=1)
     output_only: tuple[str, ...] = field(default=OUTPUT_ONLY)
+
+    def message_of(self, row: RowLike) -> M:
+        """The message of a row: `to_message`, then name, etag, the timestamps and state."""
+        message = self.to_message(row)
+        m = cast(Any, message)
+        m.name = f"{self.collection}/{row['id']}"
+        m.etag = etag_for(row["id"], row["revision"])
+        for name in ("create_time", "update_time", "delete_time", "purge_time"):
+            ts = timestamp(row[name])
+            if ts is not None:
+                getattr(m, name).CopyFrom(ts)
+        if "state" in message.DESCRIPTOR.fields_by_name:
+            m.state = m.State.Value("STATE_DELETED" if row["delete_time"] else "STATE_ACTIVE")
+        return message
+
+    def new_row(self, message: M, resource_id: str) -> dict[str, Any]:
+        """The column values of a resource created now from `message`."""
+        now = datetime.now(UTC)
+        return {
+            **self.to_columns(message),
+            "id": resource_id,
+            "revision": 1,
+            "create_time": now,
+            "update_time": now,
+            "delete_time": None,
+            "purge_time": None,
+        }

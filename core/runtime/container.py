@@ -24,6 +24,7 @@ from core.config import StartPolicy
 from core.runtime.health import Health, HealthState
 from core.runtime.lifecycle import Component, FatalStartError, Lifecycle, Status, Transition
 from core.runtime.monitor import ChangeFeed, HealthMonitor
+from core.runtime.tasks import BackgroundTask
 
 log = structlog.get_logger()
 
@@ -86,7 +87,7 @@ class Container:
         self.monitor = HealthMonitor(health_interval, health_timeout, self.changes.notify)
         self._components: dict[str, Component] = {}
         self._levels: list[list[Component]] = []
-        self._monitor_task: asyncio.Task[None] | None = None
+        self._monitoring = BackgroundTask("health-monitor")
         self.lifecycle.observe(lambda _: self.changes.notify())
 
     # -- registry -------------------------------------------------------------------------
@@ -192,9 +193,8 @@ class Container:
                 raise StartError(cause) from exc
             raise
         await self.lifecycle.move(Status.RUNNING, "all components running")
-        self._monitor_task = asyncio.create_task(
-            self.monitor.run(self.components), name="health-monitor"
-        )
+        components = self.components
+        self._monitoring.repeat(lambda: self.monitor.check(components), every=self.monitor.interval)
 
     async def stop(self, cause: str = "stop requested") -> None:
         """Stops every level in reverse order; keeps going past failures and reports them all.
@@ -205,10 +205,7 @@ class Container:
         if self.lifecycle.status is not Status.RUNNING:
             return
         await self.lifecycle.move(Status.STOPPING, cause)
-        if self._monitor_task is not None:
-            self._monitor_task.cancel()
-            await asyncio.gather(self._monitor_task, return_exceptions=True)
-            self._monitor_task = None
+        await self._monitoring.stop()
         failures = await self._stop_levels()
         if failures:
             await self.lifecycle.move(Status.ERROR, "stop failed: " + "; ".join(failures))

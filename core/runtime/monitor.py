@@ -1,7 +1,8 @@
-"""Runs component health checks in the background and keeps their results and history.
+"""Runs component health checks and keeps their results and history.
 
-Checks run at an interval, each bounded by a timeout (a check that hangs is UNHEALTHY,
-not a hang); readers get the cached result of the last run.
+The container repeats `HealthMonitor.check` at the interval in a background task; each
+check is bounded by a timeout (a check that hangs is UNHEALTHY, not a hang), and readers
+get the cached result of the last run.
 """
 
 from __future__ import annotations
@@ -101,12 +102,6 @@ class HealthMonitor:
         for component, health in zip(running, results, strict=True):
             if component.status is Status.RUNNING:  # it may have stopped meanwhile
                 self.record(component.name, health)
-
-    async def run(self, components: Sequence[Component]) -> None:
-        """Checks forever at the interval; the container owns and cancels this task."""
-        while True:
-            await self.check(components)
-            await asyncio.sleep(self.interval)
 
     async def _check_one(self, component: Component) -> Health:
         deadline = asyncio.timeout(self.timeout)

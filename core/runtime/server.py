@@ -30,6 +30,7 @@ from core.runtime.container import Container, StartError, StopError
 from core.runtime.health_service import HealthPublisher, HealthServicer
 from core.runtime.lifecycle import Component, FatalStartError
 from core.runtime.reflection import enable_reflection
+from core.runtime.tasks import BackgroundTask, cancel_and_wait
 
 log = structlog.get_logger()
 
@@ -104,7 +105,7 @@ class GrpcServer(Component):
         ]
         self._tls = tls or TlsSettings()
         self._server: grpc.aio.Server | None = None
-        self._publishing: asyncio.Task[None] | None = None
+        self._publishing = BackgroundTask("health-publisher")
 
     @classmethod
     def for_container(
@@ -155,7 +156,7 @@ class GrpcServer(Component):
             await server.stop(None)  # free the port, or a retry would find it taken
             self._server = None
             raise
-        self._publishing = asyncio.create_task(self._publisher.run(), name="health-publisher")
+        self._publishing.start(self._publisher.run())
         host = self.address.rpartition(":")[0]
         log.info(
             "server.listening",
@@ -166,9 +167,7 @@ class GrpcServer(Component):
 
     async def stop(self) -> None:
         """Readiness NOT_SERVING and Watch streams ended first, then in-flight calls drain."""
-        if self._publishing is not None:
-            self._publishing.cancel()
-            await asyncio.gather(self._publishing, return_exceptions=True)
+        await self._publishing.stop()
         await self.health.close()
         for service in self.services:
             if service.closing is not None:
@@ -209,15 +208,13 @@ async def _run(container: Container, stop_requested: asyncio.Event) -> int:
     waiting = asyncio.create_task(stop_requested.wait(), name="stop-signal")
     await asyncio.wait({starting, waiting}, return_when=asyncio.FIRST_COMPLETED)
     if not starting.done():  # a signal arrived while starting: undo the start and leave
-        starting.cancel()
-        await asyncio.gather(starting, return_exceptions=True)
+        await cancel_and_wait(starting)
         log.info("shutdown.finished", during="start")
         return 0
     try:
         starting.result()
     except StartError as exc:
-        waiting.cancel()
-        await asyncio.gather(waiting, return_exceptions=True)
+        await cancel_and_wait(waiting)
         log.error("service.start_failed", cause=str(exc))
         return 1
     # Everything allocated at start lives for the whole run: keep the garbage collector

@@ -61,11 +61,16 @@ class BackgroundTask:
         return self._task is not None and not self._task.done()
 
     def start(self, loop: Coroutine[Any, Any, None]) -> None:
-        """Runs `loop` in a task of its own until `stop`."""
+        """Runs `loop` in a task of its own until `stop`.
+
+        Should `loop` end with an exception, it is logged at once with its traceback and
+        kept in `last_error`, rather than found (and dropped) only at `stop`.
+        """
         if self._task is not None:
             loop.close()
             raise RuntimeError(f"background task {self.name!r} is already started")
         self._task = asyncio.create_task(loop, name=self.name)
+        self._task.add_done_callback(self._ended)
 
     def repeat(self, step: Callable[[], Awaitable[object]], *, every: float) -> None:
         """Runs `step` now and then `every` seconds after each run ends, until `stop`.
@@ -80,6 +85,14 @@ class BackgroundTask:
         task, self._task = self._task, None
         if task is not None:
             await cancel_and_wait(task)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None:
+            self.last_error = type(error).__name__
+            log.error("task.failed", task=self.name, exc_info=error)
 
     async def _repeat(self, step: Callable[[], Awaitable[object]], every: float) -> None:
         while True:

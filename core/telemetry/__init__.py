@@ -7,7 +7,8 @@ durations, cache, pool and circuit breaker numbers, served as Prometheus text on
 `metrics_address` when it is set and summarised by the admin service.
 
 `calls` holds what runs on every call (core.runtime.boundary, the clients): spans and the
-duration histograms, each behind a plain flag check. `providers` sets up the SDK.
+duration histograms, each behind a plain flag check. `providers` sets up the SDK, with
+the switchable sampler and span processor and the library instrumentation of `tracing`.
 
 Usage::
 

@@ -1,21 +1,19 @@
 """The process's OpenTelemetry SDK set-up: providers, exporters, the metric reader.
 
 The providers are made once per process and installed as the OpenTelemetry globals;
-each `configure_telemetry` switches their sampler, span processor and metric reader,
+each `configure_telemetry` switches their sampler, span processor and metric reader
+(the switching parts and the library instrumentation are in `core.telemetry.tracing`),
 then turns the per-call paths of `core.telemetry.calls` on or off.
 """
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
-from collections.abc import Sequence
 from typing import Any
 
 import structlog
 from opentelemetry import metrics, trace
-from opentelemetry.context import Context
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
     MetricReader,
@@ -24,27 +22,20 @@ from opentelemetry.sdk.metrics.export import (
     ScopeMetrics,
 )
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import (
-    BatchSpanProcessor,
-    ConsoleSpanExporter,
-    SimpleSpanProcessor,
-    SpanExporter,
-)
-from opentelemetry.sdk.trace.sampling import (
-    ALWAYS_OFF,
-    Decision,
-    ParentBased,
-    Sampler,
-    SamplingResult,
-    TraceIdRatioBased,
-)
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRatioBased
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import SpanKind
-from opentelemetry.util.types import Attributes
 
 from core.config import TelemetrySettings
 from core.telemetry.calls import CLIENT_DURATIONS, SERVER_DURATIONS, active
+from core.telemetry.tracing import (
+    InsideTraces,
+    SwitchedProcessor,
+    SwitchedSampler,
+    instrument_libraries,
+    traces_exporter,
+)
 
 log = structlog.get_logger()
 
@@ -163,83 +154,6 @@ def _with_durations(data: MetricsData | None) -> MetricsData | None:
     return MetricsData([resource, *rest])
 
 
-class _SwitchedSampler(Sampler):
-    """Delegates to `inner`, the sampler of the current configuration (the SDK fixes its
-    own for the provider's life)."""
-
-    def __init__(self, inner: Sampler = ALWAYS_OFF) -> None:
-        self.inner = inner
-
-    def should_sample(
-        self,
-        parent_context: Context | None,
-        trace_id: int,
-        name: str,
-        kind: SpanKind | None = None,
-        attributes: Attributes = None,
-        links: Sequence[trace.Link] | None = None,
-        trace_state: trace.TraceState | None = None,
-    ) -> SamplingResult:
-        return self.inner.should_sample(
-            parent_context, trace_id, name, kind, attributes, links, trace_state
-        )
-
-    def get_description(self) -> str:
-        return self.inner.get_description()
-
-
-class _InsideTraces(_SwitchedSampler):
-    """Samples a library's span (an SQL statement, a Redis command) only inside a trace.
-
-    Background work that no call started (the outbox relay polling, the purger, health
-    checks of a database) would otherwise make a trace of one span per statement, every
-    second, burying the traces of calls.
-    """
-
-    def should_sample(
-        self,
-        parent_context: Context | None,
-        trace_id: int,
-        name: str,
-        kind: SpanKind | None = None,
-        attributes: Attributes = None,
-        links: Sequence[trace.Link] | None = None,
-        trace_state: trace.TraceState | None = None,
-    ) -> SamplingResult:
-        if not trace.get_current_span(parent_context).get_span_context().is_valid:
-            return SamplingResult(Decision.DROP)
-        return super().should_sample(
-            parent_context, trace_id, name, kind, attributes, links, trace_state
-        )
-
-    def get_description(self) -> str:
-        return f"InsideTraces{{{self.inner.get_description()}}}"
-
-
-class _SwitchedProcessor(SpanProcessor):
-    """Delegates to the span processor of the current configuration, if any."""
-
-    def __init__(self) -> None:
-        self.inner: SpanProcessor | None = None
-
-    def on_start(self, span: Any, parent_context: Context | None = None) -> None:
-        inner = self.inner
-        if inner is not None:
-            inner.on_start(span, parent_context)
-
-    def on_end(self, span: ReadableSpan) -> None:
-        inner = self.inner
-        if inner is not None:
-            inner.on_end(span)
-
-    def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        return True if self.inner is None else self.inner.force_flush(timeout_millis)
-
-    def shutdown(self) -> None:
-        if self.inner is not None:
-            self.inner.shutdown()
-
-
 class _Process:
     """The process's SDK providers: made on first use, installed as the OpenTelemetry
     globals, kept for the process's life. Each configuration switches what they do."""
@@ -249,22 +163,22 @@ class _Process:
         self.current: Telemetry | None = None
         self.resource: Resource | None = None
         self.tracer_provider: TracerProvider | None = None
-        self.library_provider: TracerProvider | None = None  # see _InsideTraces
+        self.library_provider: TracerProvider | None = None  # see InsideTraces
         self.meter_provider: MeterProvider | None = None
-        self.sampler = _SwitchedSampler()
-        self.processor = _SwitchedProcessor()
+        self.sampler = SwitchedSampler()
+        self.processor = SwitchedProcessor()
 
     def switch_on(self, telemetry: Telemetry, span_exporter: SpanExporter | None) -> None:
         settings = telemetry.settings
         if telemetry.tracing:
             provider = self._tracer_provider()
             self.processor.inner = (
-                BatchSpanProcessor(_exporter(settings.traces_exporter))
+                BatchSpanProcessor(traces_exporter(settings.traces_exporter))
                 if span_exporter is None
                 else SimpleSpanProcessor(span_exporter)
             )
             self.sampler.inner = ParentBased(TraceIdRatioBased(settings.sample_ratio))
-            _instrument_libraries(self._library_provider())
+            instrument_libraries(self._library_provider())
             active.tracer = provider.get_tracer("core.runtime.boundary")
         if telemetry._reader is not None:
             self._meter_provider().add_metric_reader(telemetry._reader)
@@ -304,7 +218,7 @@ class _Process:
     def _library_provider(self) -> TracerProvider:
         if self.library_provider is None:
             provider = TracerProvider(
-                sampler=_InsideTraces(self.sampler),
+                sampler=InsideTraces(self.sampler),
                 resource=self.resource,
                 shutdown_on_exit=False,
             )
@@ -384,38 +298,3 @@ def configure_telemetry(
         metrics_address=settings.metrics_address or None,
     )
     return telemetry
-
-
-def _exporter(name: str) -> SpanExporter:
-    if name == "console":  # JSON per span on stdout (logs are on stderr)
-        return ConsoleSpanExporter(out=sys.stdout)  # the default is bound at import
-    if name == "otlp":  # reads OTEL_EXPORTER_OTLP_ENDPOINT, _HEADERS, _INSECURE, ...
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-
-        return OTLPSpanExporter()
-    raise ValueError(f"unknown traces exporter {name!r}")
-
-
-def _instrument_libraries(provider: TracerProvider) -> None:
-    """Spans for SQL statements (SQLAlchemy, and asyncpg for core.data.statements's direct ones) and
-    Redis commands. Imported only once tracing is on, as they patch their libraries; left
-    in place after (tests that turn tracing off): the sampler then drops their spans."""
-    from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
-    from opentelemetry.instrumentation.redis import RedisInstrumentor
-    from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
-
-    # AsyncPGInstrumentor's __init__ carries no annotations.
-    asyncpg = AsyncPGInstrumentor()  # type: ignore[no-untyped-call]
-    for instrumentor in (SQLAlchemyInstrumentor(), asyncpg, RedisInstrumentor()):
-        if not instrumentor.is_instrumented_by_opentelemetry:
-            # 0.66b1 declares SQLAlchemy < 2.1 but works with 2.1, which we pin: its event
-            # hooks are unchanged (tests/integration/test_telemetry.py checks the spans).
-            instrumentor.instrument(tracer_provider=provider, skip_dep_check=True)
-    # SQLAlchemy's asyncpg dialect runs its statements as prepared statements, which its
-    # own instrumentation already traces: only core.data.statements's direct calls (on the
-    # Connection) need asyncpg's, or every SQLAlchemy statement would get two spans.
-    from asyncpg.prepared_stmt import PreparedStatement
-    from opentelemetry.instrumentation.utils import unwrap
-
-    for method in ("fetch", "fetchval", "fetchrow", "executemany", "fetchmany"):
-        unwrap(PreparedStatement, method)

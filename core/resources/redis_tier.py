@@ -1,0 +1,301 @@
+"""The shared tier of `core.resources.cache`: Redis, with tombstones, owed invalidations and
+the listener that hears other processes' invalidations.
+
+Every operation is bounded by a timeout; after a failure Redis is left alone for a backoff
+and callers fall back (a read is a miss, a write is skipped). An invalidation Redis did not
+confirm is owed: retried before the next read of Redis, and until then the key is not read
+there. The listener reconnects with backoff; while it is not subscribed, other processes'
+invalidations go unheard, so the cache must not trust its local copies.
+
+Usage (the cache does this)::
+
+    tier = RedisTier("redis://127.0.0.1:6379/0", ttl=300.0, on_reset=local.clear,
+                     on_invalidated=forget)
+    await tier.start()
+    found, value = await tier.read("projects/p1")
+    await tier.invalidate(["projects/p1"])
+    await tier.stop()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TypeVar
+
+import structlog
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from core.runtime.tasks import BackgroundTask
+
+log = structlog.get_logger()
+
+T = TypeVar("T")
+
+# Redis values carry a one-byte tag, so a cached None and a tombstone differ from any bytes.
+_VALUE, _NONE, _TOMBSTONE = b"v", b"n", b"t"
+_REDIS_ERRORS = (RedisError, OSError, TimeoutError)
+_KEEPALIVE = 5.0  # the listener pings after this much silence; no pong in as long: reconnect
+_MIN_RECONNECT = 0.05
+_MAX_PENDING = 1_000  # invalidations kept for retry while Redis is unreachable
+
+
+class _UnavailableError(Exception):
+    """Redis is backing off or the operation just failed; the caller falls back."""
+
+
+class RedisTier:
+    """Values in Redis shared by every process, and the invalidations between them.
+
+    Args:
+        url: For example "redis://127.0.0.1:6379/0".
+        ttl: Seconds a value lives in the cache: how long Redis is not trusted after too
+            many invalidations were owed to remember.
+        tombstone_ttl: Seconds an invalidated key refuses fills.
+        timeout: Bound on each Redis operation.
+        backoff: Seconds Redis is left alone after a failure, and the cap on the
+            listener's reconnect delay.
+        channel: Pub/sub channel carrying invalidations.
+        prefix: Prefix of every Redis key.
+        on_reset: Called when invalidations may have been missed: forget every local copy.
+        on_invalidated: Called with the keys another process invalidated.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        ttl: float,
+        tombstone_ttl: float,
+        timeout: float,
+        backoff: float,
+        channel: str,
+        prefix: str,
+        on_reset: Callable[[], None],
+        on_invalidated: Callable[[list[str]], None],
+    ) -> None:
+        self._url = url
+        self._ttl, self._tombstone_ttl = ttl, tombstone_ttl
+        self._timeout, self._backoff = timeout, backoff
+        self._channel, self._prefix = channel, prefix
+        self._on_reset, self._on_invalidated = on_reset, on_invalidated
+        self._id = uuid.uuid4().hex  # lets the listener skip this instance's own messages
+        self._pending: set[str] = set()
+        self._client: Redis | None = None
+        self._listener = BackgroundTask("cache-invalidations")
+        self.subscribed = asyncio.Event()
+        """Set while the listener hears invalidations: only then are local copies safe."""
+        self.errors = 0  # Redis failures since construction
+        self._down_until = 0.0
+        self._bypass_until = 0.0
+        self._ok = True
+        self._last_error = "not connected"
+
+    async def start(self) -> None:
+        """Connects and starts the listener. An unreachable Redis is no error: it is retried."""
+        # No retries inside redis-py: our backoff decides, and a hidden reconnect would
+        # resubscribe the listener without telling us that messages were lost.
+        self._client = Redis.from_url(
+            self._url, socket_connect_timeout=self._timeout, retry=Retry(NoBackoff(), 0)
+        )
+        self._listener.start(self._listen())
+        try:
+            with contextlib.suppress(_UnavailableError, TimeoutError):
+                await self._call(lambda r: r.ping(), force=True)  # down: start, degraded
+                async with asyncio.timeout(4 * self._timeout):  # up: healthy at once
+                    await self.subscribed.wait()
+        except BaseException:  # cancelled while starting: leave nothing running
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        """Cancels the listener and waits for it, then closes the client."""
+        try:
+            await self._listener.stop()
+        finally:
+            self.subscribed.clear()
+            if self._client is not None:
+                client, self._client = self._client, None
+                await client.aclose()
+
+    async def problem(self) -> str:
+        """Why the tier is not working fully, or "" when it is (then owed keys are sent)."""
+        try:
+            await self._call(lambda r: r.ping(), force=True)
+        except _UnavailableError:
+            return f"redis unreachable: {self._last_error}"
+        if not self.subscribed.is_set():
+            return "invalidation listener reconnecting"
+        await self.flush_pending()
+        return ""
+
+    # Races in Redis: invalidate() overwrites each key with a tombstone (SET PX, no NX) and
+    # fills use SET NX, so a fill that read the database before the commit cannot replace
+    # the tombstone, however the two interleave. A tombstone reads as a miss. We chose
+    # tombstones over a generation counter: one key per resource, one round trip per fill,
+    # nothing left behind once they expire.
+    async def read(self, key: str) -> tuple[bool, bytes | None]:
+        """(True, value) when Redis holds a value for `key` (None: "no such resource")."""
+        if not self._trusted(key):
+            return False, None
+        try:
+            raw = await self._call(lambda r: r.get(self._prefix + key))
+        except _UnavailableError:
+            return False, None
+        if not isinstance(raw, bytes) or raw[:1] not in (_VALUE, _NONE):
+            return False, None  # absent, tombstoned or not ours: load from the source
+        return True, (raw[1:] if raw[:1] == _VALUE else None)
+
+    async def write(self, key: str, value: bytes | None, ttl: float) -> None:
+        """Fills `key` for `ttl` seconds unless it holds a value or a tombstone already."""
+        if not self._trusted(key):
+            return
+        raw = _NONE if value is None else _VALUE + value
+        with contextlib.suppress(_UnavailableError):
+            await self._call(lambda r: r.set(self._prefix + key, raw, nx=True, px=_ms(ttl)))
+
+    async def invalidate(self, keys: Iterable[str]) -> None:
+        """Tombstones `keys` and announces them; what Redis does not confirm stays owed."""
+        batch = list(keys)
+        if len(self._pending) + len(batch) > _MAX_PENDING:
+            # Too many owed invalidations to remember: stop trusting Redis until every
+            # value written before now has expired there.
+            self._bypass_until = time.monotonic() + self._ttl * 1.1
+            self._pending.clear()
+            log.error("cache.pending_overflow", bypass_s=round(self._ttl * 1.1))
+        else:
+            # Owed until Redis confirms: a failed or cancelled send leaves them owed, and
+            # reads do not trust Redis for owed keys.
+            self._pending.update(batch)
+        if await self._send_invalidations(batch):
+            self._pending.difference_update(batch)
+
+    async def flush_pending(self) -> None:
+        """Sends the invalidations still owed; they stay owed if Redis fails again."""
+        if self._pending:
+            keys, self._pending = self._pending, set()
+            if not await self._send_invalidations(keys):
+                self._pending |= keys
+
+    async def _send_invalidations(self, keys: Iterable[str]) -> bool:
+        """Tombstones `keys` and announces them in one round trip; False if Redis failed."""
+        batch = list(keys)
+
+        async def send(r: Redis) -> None:
+            async with r.pipeline(transaction=False) as pipe:
+                for key in batch:
+                    pipe.set(self._prefix + key, _TOMBSTONE, px=_ms(self._tombstone_ttl))
+                pipe.publish(self._channel, json.dumps({"from": self._id, "keys": batch}))
+                await pipe.execute()
+
+        try:
+            await self._call(send)
+        except _UnavailableError:
+            return False
+        return True
+
+    def _trusted(self, key: str) -> bool:
+        """Redis may hold a value we owe an invalidation for: then it is not to be read."""
+        return key not in self._pending and time.monotonic() >= self._bypass_until
+
+    async def _call(self, op: Callable[[Redis], Awaitable[T]], *, force: bool = False) -> T:
+        """Runs `op` within the timeout; raises _UnavailableError on failure or in backoff."""
+        client = self._client
+        if client is None or (not force and time.monotonic() < self._down_until):
+            raise _UnavailableError
+        try:
+            async with asyncio.timeout(self._timeout):
+                result = await op(client)
+        except _REDIS_ERRORS as exc:
+            self._mark_down(exc)
+            raise _UnavailableError from exc
+        self._mark_up()
+        return result
+
+    def _mark_down(self, exc: BaseException) -> None:
+        self.errors += 1
+        self._down_until = time.monotonic() + self._backoff
+        self._last_error = type(exc).__name__
+        if self._ok:
+            self._ok = False
+            log.warning("cache.redis_unreachable", error=self._last_error)
+
+    def _mark_up(self) -> None:
+        self._down_until = 0.0
+        if not self._ok:
+            self._ok = True
+            log.info("cache.redis_reachable")
+
+    # -- invalidation listener ------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        """Reconnects with backoff until `stop` cancels it."""
+        delay = _MIN_RECONNECT
+        while True:
+            try:
+                await self._listen_once()
+            except _REDIS_ERRORS as exc:
+                self._mark_down(exc)
+            except Exception:
+                log.exception("cache.listener_failed")
+            if self.subscribed.is_set():
+                self.subscribed.clear()
+                self._on_reset()  # from now until resubscribed, other writers go unheard
+                delay = _MIN_RECONNECT
+            await asyncio.sleep(random.uniform(delay / 2, delay))
+            delay = min(delay * 2, self._backoff)
+
+    async def _listen_once(self) -> None:
+        assert self._client is not None
+        async with self._client.pubsub() as pubsub:
+            async with asyncio.timeout(4 * self._timeout):
+                await pubsub.subscribe(self._channel)
+                confirmed = None
+                while confirmed is None or confirmed["type"] != "subscribe":
+                    confirmed = await pubsub.get_message(timeout=self._timeout)
+            # Invalidations sent while we were not subscribed are lost: start from empty.
+            self._on_reset()
+            self.subscribed.set()
+            self._mark_up()
+            log.info("cache.listener_subscribed", channel=self._channel)
+            await self.flush_pending()
+            pong_due = False
+            while True:
+                message = await pubsub.get_message(timeout=_KEEPALIVE)
+                if message is None:
+                    if pong_due:
+                        raise TimeoutError("no pong from redis")
+                    async with asyncio.timeout(self._timeout):
+                        await pubsub.ping()
+                    pong_due = True
+                    continue
+                pong_due = False
+                if message["type"] == "subscribe":  # redis-py reconnected under us
+                    self._on_reset()
+                elif message["type"] == "message":
+                    self._on_message(message["data"])
+
+    def _on_message(self, data: bytes) -> None:
+        try:
+            payload = json.loads(data)
+            origin, keys = payload["from"], payload["keys"]
+            if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+                raise TypeError("keys")
+        except (ValueError, KeyError, TypeError):
+            log.warning("cache.bad_invalidation")
+            self._on_reset()  # unknown keys: the safe answer is to forget everything
+            return
+        if origin != self._id:
+            self._on_invalidated(keys)
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
