@@ -21,9 +21,9 @@ import sqlalchemy as sa
 from google.protobuf.message import Message
 
 from core.data.database import Database
+from core.data.pagination import PageTokens, page_size
 from core.resources.filtering import compile_filter
 from core.resources.ordering import after, parse_order_by
-from core.resources.pagination import PageTokens, page_size
 from core.resources.resource import Resource
 from core.resources.shared_secrets import PAGE_TOKEN, read_secret
 
