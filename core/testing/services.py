@@ -101,9 +101,10 @@ class Running:
         from core.events.model import Event, Selector  # loads the events contract: on use
 
         selector = Selector.parse([type], subject)
+        deadline = asyncio.timeout(timeout)
         try:
             async with (
-                asyncio.timeout(timeout),
+                deadline,
                 aclosing(self._bus().subscribe(selector, self._events_after)) as feed,
             ):
                 async for item in feed:
@@ -111,6 +112,8 @@ class Running:
                         self._events_seen.add(item.id)
                         return item
         except TimeoutError:
+            if not deadline.expired():  # the store's own, not our bound
+                raise
             about = f"{type!r}" + (f" about {subject!r}" if subject else "")
             raise TimeoutError(f"no event {about} within {timeout:g}s") from None
         raise AssertionError("an event subscription ended")  # it only ends by raising
