@@ -1,0 +1,244 @@
+"""`mesh events ...`: the events service from the command line, JSON in and out.
+
+mesh events publish --type T --source S [--subject S] [--data JSON] [--id ID]
+mesh events subscribe [--type PATTERN ...] [--from-beginning | --after POS] [--group G --ack]
+mesh events status ID
+mesh events history [--type PATTERN ...] [--since TIME] [--until TIME]
+mesh events dead-letters GROUP [--replay [ID ...]]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import sys
+from datetime import datetime
+from typing import Any
+
+from google.protobuf import descriptor_pool
+from google.protobuf.message import Message
+from google.protobuf.struct_pb2 import Struct
+
+from cli import output
+from cli.commands import ADDRESS_HELP, Call, add_call
+from clients.events import Event, EventsClient, make_event
+from core.config import Settings
+from core.errors import DomainError, FieldViolation, InvalidArgumentError
+from mesh.events.v1 import events_pb2 as pb
+
+DATA_HELP = (
+    "the event's data as a JSON object; it is sent as a google.protobuf.Struct packed in "
+    "the event's Any (type URL type.googleapis.com/google.protobuf.Struct), so numbers "
+    "become doubles"
+)
+PATTERN_HELP = "an event type, or a prefix ending in .* (repeat for several; default: all)"
+
+
+def add_commands(commands: Any) -> None:
+    """Adds `events` and its subcommands to the `mesh` parser."""
+    parser = commands.add_parser("events", help="publish, follow and inspect events")
+    sub = parser.add_subparsers(required=True, metavar="ACTION")
+
+    publish = _command(sub, "publish", "store one event; prints its id and position", _publish)
+    publish.add_argument("--type", required=True, help="e.g. mesh.demo.v1.thing.done")
+    publish.add_argument("--source", required=True, help="the producer, e.g. mesh.demo.v1")
+    publish.add_argument("--subject", default="", help="the resource, e.g. things/1")
+    publish.add_argument("--data", metavar="JSON", help=DATA_HELP)
+    publish.add_argument("--id", default="", help="the event id (default: a new UUID)")
+    publish.add_argument("--attribute", action="append", default=[], metavar="KEY=VALUE")
+
+    subscribe = sub.add_parser(
+        "subscribe",
+        help="print events as they come, one JSON object per line, until Ctrl-C",
+        description="Prints each message of the subscription as one JSON line, e.g. "
+        '{"event": {...}} (group deliveries add "attempt"). Reconnects by itself when the '
+        "server goes away, resuming where it was. Exits 0 on Ctrl-C.",
+    )
+    subscribe.add_argument("--address", help=ADDRESS_HELP)
+    subscribe.add_argument("--type", action="append", default=[], help=PATTERN_HELP)
+    subscribe.add_argument("--subject", default="", help="only events about this subject")
+    start = subscribe.add_mutually_exclusive_group()
+    start.add_argument("--from-beginning", action="store_true", help="start at the first event")
+    start.add_argument("--after", default="", metavar="POS", help="start after this position")
+    subscribe.add_argument("--group", default="", help="join this consumer group")
+    subscribe.add_argument("--consumer", default="", help="this member's name in the group")
+    subscribe.add_argument("--ack", action="store_true", help="ack each event once printed")
+    subscribe.add_argument(
+        "--markers", action="store_true", help="also print caught_up and checkpoint messages"
+    )
+    subscribe.set_defaults(run=_run_subscribe)
+
+    status = _command(sub, "status", "show an event and its delivery to every group", _status)
+    status.add_argument("id", help="the event id")
+
+    history = _command(sub, "history", "list stored events, oldest first", _history)
+    history.add_argument("--type", action="append", default=[], help=PATTERN_HELP)
+    history.add_argument("--subject", default="", help="only events about this subject")
+    for flag, edge in (("--since", "at or after"), ("--until", "before")):
+        history.add_argument(flag, type=_time, metavar="TIME", help=f"only events {edge} TIME")
+    history.add_argument("--page-size", type=int, default=0)
+    history.add_argument("--page-token", default="")
+
+    letters = _command(sub, "dead-letters", "list (or replay) a group's dead letters", _letters)
+    letters.add_argument("group")
+    letters.add_argument("--page-size", type=int, default=0)
+    letters.add_argument("--page-token", default="")
+    letters.add_argument(
+        "--replay",
+        nargs="*",
+        metavar="ID",
+        help="deliver these dead letters (all of them when no ID is given) to the group again",
+    )
+
+
+def _command(sub: Any, name: str, help: str, call: Call[EventsClient]) -> argparse.ArgumentParser:
+    return add_call(sub, name, help, EventsClient, call, to_json=_json)
+
+
+async def _publish(client: EventsClient, args: argparse.Namespace) -> Message:
+    data = None
+    if args.data is not None:
+        data = Struct()
+        data.update(_object(args.data))
+    attributes = dict(_pair(item) for item in args.attribute)
+    event = make_event(
+        args.type, args.source, subject=args.subject, data=data, attributes=attributes, id=args.id
+    )
+    return await client.publish(event)
+
+
+async def _status(client: EventsClient, args: argparse.Namespace) -> Message:
+    return await client.status(args.id)
+
+
+async def _history(client: EventsClient, args: argparse.Namespace) -> Message:
+    return await client.history(
+        types=args.type,
+        subject=args.subject,
+        start_time=args.since,
+        end_time=args.until,
+        page_size=args.page_size,
+        page_token=args.page_token,
+    )
+
+
+async def _letters(client: EventsClient, args: argparse.Namespace) -> Message | dict[str, Any]:
+    if args.replay is not None:
+        return {"replayed_count": await client.replay(args.group, args.replay)}
+    return await client.dead_letters(
+        args.group, page_size=args.page_size, page_token=args.page_token
+    )
+
+
+def _run_subscribe(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        return asyncio.run(_subscribe(args, settings))
+    except KeyboardInterrupt:  # Ctrl-C is how a follower is meant to stop
+        return 0
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+async def _subscribe(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        if args.ack and not args.group:
+            raise _invalid("--ack", "needs --group: only group deliveries are acked")
+        async with EventsClient(
+            args.address or settings.address, channel=settings.channel()
+        ) as client:
+            stream = client.subscribe(
+                types=args.type,
+                subject=args.subject,
+                after=args.after,
+                beginning=args.from_beginning,
+                group=args.group,
+                consumer=args.consumer,
+                markers=args.markers,
+            )
+            async with stream:
+                async for message in stream:
+                    output.print_json(_json(message), indent=None, flush=True)
+                    if args.ack and message.HasField("event"):
+                        await client.ack(args.group, [message.event.id])
+    except DomainError as exc:
+        return output.print_error(exc)
+    return 0
+
+
+def _object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise _invalid("--data", f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise _invalid("--data", "must be a JSON object, e.g. '{\"n\": 1}'")
+    return value
+
+
+def _pair(item: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep:
+        raise _invalid("--attribute", f"{item!r} must be KEY=VALUE")
+    return key, value
+
+
+def _time(text: str) -> datetime:
+    """An ISO 8601 time; without an offset it is UTC."""
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time") from None
+
+
+def _invalid(flag: str, description: str) -> InvalidArgumentError:
+    return InvalidArgumentError(f"invalid {flag}", violations=[FieldViolation(flag, description)])
+
+
+def _json(message: Message) -> dict[str, Any]:
+    """The message as JSON. Event data of a type this program does not know is shown as
+    its type URL and base64 bytes, where MessageToDict would fail."""
+    copy = type(message)()
+    copy.CopyFrom(message)
+    opaque: dict[str, dict[str, str]] = {}
+    for event in _events(copy):
+        if event.HasField("data") and not _known(event.data.type_url):
+            value = base64.b64encode(event.data.value).decode()
+            opaque[event.id] = {"@type": event.data.type_url, "base64": value}
+            event.ClearField("data")
+    found = output.message_json(copy)
+    _fill(found, opaque)
+    return found
+
+
+def _events(message: Message) -> list[Event]:
+    if isinstance(message, pb.ListEventsResponse):
+        return list(message.events)
+    if isinstance(message, pb.ListDeadLettersResponse):
+        return [letter.event for letter in message.dead_letters]
+    if isinstance(message, pb.SubscribeResponse | pb.GetEventStatusResponse):
+        return [message.event]
+    return []
+
+
+def _known(type_url: str) -> bool:
+    try:
+        descriptor_pool.Default().FindMessageTypeByName(type_url.rpartition("/")[2])
+    except KeyError:
+        return False
+    return True
+
+
+def _fill(node: Any, opaque: dict[str, dict[str, str]]) -> None:
+    """Puts each opaque payload back into the JSON of its event (ids are unique)."""
+    if isinstance(node, list):
+        for item in node:
+            _fill(item, opaque)
+    elif isinstance(node, dict):
+        if "source" in node and node.get("id") in opaque:
+            node["data"] = opaque[node["id"]]
+        for item in node.values():
+            _fill(item, opaque)
