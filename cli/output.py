@@ -85,9 +85,11 @@ class Table:
         self.columns = columns
 
     def header(self) -> str:
+        """The line of column titles."""
         return self.row(*(c.title for c in self.columns))
 
     def row(self, *cells: str) -> str:
+        """One line, each cell padded to its column's width."""
         if len(cells) != len(self.columns):
             raise ValueError(f"{len(cells)} cells for {len(self.columns)} columns")
         parts = []
