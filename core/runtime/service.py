@@ -42,6 +42,8 @@ ENTRY_POINT_GROUP = "meshkit.services"
 
 # Adds a service's components to the container and returns the gRPC services it hosts.
 Register = Callable[["Container", "Settings"], "list[Service]"]
+# Adds a command group to the `mesh` parser, given its argparse subparsers object.
+AddCommands = Callable[[Any], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +60,8 @@ class ServiceDeclaration:
             argparse subparsers object, if it has one.
         client: `"module:Class"` of its typed async client, for the test kit.
         hosted_by_default: Whether `mesh serve` with no service named runs it.
+        always_hosted: Whether every process runs it, named or not (the admin service,
+            which reports on the process itself).
     """
 
     name: str
@@ -67,14 +71,18 @@ class ServiceDeclaration:
     commands: str | None = None
     client: str | None = None
     hosted_by_default: bool = True
+    always_hosted: bool = False
 
     def load_register(self) -> Register:
+        """Imports and returns its register function."""
         return cast(Register, _load(self.register))
 
-    def load_commands(self) -> Callable[[Any], None] | None:
-        return None if self.commands is None else cast(Callable[[Any], None], _load(self.commands))
+    def load_commands(self) -> AddCommands | None:
+        """Imports and returns the function that adds its command group, if it has one."""
+        return None if self.commands is None else cast(AddCommands, _load(self.commands))
 
     def load_client(self) -> type[Any] | None:
+        """Imports and returns its typed client class, if it has one."""
         return None if self.client is None else cast(type[Any], _load(self.client))
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -12,9 +11,9 @@ from core.resources.filtering import FilterField, Kind
 from core.resources.resource import Resource, RowLike, standard_columns
 from mesh.projects.v1 import projects_pb2
 from mesh.projects.v1.projects_pb2 import Project
+from servers.projects import MIGRATIONS as MIGRATIONS  # where tests and tools look for it
 from servers.projects.domain import WRITABLE, validate
 
-MIGRATIONS = Path(__file__).parent / "migrations"
 SERVICE = projects_pb2.DESCRIPTOR.services_by_name["ProjectService"]
 TYPE_PREFIX = "PROJECT_TYPE_"
 

@@ -15,21 +15,19 @@ import base64
 import json
 import os
 import sys
-from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
 from google.protobuf import descriptor_pool
-from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from google.protobuf.struct_pb2 import Struct
 
+from cli import output
+from cli.commands import ADDRESS_HELP, Call, add_call
 from clients.events import Event, EventsClient, make_event
 from core.config import Settings
 from core.errors import DomainError, FieldViolation, InvalidArgumentError
 from mesh.events.v1 import events_pb2 as pb
-
-Command = Callable[[EventsClient, argparse.Namespace], Awaitable[Message | dict[str, Any]]]
 
 DATA_HELP = (
     "the event's data as a JSON object; it is sent as a google.protobuf.Struct packed in "
@@ -59,7 +57,7 @@ def add_commands(commands: Any) -> None:
         '{"event": {...}} (group deliveries add "attempt"). Reconnects by itself when the '
         "server goes away, resuming where it was. Exits 0 on Ctrl-C.",
     )
-    subscribe.add_argument("--address", help="HOST:PORT of the server (default: MESH_ADDRESS)")
+    subscribe.add_argument("--address", help=ADDRESS_HELP)
     subscribe.add_argument("--type", action="append", default=[], help=PATTERN_HELP)
     subscribe.add_argument("--subject", default="", help="only events about this subject")
     start = subscribe.add_mutually_exclusive_group()
@@ -96,24 +94,8 @@ def add_commands(commands: Any) -> None:
     )
 
 
-def _command(sub: Any, name: str, help: str, run: Command) -> argparse.ArgumentParser:
-    parser: argparse.ArgumentParser = sub.add_parser(name, help=help)
-    parser.add_argument("--address", help="HOST:PORT of the server (default: MESH_ADDRESS)")
-    parser.set_defaults(run=lambda args, settings: asyncio.run(_call(run, args, settings)))
-    return parser
-
-
-async def _call(run: Command, args: argparse.Namespace, settings: Settings) -> int:
-    try:
-        async with EventsClient(
-            args.address or settings.address, channel=settings.channel()
-        ) as client:
-            result = await run(client, args)
-    except DomainError as exc:
-        print(json.dumps(_error(exc), indent=2), file=sys.stderr)
-        return 1
-    print(json.dumps(result if isinstance(result, dict) else _json(result), indent=2))
-    return 0
+def _command(sub: Any, name: str, help: str, call: Call[EventsClient]) -> argparse.ArgumentParser:
+    return add_call(sub, name, help, EventsClient, call, to_json=_json)
 
 
 async def _publish(client: EventsClient, args: argparse.Namespace) -> Message:
@@ -179,12 +161,11 @@ async def _subscribe(args: argparse.Namespace, settings: Settings) -> int:
             )
             async with stream:
                 async for message in stream:
-                    print(json.dumps(_json(message)), flush=True)
+                    output.print_json(_json(message), indent=None, flush=True)
                     if args.ack and message.HasField("event"):
                         await client.ack(args.group, [message.event.id])
     except DomainError as exc:
-        print(json.dumps(_error(exc), indent=2), file=sys.stderr)
-        return 1
+        return output.print_error(exc)
     return 0
 
 
@@ -228,7 +209,7 @@ def _json(message: Message) -> dict[str, Any]:
             value = base64.b64encode(event.data.value).decode()
             opaque[event.id] = {"@type": event.data.type_url, "base64": value}
             event.ClearField("data")
-    found = MessageToDict(copy, preserving_proto_field_name=True)
+    found = output.message_json(copy)
     _fill(found, opaque)
     return found
 
@@ -261,14 +242,3 @@ def _fill(node: Any, opaque: dict[str, dict[str, str]]) -> None:
             node["data"] = opaque[node["id"]]
         for item in node.values():
             _fill(item, opaque)
-
-
-def _error(exc: DomainError) -> dict[str, Any]:
-    error: dict[str, Any] = {"code": exc.code.name, "reason": exc.reason, "message": exc.message}
-    if exc.metadata:
-        error["metadata"] = exc.metadata
-    if isinstance(exc, InvalidArgumentError) and exc.violations:
-        error["violations"] = [
-            {"field": v.field, "description": v.description} for v in exc.violations
-        ]
-    return error

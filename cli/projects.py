@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
-import sys
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
+from cli.commands import Call, add_call
 from clients.projects import Project, ProjectsClient
-from core.config import Settings
-from core.errors import DomainError, InvalidArgumentError
-
-Command = Callable[[ProjectsClient, argparse.Namespace], Awaitable[Message | dict[str, Any]]]
+from core.errors import InvalidArgumentError
 
 
 def add_commands(commands: Any) -> None:
@@ -55,11 +48,8 @@ def add_commands(commands: Any) -> None:
         cmd.add_argument("--etag", default="", help="only if the project still has this etag")
 
 
-def _command(sub: Any, name: str, help: str, run: Command) -> argparse.ArgumentParser:
-    parser: argparse.ArgumentParser = sub.add_parser(name, help=help)
-    parser.add_argument("--address", help="HOST:PORT of the server (default: MESH_ADDRESS)")
-    parser.set_defaults(run=lambda args, settings: asyncio.run(_call(run, args, settings)))
-    return parser
+def _command(sub: Any, name: str, help: str, call: Call[ProjectsClient]) -> argparse.ArgumentParser:
+    return add_call(sub, name, help, ProjectsClient, call)
 
 
 def _fields(parser: argparse.ArgumentParser, *, required: bool) -> None:
@@ -74,19 +64,6 @@ def _fields(parser: argparse.ArgumentParser, *, required: bool) -> None:
 def _query(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--filter", default="", help='AIP-160, e.g. labels.team = "core"')
     parser.add_argument("--show-deleted", action="store_true")
-
-
-async def _call(run: Command, args: argparse.Namespace, settings: Settings) -> int:
-    address = args.address or settings.address
-    try:
-        async with ProjectsClient(address, channel=settings.channel()) as client:
-            result = await run(client, args)
-    except DomainError as exc:
-        print(json.dumps(_error(exc), indent=2), file=sys.stderr)
-        return 1
-    payload = result if isinstance(result, dict) else _json(result)
-    print(json.dumps(payload, indent=2))
-    return 0
 
 
 def _project(args: argparse.Namespace) -> tuple[Project, list[str]]:
@@ -158,18 +135,3 @@ async def _undelete(client: ProjectsClient, args: argparse.Namespace) -> Message
 
 def _name(name_or_id: str) -> str:
     return name_or_id if name_or_id.startswith("projects/") else f"projects/{name_or_id}"
-
-
-def _json(message: Message) -> dict[str, Any]:
-    return MessageToDict(message, preserving_proto_field_name=True)
-
-
-def _error(exc: DomainError) -> dict[str, Any]:
-    error: dict[str, Any] = {"code": exc.code.name, "reason": exc.reason, "message": exc.message}
-    if exc.metadata:
-        error["metadata"] = exc.metadata
-    if isinstance(exc, InvalidArgumentError) and exc.violations:
-        error["violations"] = [
-            {"field": v.field, "description": v.description} for v in exc.violations
-        ]
-    return error

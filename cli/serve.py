@@ -1,0 +1,109 @@
+"""`mesh serve [SERVICE ...] [--address HOST:PORT]`: run services in this process.
+
+The services are those installed (`core.runtime.service.discover`): each named one, or
+every one hosted by default when none is named, plus those every process hosts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+from cli import VERSION, output
+from core.config import Settings
+from core.errors import ConfigError
+from core.logging import configure_logging
+from core.runtime.container import Container
+from core.runtime.server import GrpcServer, Service, serve
+from core.runtime.service import ServiceDeclaration
+from core.telemetry import configure_telemetry
+
+Services = Mapping[str, ServiceDeclaration]
+
+
+def add_commands(commands: Any, services: Services) -> None:
+    """Adds `serve` to the `mesh` parser; `mesh serve --help` lists `services`."""
+
+    def known(name: str) -> str:
+        if name not in services:
+            raise argparse.ArgumentTypeError(
+                f"unknown service {name!r} (known: {', '.join(services)})"
+            )
+        return name
+
+    parser = commands.add_parser(
+        "serve",
+        help="run services (all of them when none is named)",
+        description="Run services in this process: those named, or all of them.",
+        epilog=_listing(services),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "services", nargs="*", metavar="SERVICE", type=known, help="one of the services below"
+    )
+    parser.add_argument("--address", help="HOST:PORT to listen on (default: MESH_ADDRESS)")
+    parser.set_defaults(run=lambda args, settings: _serve(args, settings, services))
+
+
+def _listing(services: Services) -> str:
+    width = max((len(name) for name in services), default=0)
+    lines = ["services:"]
+    for name, service in services.items():
+        always = " (in every process)" if service.always_hosted else ""
+        lines.append(f"  {name:<{width}}  {service.summary}{always}".rstrip())
+    return "\n".join(lines)
+
+
+def _serve(args: argparse.Namespace, settings: Settings, services: Services) -> int:
+    if args.address:
+        settings = _with_address(settings, args.address)
+    configure_logging(
+        service=settings.service_name,
+        version=VERSION,
+        log_format=settings.log_format,
+        level=settings.log_level,
+    )
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        telemetry = configure_telemetry(
+            settings.telemetry, service=settings.service_name, version=VERSION
+        )
+    except OSError as exc:
+        address = settings.telemetry.metrics_address
+        message = f"cannot serve metrics on {address} (MESH_METRICS_ADDRESS): {exc}"
+        return output.fail(message, code=output.USAGE)
+    try:
+        return asyncio.run(_run(settings, _hosted(services, args.services)))
+    finally:
+        telemetry.shutdown()  # exports the spans still batched
+
+
+def _hosted(services: Services, named: list[str]) -> list[ServiceDeclaration]:
+    """Those every process hosts, then those named (or hosted by default), once each."""
+    chosen = named or [name for name, s in services.items() if s.hosted_by_default]
+    always = [name for name, s in services.items() if s.always_hosted]
+    return [services[name] for name in dict.fromkeys([*always, *chosen])]
+
+
+async def _run(settings: Settings, hosted: list[ServiceDeclaration]) -> int:
+    container = Container(
+        settings.start_policy,
+        health_interval=settings.health_interval,
+        health_timeout=settings.health_timeout,
+    )
+    grpc_services: list[Service] = []
+    for declaration in hosted:
+        grpc_services += declaration.load_register()(container, settings)
+    GrpcServer.for_container(container, grpc_services, settings)
+    return await serve(container)
+
+
+def _with_address(settings: Settings, address: str) -> Settings:
+    try:
+        return replace(settings, address=Settings.from_env({"MESH_ADDRESS": address}).address)
+    except ConfigError:
+        sys.exit(output.fail(f"--address {address!r} must be HOST:PORT", code=output.USAGE))

@@ -1,0 +1,71 @@
+"""The purger: removes a resource's soft-deleted rows for good once their purge time passes.
+
+One `Purger` per CRUD resource, registered beside its service. It calls
+`Crud.purge_expired()` now and then every `interval` seconds until the process stops, and
+is DEGRADED while its last purge failed (the rows wait for the next one).
+
+Usage::
+
+    projects = Crud(PROJECTS, db, cache)
+    container.register(Purger(projects, settings.purge_interval))  # "project-purger"
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+
+from core.resources.crud import Crud
+from core.runtime.health import Health
+from core.runtime.lifecycle import Component
+from core.runtime.tasks import BackgroundTask
+
+log = structlog.get_logger()
+
+
+class Purger(Component):
+    """Purges `crud`'s expired rows at an interval; named after the resource's singular.
+
+    Args:
+        crud: The resource's CRUD engine.
+        interval: Seconds between the end of one purge and the start of the next.
+
+    Logs `<singular>.purged` with the count when a purge removed rows, and
+    `<singular>.purge_failed` with the traceback when one failed.
+    """
+
+    def __init__(self, crud: Crud[Any], interval: float) -> None:
+        singular = crud.resource.singular
+        self.name = f"{singular}-purger"
+        self.depends_on = (crud.db.name,)
+        self._crud = crud
+        self._interval = interval
+        self._purged_event = f"{singular}.purged"
+        self._failed_event = f"{singular}.purge_failed"
+        self._last_error = ""  # the type of the last failed purge; "" after a success
+        self._task = BackgroundTask(self.name)
+
+    async def start(self) -> None:
+        self._task.repeat(self._purge_once, every=self._interval)
+
+    async def stop(self) -> None:
+        await self._task.stop()
+
+    async def check_health(self) -> Health:
+        if self._last_error:
+            return Health.degraded(f"last purge failed: {self._last_error}")
+        return Health.healthy()
+
+    async def _purge_once(self) -> None:
+        # Failures are handled here rather than by the task, so they are logged under the
+        # resource's own event name.
+        try:
+            purged = await self._crud.purge_expired()
+        except Exception as exc:
+            self._last_error = type(exc).__name__
+            log.exception(self._failed_event)
+            return
+        self._last_error = ""
+        if purged:
+            log.info(self._purged_event, count=purged)
