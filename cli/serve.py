@@ -83,8 +83,8 @@ def _serve(args: argparse.Namespace, settings: Settings, services: Services) -> 
 
 
 def _hosted(services: Services, named: list[str]) -> list[ServiceDeclaration]:
-    """Those every process hosts, then those named (or hosted by default), once each."""
-    chosen = named or [name for name, s in services.items() if s.hosted_by_default]
+    """Those every process hosts, then those named (all when none is), once each."""
+    chosen = named or list(services)
     always = [name for name, s in services.items() if s.always_hosted]
     return [services[name] for name in dict.fromkeys([*always, *chosen])]
 

@@ -1,9 +1,9 @@
-"""meshkit's own services as the test kit starts them: a declaration each."""
+"""meshkit's own services as the test kit starts them: their declarations, with an admin
+service that names the process "test", version "0"."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
+import servers.events
 import servers.projects
 from core.config import Settings
 from core.runtime.container import Container
@@ -24,12 +24,5 @@ def host_admin(container: Container, settings: Settings) -> list[Service]:
 ADMIN = ServiceDeclaration(
     name="admin", register="tests._services:host_admin", client="clients.admin:AdminClient"
 )
-PROJECTS = ServiceDeclaration(
-    name="projects",
-    register="servers.projects.server:register",
-    migrations=Path(servers.projects.__file__).parent / "migrations",
-    client="clients.projects:ProjectsClient",
-)
-EVENTS = ServiceDeclaration(
-    name="events", register="servers.events.server:register", client="clients.events:EventsClient"
-)
+PROJECTS = servers.projects.SERVICE
+EVENTS = servers.events.SERVICE

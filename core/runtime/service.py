@@ -59,7 +59,6 @@ class ServiceDeclaration:
         commands: `"module:function"` that adds its `mesh NAME ...` command group to an
             argparse subparsers object, if it has one.
         client: `"module:Class"` of its typed async client, for the test kit.
-        hosted_by_default: Whether `mesh serve` with no service named runs it.
         always_hosted: Whether every process runs it, named or not (the admin service,
             which reports on the process itself).
     """
@@ -70,7 +69,6 @@ class ServiceDeclaration:
     migrations: Path | None = None
     commands: str | None = None
     client: str | None = None
-    hosted_by_default: bool = True
     always_hosted: bool = False
 
     def load_register(self) -> Register:
