@@ -44,6 +44,7 @@ from core.data.revisions import CORE_MIGRATIONS, at_heads
 from core.errors import DeadlineExceededError, UnavailableError
 from core.runtime.health import Health
 from core.runtime.lifecycle import Component
+from core.runtime.service import installed_migrations
 from core.runtime.tasks import BackgroundTask
 
 if TYPE_CHECKING:
@@ -159,13 +160,16 @@ class Database(Component):
             async with engine.connect() as conn:  # fail at start, not at the first request
                 await conn.execute(text("select 1"))
             folders = [CORE_MIGRATIONS, *self.migrations]  # core.data.migrate adds core's too
-            if self.migrations and not await at_heads(engine, folders):
+            # Other installed services may share this database: their revisions in it
+            # are read, not refused, and their tables are theirs to upgrade.
+            known = installed_migrations()
+            if self.migrations and not await at_heads(engine, folders, known):
                 from core.data.migrate import require_current, upgrade  # loads Alembic: ~8 MB
 
                 if self.migrate:
-                    await upgrade(engine, self.migrations)
+                    await upgrade(engine, self.migrations, known)
                 else:
-                    await require_current(engine, self.migrations)
+                    await require_current(engine, self.migrations, known)
         except BaseException:
             await engine.dispose()
             raise

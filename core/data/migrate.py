@@ -18,7 +18,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from core.data.revisions import CORE_MIGRATIONS
+from core.data.revisions import CORE_MIGRATIONS, revision_graph
 from core.runtime.lifecycle import FatalStartError
 
 _SCRIPT_LOCATION = Path(__file__).parent / "migrations"
@@ -29,18 +29,24 @@ def _config(folders: Sequence[Path]) -> Config:
     config = Config()
     config.set_main_option("script_location", str(_SCRIPT_LOCATION))
     config.set_main_option("path_separator", "os")
-    locations = [CORE_MIGRATIONS, *(f for f in folders if f != CORE_MIGRATIONS)]
+    locations = dict.fromkeys([CORE_MIGRATIONS, *folders])  # each once, core's first
     config.set_main_option("version_locations", ":".join(str(f) for f in locations))
     return config
 
 
-async def upgrade(engine: AsyncEngine, folders: Sequence[Path]) -> None:
-    """Upgrades every branch to its head in one transaction."""
-    config = _config(folders)
+async def upgrade(engine: AsyncEngine, folders: Sequence[Path], known: Sequence[Path] = ()) -> None:
+    """Upgrades the branches of `folders` (and core's) to their heads in one transaction.
+
+    `known` are the folders of other services that may share the database: Alembic reads
+    their revisions recorded in it, and leaves their tables alone.
+    """
+    config = _config([*folders, *known])
+    _, heads = revision_graph([CORE_MIGRATIONS, *folders])
 
     def run(conn: Connection) -> None:
         config.attributes["connection"] = conn
-        command.upgrade(config, "heads")
+        for head in sorted(heads):
+            command.upgrade(config, head)
 
     async with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
@@ -48,9 +54,12 @@ async def upgrade(engine: AsyncEngine, folders: Sequence[Path]) -> None:
         await conn.run_sync(run)
 
 
-async def require_current(engine: AsyncEngine, folders: Sequence[Path]) -> None:
-    """Raises FatalStartError unless the schema is at every head of `folders`."""
-    script = ScriptDirectory.from_config(_config(folders))
+async def require_current(
+    engine: AsyncEngine, folders: Sequence[Path], known: Sequence[Path] = ()
+) -> None:
+    """Raises FatalStartError unless the schema is at every head of `folders` (and core's);
+    `known` as for `upgrade`."""
+    script = ScriptDirectory.from_config(_config([*folders, *known]))
 
     def current(conn: Connection) -> set[str]:
         return set(MigrationContext.configure(conn).get_current_heads())
@@ -59,7 +68,7 @@ async def require_current(engine: AsyncEngine, folders: Sequence[Path]) -> None:
         have = await conn.run_sync(current)
     # Alembic records only the tips: a head another branch depends on is implied by it.
     applied = {r.revision for r in script.revision_map.iterate_revisions(tuple(have), "base")}
-    want = set(script.get_heads())
+    _, want = revision_graph([CORE_MIGRATIONS, *folders])
     if not want <= applied:
         raise FatalStartError(
             f"the database schema is at {sorted(have) or 'nothing'} but this build needs "

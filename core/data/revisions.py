@@ -25,10 +25,17 @@ CORE_MIGRATIONS = Path(__file__).parent / "migrations" / "versions"
 _KEYS = ("revision", "down_revision", "depends_on")
 
 
-async def at_heads(engine: AsyncEngine, folders: Sequence[Path]) -> bool:
-    """True when the database records every head of `folders` (or a revision after it)."""
+async def at_heads(
+    engine: AsyncEngine, folders: Sequence[Path], known: Sequence[Path] = ()
+) -> bool:
+    """True when the database records every head of `folders` (or a revision after it).
+
+    `known` are the folders of other services that may share the database: their
+    revisions in it are understood, and their heads are not required.
+    """
     try:
-        graph, heads = revision_graph(folders)
+        graph, _ = revision_graph([*folders, *known])
+        _, heads = revision_graph(folders)
     except (OSError, SyntaxError, ValueError):
         return False
     try:

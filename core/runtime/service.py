@@ -109,6 +109,12 @@ def discover() -> dict[str, ServiceDeclaration]:
     return dict(sorted(found.items()))
 
 
+def installed_migrations() -> list[Path]:
+    """The migration folders of every installed service: the tables a shared database
+    may hold besides a process's own."""
+    return [s.migrations for s in discover().values() if s.migrations is not None]
+
+
 def _load(reference: str) -> Any:
     module, _, attribute = reference.partition(":")
     return getattr(importlib.import_module(module), attribute)

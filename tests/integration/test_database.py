@@ -231,3 +231,31 @@ async def test_sqlite_a_connection_dropped_mid_transaction_releases_the_write_lo
         del cursor
     finally:
         await database.stop()
+
+
+async def test_a_service_starts_on_a_database_that_also_holds_another_services_tables(
+    database_url: str,
+) -> None:
+    upgraded = Database(database_url, migrations=[CORE_MIGRATIONS, MIGRATIONS], migrate=True)
+    await upgraded.start()  # as `mesh db upgrade` does for every installed service
+    await upgraded.stop()
+    # A process that serves only core's tables (the events service) reads projects_0001
+    # in alembic_version as another service's, both without Alembic and with it.
+    events_only = Database(database_url, migrations=[CORE_MIGRATIONS], migrate=False)
+    await events_only.start()
+    try:
+        assert await at_heads(events_only.engine, [CORE_MIGRATIONS], known=[MIGRATIONS])
+        assert not await at_heads(events_only.engine, [CORE_MIGRATIONS])  # unknown: refused
+        await require_current(events_only.engine, [CORE_MIGRATIONS], known=[MIGRATIONS])
+    finally:
+        await events_only.stop()
+
+
+async def test_an_upgrade_leaves_other_services_tables_alone(database_url: str) -> None:
+    database = Database(database_url, migrations=[CORE_MIGRATIONS], migrate=True)
+    await database.start()
+    try:
+        assert await at_heads(database.engine, [CORE_MIGRATIONS])
+        assert not await at_heads(database.engine, [CORE_MIGRATIONS, MIGRATIONS])
+    finally:
+        await database.stop()

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import asyncpg
 import grpc
 import pytest
 import sqlalchemy as sa
@@ -34,6 +35,7 @@ from core.data.database import Database
 from core.errors import InvalidArgumentError, NotFoundError
 from core.runtime.service import discover
 from core.testing.services import StartService
+from tests.mesh._processes import fresh_database, mesh_env, pg_url, run_mesh, serving, wait_health
 
 if TYPE_CHECKING:
     from notes.client import NotesClient
@@ -80,6 +82,27 @@ async def test_an_installed_service_is_found_served_migrated_and_reflected(
     client: NotesClient = await notes.client()
     note = await client.create_note(title="Groceries", body="milk, bread")
     assert await client.get_note(note.name) == note
+
+
+async def test_mesh_upgrades_and_serves_the_installed_service(notes_installed: Path) -> None:
+    # 9. The `mesh` command knows it too: `mesh serve --help` lists it, `mesh db upgrade`
+    #    creates its table in a shared database, and `mesh serve notes` serves it there.
+    env = mesh_env(PYTHONPATH=str(notes_installed))
+    code, out, err = await run_mesh("serve", "--help", env=env)
+    assert code == 0, err
+    assert "notes     short texts, on the CRUD engine" in out
+    async with fresh_database() as name:
+        env["MESH_DATABASE_URL"] = pg_url(name)
+        code, out, err = await run_mesh("db", "upgrade", env=env)
+        assert code == 0, err
+        conn = await asyncpg.connect(pg_url(name).replace("+asyncpg", ""))
+        try:
+            revisions = {r[0] for r in await conn.fetch("select version_num from alembic_version")}
+        finally:
+            await conn.close()
+        assert "notes_0001" in revisions
+        async with serving("notes", env=env) as process:
+            await wait_health(process.address, "notes.v1.NoteService", "SERVING")
 
 
 # -- a service's tests with the test kit -----------------------------------------------------
