@@ -20,12 +20,12 @@ from typing import ClassVar
 
 from google.protobuf.duration_pb2 import Duration
 
-from clients._private import Client
+from clients.base import Client
 from mesh.admin.v1 import admin_pb2, admin_pb2_grpc
 
 
 class AdminClient(Client):
-    """See the module docstring; the arguments are `clients._private.Client`'s."""
+    """See the module docstring; the arguments are `clients.base.Client`'s."""
 
     service: ClassVar[str] = "mesh.admin.v1.AdminService"
     idempotent: ClassVar[frozenset[str]] = frozenset({"GetServiceSummary", "Ping"})

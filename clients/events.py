@@ -62,8 +62,8 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from clients._private import ChannelSettings, Client, Resilience
 from clients._subscription import Call, Subscription
+from clients.base import ChannelSettings, Client, Resilience
 from mesh.events.v1 import events_pb2 as pb
 from mesh.events.v1 import events_pb2_grpc
 from mesh.events.v1.events_pb2 import Event, PublishResponse, SubscribeResponse

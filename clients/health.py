@@ -17,7 +17,7 @@ from typing import ClassVar
 
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from clients._private import Client
+from clients.base import Client
 
 
 def status_name(status: int) -> str:
@@ -27,7 +27,7 @@ def status_name(status: int) -> str:
 
 
 class HealthClient(Client):
-    """See the module docstring; the arguments are `clients._private.Client`'s."""
+    """See the module docstring; the arguments are `clients.base.Client`'s."""
 
     service: ClassVar[str] = "grpc.health.v1.Health"
     idempotent: ClassVar[frozenset[str]] = frozenset({"Check", "List"})

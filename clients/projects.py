@@ -30,7 +30,7 @@ from typing import ClassVar
 
 from google.protobuf.field_mask_pb2 import FieldMask
 
-from clients._private import Client, Resilience
+from clients.base import Client, Resilience
 from mesh.projects.v1 import projects_pb2 as pb
 from mesh.projects.v1 import projects_pb2_grpc
 from mesh.projects.v1.projects_pb2 import Project
@@ -50,7 +50,7 @@ IDEMPOTENT = frozenset(
 
 
 class ProjectsClient(Client):
-    """See the module docstring; the arguments are `clients._private.Client`'s."""
+    """See the module docstring; the arguments are `clients.base.Client`'s."""
 
     service: ClassVar[str] = "mesh.projects.v1.ProjectService"
     idempotent: ClassVar[frozenset[str]] = IDEMPOTENT

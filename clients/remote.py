@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 from typing import Generic, TypeVar
 
-from clients._private import Client
+from clients.base import Client
 from clients.health import HealthClient
 from core.errors import DomainError
 from core.runtime.health import Health

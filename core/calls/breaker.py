@@ -9,7 +9,7 @@ Only outcomes that say the target itself is in trouble count as failures:
 UNAVAILABLE (down, unreachable, no ready replica) and DEADLINE_EXCEEDED (too slow to
 answer). Every other code is an answer from a working server (NOT_FOUND, INVALID_ARGUMENT,
 ...) and counts as a success; CANCELLED (the caller gave up) counts as neither. Clients
-(`clients._private`) record unary calls only, and record an UNAVAILABLE that a meshkit
+(`clients.base`) record unary calls only, and record an UNAVAILABLE that a meshkit
 server sent with error details (its database is down, it is stopping) as a success: the
 server is up and answering, and its reason is more useful to the caller than CIRCUIT_OPEN.
 

@@ -190,7 +190,7 @@ class ServerMethod:
             _end_span(span, code, code in SERVER_ERRORS, error)
 
 
-# -- client side (called by clients/_private.py) ----------------------------------------------
+# -- client side (called by clients/base.py) ----------------------------------------------
 
 
 class ClientCall:

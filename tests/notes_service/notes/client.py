@@ -12,13 +12,13 @@ from __future__ import annotations
 import uuid
 from typing import ClassVar
 
-from clients._private import Client
+from clients.base import Client
 from notes.v1 import notes_pb2 as pb
 from notes.v1 import notes_pb2_grpc
 
 
 class NotesClient(Client):
-    """Its arguments are `clients._private.Client`'s; calls raise `core.errors` exceptions."""
+    """Its arguments are `clients.base.Client`'s; calls raise `core.errors` exceptions."""
 
     service: ClassVar[str] = "notes.v1.NoteService"
     # Safe to send twice: reads, and creates (each carries a request id).

@@ -1,4 +1,4 @@
-"""What every client shares: its channel, resilience, telemetry and error decoding.
+"""The base of every typed client: its channel, resilience, telemetry and error decoding.
 
 Every call goes through `Client._unary` or `Client._stream`, the one place that applies
 the deadline (the client's, the call's `timeout=`, and what is left of the deadline of
