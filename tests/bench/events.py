@@ -1,11 +1,11 @@
 """The events part of `make bench`: EventService delivery, fan-out, latency and memory.
 
 `run(args)` starts `mesh serve events` once per backend (the embedded SQLite file, and
-Redis Streams when core/events/redis.py exists and MESH_BENCH_REDIS_URL, default
-redis://127.0.0.1:6379/0, answers) plus the bare grpc.aio stream of
-tests/bench/events_baseline.py, each in a process of its own. Consumers and publishers
-run in processes of their own too (`python tests/bench/events.py ROLE ...`), started
-together, released together, and the server's CPU is read from /proc around them.
+Redis Streams when MESH_BENCH_REDIS_URL, default redis://127.0.0.1:6379/0, answers) plus
+the bare grpc.aio stream of tests/bench/events_baseline.py, each in a process of its own.
+Consumers and publishers run in processes of their own too (`python tests/bench/events.py
+ROLE ...`), started together, released together, and the server's CPU is read from /proc
+around them.
 
 1. replay, 1 stream: N events are published once (PublishBatch); each run subscribes
    after them again and again (start.after = a marker before them) and counts events
@@ -300,8 +300,6 @@ async def redis_namespace_drop(namespace: str) -> None:
 
 
 async def redis_skip_reason() -> str:
-    if not (procs.REPO / "core" / "events" / "redis.py").exists():
-        return "core/events/redis.py does not exist yet"
     import redis.asyncio as redis
 
     client = redis.Redis.from_url(REDIS_URL, socket_timeout=2)
