@@ -1,7 +1,7 @@
 """The `mesh` command: run services, ask a running process how it is, and call services.
 
 `cli.main` builds the parser from what is installed: `mesh serve` and `mesh db upgrade`
-from every declared service (`core.runtime.service.discover`), and each service's own
+from every declared service (`core.runtime.declaration.discover`), and each service's own
 command group from its declaration. Everything printed goes through `cli.output`.
 """
 

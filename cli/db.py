@@ -14,7 +14,7 @@ from typing import Any
 from cli import VERSION, output
 from core.config import Settings
 from core.logging import configure_logging
-from core.runtime.service import ServiceDeclaration
+from core.runtime.declaration import ServiceDeclaration
 
 
 def add_commands(commands: Any, services: Mapping[str, ServiceDeclaration]) -> None:

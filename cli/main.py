@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from cli import VERSION, db, output, serve, status
 from core.config import Settings
 from core.errors import ConfigError
-from core.runtime.service import discover
+from core.runtime.declaration import discover
 
 
 def main(argv: Sequence[str] | None = None) -> None:

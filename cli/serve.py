@@ -1,6 +1,6 @@
 """`mesh serve [SERVICE ...] [--address HOST:PORT]`: run services in this process.
 
-The services are those installed (`core.runtime.service.discover`): each named one, or
+The services are those installed (`core.runtime.declaration.discover`): each named one, or
 every one hosted by default when none is named, plus those every process hosts.
 """
 
@@ -17,9 +17,9 @@ from cli import VERSION, output
 from core.config import Settings
 from core.errors import ConfigError
 from core.logging import configure_logging
-from core.runtime.container import Container
-from core.runtime.server import GrpcServer, Service, serve
-from core.runtime.service import ServiceDeclaration
+from core.runtime.declaration import ServiceDeclaration
+from core.runtime.host import container_for, host
+from core.runtime.server import serve
 from core.telemetry import configure_telemetry
 
 Services = Mapping[str, ServiceDeclaration]
@@ -90,15 +90,8 @@ def _hosted(services: Services, named: list[str]) -> list[ServiceDeclaration]:
 
 
 async def _run(settings: Settings, hosted: list[ServiceDeclaration]) -> int:
-    container = Container(
-        settings.start_policy,
-        health_interval=settings.health_interval,
-        health_timeout=settings.health_timeout,
-    )
-    grpc_services: list[Service] = []
-    for declaration in hosted:
-        grpc_services += declaration.load_register()(container, settings)
-    GrpcServer.for_container(container, grpc_services, settings)
+    container = container_for(settings)
+    host(hosted, settings, container)
     return await serve(container)
 
 

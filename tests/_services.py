@@ -7,8 +7,8 @@ import servers.events
 import servers.projects
 from core.config import Settings
 from core.runtime.container import Container
+from core.runtime.declaration import ServiceDeclaration
 from core.runtime.server import GrpcServer, Service
-from core.runtime.service import ServiceDeclaration
 from servers.admin.server import admin_service
 
 

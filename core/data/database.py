@@ -44,7 +44,6 @@ from core.data.revisions import CORE_MIGRATIONS, at_heads
 from core.errors import DeadlineExceededError, UnavailableError
 from core.runtime.health import Health
 from core.runtime.lifecycle import Component
-from core.runtime.service import installed_migrations
 from core.runtime.tasks import BackgroundTask
 
 if TYPE_CHECKING:
@@ -114,6 +113,7 @@ class Database(Component):
     ) -> None:
         self.url = url
         self.migrations = list(migrations)
+        self.known: list[Path] = []  # other services' folders: see `share_with`
         self.migrate = migrate
         self.dialect = make_url(url).get_backend_name()
         self._statement_timeout = statement_timeout
@@ -143,6 +143,11 @@ class Database(Component):
             pool_size=settings.database_pool_size,
         )
 
+    def share_with(self, migrations: Sequence[Path]) -> None:
+        """Names the migration folders of other services that may use this database too:
+        their revisions found in it are understood, and their tables left to them."""
+        self.known = [m for m in migrations if m not in self.migrations]
+
     def include(self, migrations: Path) -> None:
         """Adds a service's Alembic folder, before start; a folder already added is skipped."""
         if migrations not in self.migrations:
@@ -160,9 +165,7 @@ class Database(Component):
             async with engine.connect() as conn:  # fail at start, not at the first request
                 await conn.execute(text("select 1"))
             folders = [CORE_MIGRATIONS, *self.migrations]  # core.data.migrate adds core's too
-            # Other installed services may share this database: their revisions in it
-            # are read, not refused, and their tables are theirs to upgrade.
-            known = installed_migrations()
+            known = self.known
             if self.migrations and not await at_heads(engine, folders, known):
                 from core.data.migrate import require_current, upgrade  # loads Alembic: ~8 MB
 

@@ -27,9 +27,10 @@ from typing import TYPE_CHECKING, Any
 
 from core.config import Settings, StartPolicy
 from core.runtime.container import Container
+from core.runtime.declaration import ServiceDeclaration, discover
+from core.runtime.host import container_for, host
 from core.runtime.lifecycle import Component
-from core.runtime.server import GrpcServer, Service
-from core.runtime.service import ServiceDeclaration, discover
+from core.runtime.server import GrpcServer
 from core.testing.doubles import StandInContainer
 
 if TYPE_CHECKING:
@@ -161,22 +162,19 @@ def assemble(
     Raises:
         RegistrationError: A name in `replace` matched no component.
     """
-    policy = {
-        "health_interval": settings.health_interval,
-        "health_timeout": settings.health_timeout,
-    }
-    container = (
-        StandInContainer(replace, settings.start_policy, **policy)
-        if replace
-        else Container(settings.start_policy, **policy)
-    )
-    services: list[Service] = []
-    for declaration in declarations:
-        services += declaration.load_register()(container, settings)
-        _include_migrations(container, declaration)
+    if replace:
+        container: Container = StandInContainer(
+            replace,
+            settings.start_policy,
+            health_interval=settings.health_interval,
+            health_timeout=settings.health_timeout,
+        )
+    else:
+        container = container_for(settings)
+    server = host(declarations, settings, container)
     if isinstance(container, StandInContainer):
         container.check_replaced()
-    return container, GrpcServer.for_container(container, services, settings)
+    return container, server
 
 
 @asynccontextmanager
@@ -202,15 +200,6 @@ async def serving(
     container, server = assemble(declarations, settings, replace=replace)
     async with running(container, server, declarations) as service:
         yield service
-
-
-def _include_migrations(container: Container, declaration: ServiceDeclaration) -> None:
-    if declaration.migrations is None:
-        return
-    from core.data.database import Database  # loads SQLAlchemy: only services with tables
-
-    for database in (c for c in container.components if isinstance(c, Database)):
-        database.include(declaration.migrations)  # a double in its place is left alone
 
 
 class StartService:

@@ -3,7 +3,7 @@
 Every process hosts it, whichever services it runs.
 """
 
-from core.runtime.service import ServiceDeclaration
+from core.runtime.declaration import ServiceDeclaration
 
 SERVICE = ServiceDeclaration(
     name="admin",

@@ -3,7 +3,7 @@
 Its tables are core's (`core/data/migrations`), so it declares no migrations of its own.
 """
 
-from core.runtime.service import ServiceDeclaration
+from core.runtime.declaration import ServiceDeclaration
 
 SERVICE = ServiceDeclaration(
     name="events",

@@ -9,7 +9,7 @@ from core.runtime.server import Service
 from mesh.events.v1 import events_pb2, events_pb2_grpc
 from servers.events.servicer import EventServicer
 
-SERVICE = events_pb2.DESCRIPTOR.services_by_name["EventService"]
+DESCRIPTOR = events_pb2.DESCRIPTOR.services_by_name["EventService"]
 
 
 def register(container: Container, settings: Settings) -> list[Service]:
@@ -17,4 +17,4 @@ def register(container: Container, settings: Settings) -> list[Service]:
     bus = event_bus(container, settings, serving=True)
     add = events_pb2_grpc.add_EventServiceServicer_to_server
     needs = (bus.name, *bus.depends_on)
-    return [Service(SERVICE, EventServicer(bus), add, needs=needs, closing=bus.close_streams)]
+    return [Service(DESCRIPTOR, EventServicer(bus), add, needs=needs, closing=bus.close_streams)]

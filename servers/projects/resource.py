@@ -11,10 +11,9 @@ from core.resources.filtering import FilterField, Kind
 from core.resources.resource import Resource, RowLike, standard_columns
 from mesh.projects.v1 import projects_pb2
 from mesh.projects.v1.projects_pb2 import Project
-from servers.projects import MIGRATIONS as MIGRATIONS  # where tests and tools look for it
 from servers.projects.domain import WRITABLE, validate
 
-SERVICE = projects_pb2.DESCRIPTOR.services_by_name["ProjectService"]
+DESCRIPTOR = projects_pb2.DESCRIPTOR.services_by_name["ProjectService"]
 TYPE_PREFIX = "PROJECT_TYPE_"
 
 metadata = sa.MetaData()
@@ -63,7 +62,7 @@ PROJECTS = Resource(
     collection="projects",
     singular="project",
     table=projects,
-    source=SERVICE.full_name,
+    source=DESCRIPTOR.full_name,
     event_prefix="mesh.projects.v1.project",
     writable=WRITABLE,
     to_columns=to_columns,

@@ -15,14 +15,13 @@ from core.resources.purger import Purger
 from core.runtime.container import Container
 from core.runtime.server import Service
 from mesh.projects.v1 import projects_pb2_grpc
-from servers.projects.resource import MIGRATIONS, PROJECTS, SERVICE
+from servers.projects.resource import DESCRIPTOR, PROJECTS
 from servers.projects.servicer import ProjectServicer
 
 
 def register(container: Container, settings: Settings) -> list[Service]:
     """Adds the projects service's components to `container`; returns what it serves."""
     db = container.provide(Database, lambda: Database.from_settings(settings))
-    db.include(MIGRATIONS)
     cache = container.provide(Cache, lambda: Cache.from_settings(settings))
     projects = Crud(PROJECTS, db, cache)
     container.register(Purger(projects, settings.purge_interval))
@@ -45,4 +44,4 @@ def register(container: Container, settings: Settings) -> list[Service]:
     add = projects_pb2_grpc.add_ProjectServiceServicer_to_server
     # Only the database decides readiness: without the event bus or the events service,
     # writes go on and their events wait in the outbox.
-    return [Service(SERVICE, servicer, add, needs=("database",))]
+    return [Service(DESCRIPTOR, servicer, add, needs=("database",))]

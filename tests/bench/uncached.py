@@ -23,7 +23,8 @@ from core.resources.crud import Crud
 from core.runtime.container import Container
 from core.runtime.server import GrpcServer, Service
 from mesh.projects.v1 import projects_pb2_grpc
-from servers.projects.resource import MIGRATIONS, PROJECTS, SERVICE
+from servers.projects import MIGRATIONS
+from servers.projects.resource import DESCRIPTOR, PROJECTS
 from servers.projects.servicer import ProjectServicer
 
 
@@ -33,7 +34,7 @@ async def serve(settings: Settings) -> None:
     db.include(MIGRATIONS)
     servicer = ProjectServicer(Crud(PROJECTS, db, cache=None))
     add = projects_pb2_grpc.add_ProjectServiceServicer_to_server
-    service = Service(SERVICE, servicer, add, needs=("database",))
+    service = Service(DESCRIPTOR, servicer, add, needs=("database",))
     server = GrpcServer.for_container(container, [service], settings)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -18,7 +18,7 @@ from core.errors import DeadlineExceededError, NotFoundError
 from core.runtime.container import StartError
 from core.runtime.health import HealthState
 from core.runtime.lifecycle import FatalStartError
-from servers.projects.resource import MIGRATIONS
+from servers.projects import MIGRATIONS
 from tests.conftest import make_container
 
 counters = sa.Table(
@@ -242,6 +242,7 @@ async def test_a_service_starts_on_a_database_that_also_holds_another_services_t
     # A process that serves only core's tables (the events service) reads projects_0001
     # in alembic_version as another service's, both without Alembic and with it.
     events_only = Database(database_url, migrations=[CORE_MIGRATIONS], migrate=False)
+    events_only.share_with([MIGRATIONS])  # as `mesh serve` does with every installed service
     await events_only.start()
     try:
         assert await at_heads(events_only.engine, [CORE_MIGRATIONS], known=[MIGRATIONS])

@@ -30,7 +30,8 @@ from core.events.tracing import consumer_span, producer_of
 from core.resources.crud import Crud
 from core.telemetry import Telemetry, configure_telemetry
 from mesh.projects.v1 import projects_pb2
-from servers.projects.resource import MIGRATIONS, PROJECTS
+from servers.projects import MIGRATIONS
+from servers.projects.resource import PROJECTS
 from tests.integration._events import event, eventually
 from tests.integration._projects import a_project
 

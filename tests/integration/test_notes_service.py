@@ -33,7 +33,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from clients.health import HealthClient
 from core.data.database import Database
 from core.errors import InvalidArgumentError, NotFoundError
-from core.runtime.service import discover
+from core.runtime.declaration import discover
 from core.testing.services import StartService
 from tests.mesh._processes import fresh_database, mesh_env, pg_url, run_mesh, serving, wait_health
 

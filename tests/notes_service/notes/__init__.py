@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from core.runtime.service import ServiceDeclaration
+from core.runtime.declaration import ServiceDeclaration
 
 SERVICE = ServiceDeclaration(
     name="notes",

@@ -13,7 +13,7 @@ from core.resources.validation import text_violations
 from notes.v1 import notes_pb2
 from notes.v1.notes_pb2 import Note
 
-SERVICE = notes_pb2.DESCRIPTOR.services_by_name["NoteService"]
+DESCRIPTOR = notes_pb2.DESCRIPTOR.services_by_name["NoteService"]
 
 # Mirrors migrations/0001_notes.py.
 notes = sa.Table(
@@ -45,7 +45,7 @@ NOTES = Resource(
     collection="notes",
     singular="note",
     table=notes,
-    source=SERVICE.full_name,
+    source=DESCRIPTOR.full_name,
     event_prefix="notes.v1.note",
     writable=("title", "body"),
     to_columns=to_columns,

@@ -3,8 +3,6 @@ publishes their events, and NoteService."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from core.config import Settings
 from core.data.database import Database
 from core.events import event_bus
@@ -13,11 +11,9 @@ from core.resources.crud import Crud
 from core.runtime.boundary import Context
 from core.runtime.container import Container
 from core.runtime.server import Service
-from notes.resource import NOTES, SERVICE
+from notes.resource import DESCRIPTOR, NOTES
 from notes.v1 import notes_pb2 as pb
 from notes.v1 import notes_pb2_grpc
-
-MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 class NoteServicer(notes_pb2_grpc.NoteServiceServicer):
@@ -44,8 +40,7 @@ class NoteServicer(notes_pb2_grpc.NoteServiceServicer):
 def register(container: Container, settings: Settings) -> list[Service]:
     """Adds the notes service's components to `container`; returns what it serves."""
     db = container.provide(Database, lambda: Database.from_settings(settings))
-    db.include(MIGRATIONS)
     bus = event_bus(container, settings, serving=False)
     container.register(OutboxRelay(db, bus.publish, depends_on=(db.name, bus.name)))
     add = notes_pb2_grpc.add_NoteServiceServicer_to_server
-    return [Service(SERVICE, NoteServicer(Crud(NOTES, db)), add, needs=(db.name,))]
+    return [Service(DESCRIPTOR, NoteServicer(Crud(NOTES, db)), add, needs=(db.name,))]
