@@ -3,12 +3,9 @@ and the service."""
 
 from __future__ import annotations
 
-from clients.events import EventsClient
-from clients.remote import RemoteService
+from clients.outbox import relay_outbox
 from core.config import Settings
 from core.data.database import Database
-from core.events import event_bus
-from core.events.relay import OutboxRelay
 from core.resources.cache import Cache
 from core.resources.crud import Crud
 from core.resources.purger import Purger
@@ -25,21 +22,7 @@ def register(container: Container, settings: Settings) -> list[Service]:
     cache = container.provide(Cache, lambda: Cache.from_settings(settings))
     projects = Crud(PROJECTS, db, cache)
     container.register(Purger(projects, settings.purge_interval))
-    if settings.events.address:  # the events service runs in another process
-        # Its client retries UNAVAILABLE within its deadline, the relay's loop after that,
-        # so the outbox holds events while the events service is down.
-        events = RemoteService(
-            EventsClient(settings.events.address, channel=settings.channel()),
-            name="events-client",
-            label="events service",
-            while_down="events wait in the outbox",
-        )
-        relay = OutboxRelay(db, events.client.publish_batch, depends_on=(db.name,))
-        container.register(events, relay)
-    else:
-        bus = event_bus(container, settings, serving=False)
-        relay = OutboxRelay(db, bus.publish, depends_on=(db.name, bus.name), batch=bus.max_batch)
-        container.register(relay)
+    relay_outbox(container, settings, db)
     servicer = ProjectServicer(projects)
     add = projects_pb2_grpc.add_ProjectServiceServicer_to_server
     # Only the database decides readiness: without the event bus or the events service,

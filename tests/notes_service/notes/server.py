@@ -3,10 +3,9 @@ publishes their events, and NoteService."""
 
 from __future__ import annotations
 
+from clients.outbox import relay_outbox
 from core.config import Settings
 from core.data.database import Database
-from core.events import event_bus
-from core.events.relay import OutboxRelay
 from core.resources.crud import Crud
 from core.runtime.boundary import Context
 from core.runtime.container import Container
@@ -40,7 +39,6 @@ class NoteServicer(notes_pb2_grpc.NoteServiceServicer):
 def register(container: Container, settings: Settings) -> list[Service]:
     """Adds the notes service's components to `container`; returns what it serves."""
     db = container.provide(Database, lambda: Database.from_settings(settings))
-    bus = event_bus(container, settings, serving=False)
-    container.register(OutboxRelay(db, bus.publish, depends_on=(db.name, bus.name)))
+    relay_outbox(container, settings, db)  # to the events service, or this process's bus
     add = notes_pb2_grpc.add_NoteServiceServicer_to_server
     return [Service(DESCRIPTOR, NoteServicer(Crud(NOTES, db)), add, needs=(db.name,))]
