@@ -1,9 +1,11 @@
 """meshkit's framework, in layers; each imports only the layers below it.
 
+- `testing`: the test kit and its pytest plugin, on top of everything
 - `resources`: the CRUD engine and what it is made of (AIP resources, filters, pages, cache)
 - `events`: the envelope, the bus and its stores, the outbox and its relay
 - `data`: the database component, its SQLite and asyncpg paths, migrations
-- `runtime`: components, the container, health, the gRPC server and its boundary
+- `runtime`: components, the container, health, the gRPC server and its boundary, background
+  tasks, and the service declarations that `host` assembles into a process
 - `calls` and `telemetry`: what a client needs (channels, deadlines, the breaker, errors
   on the wire); traces and metrics
 - `config`, `errors`, `logging`: used by every layer

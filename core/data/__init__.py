@@ -1,3 +1,4 @@
 """The relational database: the `Database` component over SQLAlchemy (SQLite embedded,
-PostgreSQL distributed), its pool and errors, the asyncpg fast path, SQLite's tuning, and
-schema migrations with Alembic."""
+PostgreSQL distributed), its pool and errors, the asyncpg fast path, SQLite's tuning,
+schema migrations with Alembic, and the signed page tokens of every list (resources and
+events)."""

@@ -38,7 +38,7 @@ from core.events.publisher import Publisher
 from core.runtime.health import Health
 from core.runtime.lifecycle import Component
 
-__all__ = ["CaughtUp", "Checkpoint", "EventBus"]
+__all__ = ["EventBus"]
 
 
 class EventBus(Component):

@@ -9,16 +9,12 @@ tier with its invalidation listener `core.resources.redis_tier`.
 
 Usage::
 
-    cache = Cache(settings.redis_url)          # None: in-process only
-    container.register(Database(url), cache)
+    cache = container.provide(Cache, lambda: Cache.from_settings(settings))
 
-    async def get_project(name: str) -> Project:
-        raw = await cache.get(f"project:{name}", lambda: repository.load_raw(name))
-        ...
-
-    async def update_project(project: Project) -> None:
-        await repository.save(project)          # committed
-        await cache.invalidate(f"project:{project.name}")
+    raw = await cache.get(f"project:{name}", lambda: load_row_bytes(name))  # None: missing
+    async with db.transaction() as tx:
+        ...                                              # the write
+        tx.after_commit(lambda: cache.invalidate(f"project:{name}"))
 """
 
 from __future__ import annotations

@@ -43,29 +43,20 @@ class Purger(Component):
         self._interval = interval
         self._purged_event = f"{singular}.purged"
         self._failed_event = f"{singular}.purge_failed"
-        self._last_error = ""  # the type of the last failed purge; "" after a success
         self._task = BackgroundTask(self.name)
 
     async def start(self) -> None:
-        self._task.repeat(self._purge_once, every=self._interval)
+        self._task.repeat(self._purge_once, every=self._interval, failure_event=self._failed_event)
 
     async def stop(self) -> None:
         await self._task.stop()
 
     async def check_health(self) -> Health:
-        if self._last_error:
-            return Health.degraded(f"last purge failed: {self._last_error}")
+        if self._task.last_error:
+            return Health.degraded(f"last purge failed: {self._task.last_error}")
         return Health.healthy()
 
     async def _purge_once(self) -> None:
-        # Failures are handled here rather than by the task, so they are logged under the
-        # resource's own event name.
-        try:
-            purged = await self._crud.purge_expired()
-        except Exception as exc:
-            self._last_error = type(exc).__name__
-            log.exception(self._failed_event)
-            return
-        self._last_error = ""
+        purged = await self._crud.purge_expired()
         if purged:
             log.info(self._purged_event, count=purged)

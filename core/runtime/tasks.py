@@ -72,13 +72,19 @@ class BackgroundTask:
         self._task = asyncio.create_task(loop, name=self.name)
         self._task.add_done_callback(self._ended)
 
-    def repeat(self, step: Callable[[], Awaitable[object]], *, every: float) -> None:
+    def repeat(
+        self,
+        step: Callable[[], Awaitable[object]],
+        *,
+        every: float,
+        failure_event: str = "task.step_failed",
+    ) -> None:
         """Runs `step` now and then `every` seconds after each run ends, until `stop`.
 
-        A failed step is logged with its traceback and kept in `last_error` until a step
-        succeeds; the loop goes on either way.
+        A failed step is logged as `failure_event` with its traceback and kept in
+        `last_error` until a step succeeds; the loop goes on either way.
         """
-        self.start(self._repeat(step, every))
+        self.start(self._repeat(step, every, failure_event))
 
     async def stop(self) -> None:
         """Cancels the loop and waits for it to end; a no-op when it is not started."""
@@ -94,12 +100,14 @@ class BackgroundTask:
             self.last_error = type(error).__name__
             log.error("task.failed", task=self.name, exc_info=error)
 
-    async def _repeat(self, step: Callable[[], Awaitable[object]], every: float) -> None:
+    async def _repeat(
+        self, step: Callable[[], Awaitable[object]], every: float, failure_event: str
+    ) -> None:
         while True:
             try:
                 await step()
                 self.last_error = ""
             except Exception as exc:
                 self.last_error = type(exc).__name__
-                log.exception("task.step_failed", task=self.name)
+                log.exception(failure_event, task=self.name)
             await asyncio.sleep(every)

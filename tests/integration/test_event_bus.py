@@ -8,8 +8,8 @@ from pathlib import Path
 
 from core.data.database import Database
 from core.data.revisions import CORE_MIGRATIONS
-from core.events.bus import CaughtUp, EventBus
-from core.events.model import Event, EventStore, Page, Selector
+from core.events.bus import EventBus
+from core.events.model import CaughtUp, Event, EventStore, Page, Selector
 from core.events.redis import RedisEventStore
 from core.events.sql import SqlEventStore
 from tests.integration._events import REDIS_URL, drop_namespace

@@ -20,9 +20,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from core.config import TelemetrySettings
 from core.data.database import Database
 from core.data.revisions import CORE_MIGRATIONS
-from core.events.bus import CaughtUp, EventBus
+from core.events.bus import EventBus
 from core.events.handlers import EventHandler
-from core.events.model import Event, HistoryQuery, Selector
+from core.events.model import CaughtUp, Event, HistoryQuery, Selector
 from core.events.outbox import emit, outbox
 from core.events.relay import OutboxRelay
 from core.events.sql import SqlEventStore
