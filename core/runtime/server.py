@@ -206,6 +206,15 @@ async def serve(container: Container) -> int:
 async def _run(container: Container, stop_requested: asyncio.Event) -> int:
     starting = asyncio.create_task(container.start(), name="container-start")
     waiting = asyncio.create_task(stop_requested.wait(), name="stop-signal")
+    try:
+        return await _until_stopped(container, starting, waiting)
+    finally:  # whatever ended the run, neither task outlives it
+        await cancel_and_wait(starting, waiting)
+
+
+async def _until_stopped(
+    container: Container, starting: asyncio.Task[None], waiting: asyncio.Task[bool]
+) -> int:
     await asyncio.wait({starting, waiting}, return_when=asyncio.FIRST_COMPLETED)
     if not starting.done():  # a signal arrived while starting: undo the start and leave
         await cancel_and_wait(starting)
@@ -214,7 +223,6 @@ async def _run(container: Container, stop_requested: asyncio.Event) -> int:
     try:
         starting.result()
     except StartError as exc:
-        await cancel_and_wait(waiting)
         log.error("service.start_failed", cause=str(exc))
         return 1
     # Everything allocated at start lives for the whole run: keep the garbage collector
