@@ -67,9 +67,7 @@ class Publisher:
     async def stop(self) -> None:
         """Stops the writer; publishes still queued fail with UNAVAILABLE."""
         await self._writer.stop()
-        for _, waiter in self._queue:
-            if not waiter.done():
-                waiter.set_exception(UnavailableError("the event bus stopped"))
+        _fail(self._queue, UnavailableError("the event bus stopped"))
         self._queue.clear()
 
     async def publish(self, batch: Sequence[Event], names: Sequence[str] = ()) -> list[Appended]:
@@ -117,10 +115,13 @@ class Publisher:
                     size += len(batch)
                 try:
                     results = await self.store.append([e for batch, _ in group for e in batch])
+                except asyncio.CancelledError:
+                    # Stopped mid-append: the publishers of this group are answered too (the
+                    # append may have stored their events; a retry with the same ids dedupes).
+                    _fail(group, UnavailableError("the event bus stopped"))
+                    raise
                 except Exception as exc:
-                    for _, waiter in group:
-                        if not waiter.done():
-                            waiter.set_exception(exc)
+                    _fail(group, exc)
                     continue
                 stored = sum(not r.duplicate for r in results)
                 self.published += stored
@@ -130,3 +131,9 @@ class Publisher:
                     if not waiter.done():
                         waiter.set_result(results[start : start + len(batch)])
                     start += len(batch)
+
+
+def _fail(queued: Sequence[_Queued], error: Exception) -> None:
+    for _, waiter in queued:
+        if not waiter.done():
+            waiter.set_exception(error)

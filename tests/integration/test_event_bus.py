@@ -6,10 +6,13 @@ import asyncio
 import uuid
 from pathlib import Path
 
+import pytest
+
 from core.data.database import Database
 from core.data.revisions import CORE_MIGRATIONS
+from core.errors import UnavailableError
 from core.events.bus import EventBus
-from core.events.model import CaughtUp, Event, EventStore, Page, Selector
+from core.events.model import Appended, CaughtUp, Event, EventStore, Page, Selector
 from core.events.redis import RedisEventStore
 from core.events.sql import SqlEventStore
 from tests.integration._events import REDIS_URL, drop_namespace
@@ -86,3 +89,33 @@ async def test_on_redis_the_next_page_is_read_while_one_is_delivered() -> None:
     finally:
         await bus.stop()
         await drop_namespace(namespace)
+
+
+async def test_a_publish_whose_append_is_cut_short_by_stop_is_unavailable_not_left_waiting(
+    tmp_path: Path,
+) -> None:
+    db = Database(
+        f"sqlite+aiosqlite:///{tmp_path / 'events.db'}", migrations=[CORE_MIGRATIONS], migrate=True
+    )
+    await db.start()
+    store = SqlEventStore(db)
+    appending = asyncio.Event()
+    append = store.append
+
+    async def held(events: list[Event]) -> list[Appended]:
+        appending.set()
+        await asyncio.Event().wait()  # the store never answers: cut short by the stop
+        return await append(events)  # pragma: no cover
+
+    store.append = held  # type: ignore[method-assign]
+    bus = EventBus(store)
+    await bus.start()
+    try:
+        publish = asyncio.create_task(bus.publish([an_event()]))
+        async with asyncio.timeout(5):
+            await appending.wait()
+            await bus.stop()
+            with pytest.raises(UnavailableError):
+                await publish
+    finally:
+        await db.stop()
