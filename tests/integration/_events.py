@@ -16,12 +16,10 @@ import redis.asyncio as redis
 from core.calls.status import from_rpc_error
 from core.config import EventSettings, Settings
 from core.errors import DomainError
-from core.runtime.container import Container
-from core.runtime.server import GrpcServer
+from core.testing.services import Running, serving, settings_for
 from mesh.events.v1 import events_pb2 as pb
 from mesh.events.v1 import events_pb2_grpc
-from servers.events import server as events
-from tests.conftest import FAST, Running, running, settings_for
+from tests._services import EVENTS
 
 REDIS_URL = os.environ.get("MESH_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 T = TypeVar("T")
@@ -37,9 +35,8 @@ def events_settings(backend: str, tmp_path: Path, **event_overrides: Any) -> Set
 
 @asynccontextmanager
 async def events_server(settings: Settings) -> AsyncIterator[Running]:
-    container = Container(FAST, health_interval=0.2, health_timeout=1.0)
-    server = GrpcServer.for_container(container, events.register(container, settings), settings)
-    async with running(container, server) as r:
+    """The events service the way `mesh serve events` runs it, through the test kit."""
+    async with serving(EVENTS, settings=settings) as r:
         yield r
 
 

@@ -23,8 +23,10 @@ from core.errors import InvalidArgumentError, NotFoundError, UnavailableError
 from core.events import event_bus
 from core.runtime.container import Container
 from core.runtime.server import GrpcServer
+from core.testing.services import assemble
 from mesh.events.v1 import events_pb2 as pb
 from servers.events import server as events_server
+from tests._services import EVENTS
 from tests.conftest import FAST, Running, running, settings_for
 
 WITHIN = 10.0  # seconds any one wait of these tests may take
@@ -35,9 +37,7 @@ RETRYING = pb.DELIVERY_STATE_RETRYING
 
 def events_container(settings: Settings) -> tuple[Container, GrpcServer]:
     """A container running the events service the way `mesh serve events` does."""
-    container = Container(FAST, health_interval=0.2, health_timeout=1.0)
-    services = events_server.register(container, settings)
-    return container, GrpcServer.for_container(container, services, settings)
+    return assemble([EVENTS], settings)
 
 
 @asynccontextmanager
