@@ -44,7 +44,7 @@ from core.data.revisions import CORE_MIGRATIONS, at_heads
 from core.errors import DeadlineExceededError, UnavailableError
 from core.runtime.health import Health
 from core.runtime.lifecycle import Component
-from core.runtime.tasks import BackgroundTask
+from core.runtime.tasks import BackgroundTask, ShieldedWork
 
 if TYPE_CHECKING:
     from core.data.statements import AsyncpgStatements
@@ -124,7 +124,7 @@ class Database(Component):
         }
         self._engine: AsyncEngine | None = None
         self._checkouts = Checkouts()
-        self._returning: set[asyncio.Task[None]] = set()
+        self._returning = ShieldedWork()  # connections on their way back to the pool
         self._checkpoints = BackgroundTask("wal-checkpoints")
         self._asyncpg: AsyncpgStatements | None = None
         self._variants: dict[tuple[tuple[str, Any], ...], AsyncEngine] = {}
@@ -194,8 +194,7 @@ class Database(Component):
     async def stop(self) -> None:
         stop_measuring_pool(self)
         await self._checkpoints.stop()
-        if self._returning:  # connections on their way back must reach the pool first
-            await asyncio.wait(self._returning, timeout=5.0)
+        await self._returning.drain(timeout=5.0)  # returned connections reach the pool first
         if self._engine is not None:
             await self._engine.dispose()
             self._engine = None
@@ -252,10 +251,7 @@ class Database(Component):
         A cancelled return would drop the connection unclosed (its rollback is an await);
         shielded, the return finishes in a task that `stop` waits for.
         """
-        task = asyncio.ensure_future(conn.close())
-        self._returning.add(task)
-        task.add_done_callback(self._returning.discard)
-        await asyncio.shield(task)
+        await self._returning.settled(conn.close())
 
     async def fetch_one(self, statement: Executable, params: Mapping[str, Any]) -> Any:
         """The first row of a single-statement read on its own (autocommit), or None.

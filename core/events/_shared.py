@@ -1,23 +1,21 @@
 """What the live feed and the consumer groups of one bus share.
 
 One change signal (a new event, an ack, the bus closing: every waiting stream re-reads),
-the closing flag, store work that must run to its end even when its stream is cancelled,
-and the count of delivered events behind the metric `mesh.events.delivered`.
+the closing flag, and the count of delivered events behind the metric
+`mesh.events.delivered`. Store work that must run to its end even when its stream is
+cancelled goes through one `core.runtime.tasks.ShieldedWork` per bus.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Awaitable, Iterable
-from typing import Any, TypeVar
+from collections.abc import Iterable
 
 from opentelemetry import metrics
 
 from core.errors import UnavailableError
 from core.runtime.monitor import ChangeFeed
-
-T = TypeVar("T")
 
 # Process-wide totals behind mesh.events.delivered, read when metrics are collected (as
 # core.resources.cache does): a delivered page pays a dict increment, not the SDK's
@@ -71,34 +69,6 @@ class Streams:
                 await changed.wait()
         except TimeoutError:
             pass
-
-
-class StoreWork:
-    """Store calls that run to their end even when the stream that made them is cancelled.
-
-    A database call cut off mid-statement invalidates its connection and leaves it
-    unclosed, and a claim cut off after its commit would strand what it handed out. The
-    bus waits for such work (`drain`) before its store closes.
-    """
-
-    def __init__(self) -> None:
-        self._tasks: set[asyncio.Future[Any]] = set()
-
-    def owned(self, work: Awaitable[T]) -> asyncio.Future[T]:
-        """`work` as a task that `drain` waits for."""
-        task = asyncio.ensure_future(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
-
-    async def settled(self, work: Awaitable[T]) -> T:
-        """The result of `work`, which runs on if the caller is cancelled meanwhile."""
-        return await asyncio.shield(self.owned(work))
-
-    async def drain(self, timeout: float) -> None:
-        """Waits up to `timeout` seconds for the work under way."""
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=timeout)
 
 
 def stopping(position: str) -> UnavailableError:

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, Sequence
 
 from core.errors import DomainError
-from core.events._shared import StoreWork, Streams
+from core.events._shared import Streams
 from core.events.feed import LiveFeed
 from core.events.groups import ConsumerGroups
 from core.events.model import (
@@ -37,6 +37,7 @@ from core.events.model import (
 from core.events.publisher import Publisher
 from core.runtime.health import Health
 from core.runtime.lifecycle import Component
+from core.runtime.tasks import ShieldedWork
 
 __all__ = ["EventBus"]
 
@@ -69,7 +70,7 @@ class EventBus(Component):
         self.depends_on = depends_on
         self.serving = False  # EventService is served from this bus (see core.events)
         self._streams = Streams()
-        self._work = StoreWork()
+        self._work = ShieldedWork()
         self._publisher = Publisher(store, max_batch=max_batch, max_event_bytes=max_event_bytes)
         self._feed = LiveFeed(store, self._streams, self._work, ring_size=ring_size)
         self._groups = ConsumerGroups(store, self._streams, self._work, policy or Policy())

@@ -18,9 +18,10 @@ from collections.abc import AsyncGenerator, Iterable, Sequence
 from opentelemetry import metrics
 
 from core.errors import FieldViolation, InvalidArgumentError, OutOfRangeError
-from core.events._shared import DELIVERED, StoreWork, Streams, stopping
+from core.events._shared import DELIVERED, Streams, stopping
 from core.events.model import CaughtUp, Checkpoint, Event, EventStream, Page, Selector
 from core.events.reads import READ_BATCH, SharedReads
+from core.runtime.tasks import ShieldedWork
 
 CHECKPOINT_SECONDS = 1.0
 
@@ -55,7 +56,7 @@ class LiveFeed:
     """
 
     def __init__(
-        self, store: EventStream, streams: Streams, work: StoreWork, *, ring_size: int
+        self, store: EventStream, streams: Streams, work: ShieldedWork, *, ring_size: int
     ) -> None:
         self.store = store
         self._streams = streams

@@ -15,7 +15,7 @@ from collections.abc import AsyncGenerator, Sequence
 
 import structlog
 
-from core.events._shared import DELIVERED, StoreWork, Streams, stopping
+from core.events._shared import DELIVERED, Streams, stopping
 from core.events.model import (
     CaughtUp,
     Delivery,
@@ -27,6 +27,7 @@ from core.events.model import (
     State,
     check_group,
 )
+from core.runtime.tasks import ShieldedWork
 
 log = structlog.get_logger()
 
@@ -43,7 +44,7 @@ class ConsumerGroups:
         policy: Visibility timeout and attempts.
     """
 
-    def __init__(self, store: EventStore, streams: Streams, work: StoreWork, policy: Policy):
+    def __init__(self, store: EventStore, streams: Streams, work: ShieldedWork, policy: Policy):
         self.store = store
         self.policy = policy
         self._streams = streams

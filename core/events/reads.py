@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 
-from core.events._shared import StoreWork
 from core.events.model import EventStream, Page, Selector
+from core.runtime.tasks import ShieldedWork
 
 READ_BATCH = 500
 SHARED_PAGES = 8  # full pages of stored events kept for subscribers reading the same ones
@@ -27,7 +27,7 @@ class SharedReads:
         work: Where reads run, so that the bus's stop waits for them.
     """
 
-    def __init__(self, store: EventStream, work: StoreWork) -> None:
+    def __init__(self, store: EventStream, work: ShieldedWork) -> None:
         self._store = store
         self._work = work
         self._pages: OrderedDict[tuple[str, Selector], asyncio.Future[Page]] = OrderedDict()

@@ -27,11 +27,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
 log = structlog.get_logger()
+
+T = TypeVar("T")
 
 
 async def cancel_and_wait(*tasks: asyncio.Future[Any]) -> None:
@@ -111,3 +113,32 @@ class BackgroundTask:
                 self.last_error = type(exc).__name__
                 log.exception(failure_event, task=self.name)
             await asyncio.sleep(every)
+
+
+class ShieldedWork:
+    """Calls that run to their end even when the caller that made them is cancelled.
+
+    A database call cut off mid-statement invalidates its connection and leaves it
+    unclosed, a connection's return to the pool cut off drops it unclosed, and a claim
+    cut off after its commit would strand what it handed out. Such work runs here, in
+    tasks the owner waits for (`drain`) before it closes what the work uses.
+    """
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Future[Any]] = set()
+
+    def owned(self, work: Awaitable[T]) -> asyncio.Future[T]:
+        """`work` as a task that `drain` waits for."""
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def settled(self, work: Awaitable[T]) -> T:
+        """The result of `work`, which runs on if the caller is cancelled meanwhile."""
+        return await asyncio.shield(self.owned(work))
+
+    async def drain(self, timeout: float) -> None:
+        """Waits up to `timeout` seconds for the work under way."""
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=timeout)
