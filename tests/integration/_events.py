@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
-import redis.asyncio as redis
 
 from core.calls.status import from_rpc_error
 from core.config import EventSettings, Settings
 from core.errors import DomainError
+from core.testing.databases import forget_namespace
 from core.testing.services import Running, serving, settings_for
 from mesh.events.v1 import events_pb2 as pb
 from mesh.events.v1 import events_pb2_grpc
@@ -42,13 +42,7 @@ async def events_server(settings: Settings) -> AsyncIterator[Running]:
 
 async def drop_namespace(namespace: str) -> None:
     """Deletes every Redis key of a test's namespace."""
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        keys = [k async for k in client.scan_iter(match=f"{namespace}:*", count=1000)]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
+    await forget_namespace(REDIS_URL, namespace)
 
 
 @asynccontextmanager
