@@ -41,7 +41,14 @@ from core.events.outbox import emit, event_row, insert_with_event, with_event
 from core.resources.cache import Cache
 from core.resources.idempotency import RequestIds, check_request_id, forget_expired
 from core.resources.listing import Listing
-from core.resources.resource import Resource, RowLike, apply_paths, etag_for, mask_paths
+from core.resources.resource import (
+    Resource,
+    RowLike,
+    apply_paths,
+    etag_for,
+    mask_paths,
+    precondition_etag,
+)
 from core.resources.validation import id_violations, parse_name
 
 M = TypeVar("M", bound=Message)
@@ -174,10 +181,17 @@ class Crud(Generic[M]):
         request_id: str,
         request: Message,
     ) -> M:
+        """Writes the fields of `message` that `mask` names; see `mask_paths`.
+
+        The write is conditional on `etag` (the request's) or on `message.etag`, as AIP-154
+        allows either: ABORTED (ETAG_MISMATCH) if it is stale, INVALID_ARGUMENT
+        (ETAG_CONFLICT) if both are set and differ.
+        """
         r = self.resource
         name = cast(Any, message).name
         resource_id = parse_name(name, r.collection, f"{r.singular}.name")
         paths = mask_paths(message, mask, writable=r.writable, output_only=r.output_only)
+        etag = precondition_etag(etag, message, field=r.singular)
 
         async def work(tx: Transaction) -> M:
             row = (await tx.conn.execute(self._select_for_update, {"id": resource_id})).first()

@@ -24,6 +24,28 @@ def etag_for(resource_id: str, revision: int) -> str:
     return f'W/"{digest}"'
 
 
+def precondition_etag(request_etag: str, message: Message, *, field: str) -> str:
+    """The etag a write is conditional on: the request's `etag` or the one inside `message`.
+
+    AIP-154 lets a client send the etag it read either in the request or inside the
+    resource; either one makes the write conditional. Both set and different is
+    INVALID_ARGUMENT (reason ETAG_CONFLICT) naming both fields, since the write cannot
+    tell which one the caller meant. `field` is the message's field in the request
+    (`project`). Returns "" when neither is set: the write is unconditional.
+    """
+    inside = cast(Any, message).etag if "etag" in message.DESCRIPTOR.fields_by_name else ""
+    if request_etag and inside and request_etag != inside:
+        raise InvalidArgumentError(
+            f"etag and {field}.etag differ; send one of them, or the same etag in both",
+            reason="ETAG_CONFLICT",
+            violations=[
+                FieldViolation("etag", f"differs from {field}.etag"),
+                FieldViolation(f"{field}.etag", "differs from etag"),
+            ],
+        )
+    return request_etag or inside
+
+
 def timestamp(at: datetime | None) -> Timestamp | None:
     if at is None:
         return None

@@ -6,6 +6,7 @@ import asyncio
 import uuid
 from collections import Counter
 
+import pytest
 from structlog.testing import capture_logs
 
 from clients.projects import ProjectsClient
@@ -140,6 +141,28 @@ async def test_concurrent_updates_with_one_etag_let_exactly_one_win(
     )
 
     assert kinds(results) == {"Project": 1, "AbortedError": RACERS - 1}
+    winner = next(r for r in results if isinstance(r, Project))
+    assert await projects.get_project(NAME) == winner
+    assert {r.reason for r in results if isinstance(r, AbortedError)} <= {
+        "ETAG_MISMATCH",
+        "CONCURRENT_MODIFICATION",
+    }
+    assert await event_types(projects_server) == ["created", "updated"]
+
+
+@pytest.mark.parametrize("writers", [2, RACERS])
+async def test_writers_sending_back_the_etag_they_read_inside_the_project_let_one_win(
+    projects_server: Running, projects: ProjectsClient, writers: int
+) -> None:
+    await projects.create_project(a_project(), project_id="demo")
+    reads = [await projects.get_project(NAME) for _ in range(writers)]
+    for i, read in enumerate(reads):
+        read.display_name = f"writer {i}"
+
+    results = await asyncio.gather(*(attempt(projects.update_project(r)) for r in reads))
+
+    assert len({r.etag for r in reads}) == 1
+    assert kinds(results) == {"Project": 1, "AbortedError": writers - 1}
     winner = next(r for r in results if isinstance(r, Project))
     assert await projects.get_project(NAME) == winner
     assert {r.reason for r in results if isinstance(r, AbortedError)} <= {

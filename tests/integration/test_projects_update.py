@@ -46,15 +46,16 @@ async def test_without_a_mask_only_the_fields_set_are_written(
 async def test_output_only_fields_in_an_update_are_ignored(
     projects: ProjectsClient, demo: Project
 ) -> None:
-    sent = Project(name=NAME, display_name="New", state=Project.STATE_DELETED, etag="x")
+    sent = Project(name=NAME, display_name="New", state=Project.STATE_DELETED)
     sent.create_time.FromSeconds(0)
+    sent.update_time.FromSeconds(0)
 
     updated = await projects.update_project(sent)
 
     assert updated.display_name == "New"
     assert updated.state == Project.STATE_ACTIVE
     assert updated.create_time == demo.create_time
-    assert updated.etag != "x"
+    assert updated.update_time.ToDatetime() >= demo.update_time.ToDatetime()
 
 
 async def test_an_explicit_mask_writes_only_its_fields(
@@ -195,6 +196,70 @@ async def test_the_current_etag_allows_the_update_and_changes(
 
     assert len({demo.etag, first.etag, second.etag}) == 3
     assert (await projects.get_project(NAME)).etag == second.etag
+
+
+async def test_a_stale_etag_inside_the_project_is_aborted(
+    projects_server: Running, projects: ProjectsClient, demo: Project
+) -> None:
+    await projects.update_project(Project(name=NAME, display_name="First"))
+
+    with pytest.raises(AbortedError) as caught:
+        await projects.update_project(Project(name=NAME, display_name="Second", etag=demo.etag))
+
+    assert caught.value.reason == "ETAG_MISMATCH"
+    assert caught.value.metadata == {"resource": NAME}
+    with pytest.raises(AbortedError):
+        await projects.update_project(Project(name=NAME, display_name="x", etag='W/"made-up"'))
+    assert (await projects.get_project(NAME)).display_name == "First"
+    assert await event_types(projects_server) == ["created", "updated"]
+
+
+async def test_a_project_read_changed_and_sent_back_updates_once(
+    projects: ProjectsClient, demo: Project
+) -> None:
+    read = await projects.get_project(NAME)
+    read.display_name = "Edited"
+
+    updated = await projects.update_project(read)
+    read.description = "edited again from the same read"
+    with pytest.raises(AbortedError) as caught:
+        await projects.update_project(read, update_mask=["*"])
+
+    assert updated.display_name == "Edited"
+    assert updated.etag != demo.etag
+    assert caught.value.reason == "ETAG_MISMATCH"
+    assert await projects.get_project(NAME) == updated
+
+
+async def test_a_request_etag_and_a_project_etag_that_differ_are_invalid(
+    projects_server: Running, projects: ProjectsClient, demo: Project
+) -> None:
+    sent = Project(name=NAME, display_name="x", etag=demo.etag)
+
+    with pytest.raises(InvalidArgumentError) as caught:
+        await projects.update_project(sent, etag='W/"another"')
+
+    assert caught.value.reason == "ETAG_CONFLICT"
+    assert violated_fields(caught.value) == ["etag", "project.etag"]
+    assert await projects.get_project(NAME) == demo
+    assert await event_types(projects_server) == ["created"]
+
+
+async def test_a_request_etag_equal_to_the_project_etag_is_one_precondition(
+    projects: ProjectsClient, demo: Project
+) -> None:
+    updated = await projects.update_project(
+        Project(name=NAME, display_name="Both", etag=demo.etag), etag=demo.etag
+    )
+
+    with pytest.raises(AbortedError) as caught:
+        await projects.update_project(
+            Project(name=NAME, display_name="Stale", etag=demo.etag), etag=demo.etag
+        )
+
+    assert updated.display_name == "Both"
+    assert caught.value.reason == "ETAG_MISMATCH"
+    assert await projects.get_project(NAME) == updated
 
 
 # -- missing and deleted ----------------------------------------------------------------------

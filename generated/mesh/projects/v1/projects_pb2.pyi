@@ -116,7 +116,9 @@ class Project(_message.Message):
     state: Global___Project.State.ValueType
     """Output only."""
     etag: _builtins.str
-    """Output only. Changes on every write; send it back to make a write conditional."""
+    """Output only. Changes on every write. Send it back to make a write conditional: in a
+    request's etag field, or inside the project given to UpdateProject.
+    """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Keys: lowercase letters, digits, `_` and `-`, 1 to 63 characters, starting with a
@@ -446,7 +448,9 @@ class UpdateProjectRequest(_message.Message):
     ALLOW_MISSING_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     etag: _builtins.str
-    """If set, the update happens only if the project's etag still matches."""
+    """If set, the update happens only if the project's etag still matches. An etag sent
+    inside `project` (as read) does the same; if both are set they must be equal.
+    """
     allow_missing: _builtins.bool
     """Create the project if it does not exist (upsert)."""
     request_id: _builtins.str

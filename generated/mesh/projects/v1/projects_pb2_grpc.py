@@ -137,9 +137,10 @@ class ProjectServiceServicer:
 
     def UpdateProject(self, request, context):
         """Updates a project. INVALID_ARGUMENT for an unknown or output-only update_mask path or
-        a bad field; NOT_FOUND if the project does not exist and allow_missing is false;
-        ABORTED (reason ETAG_MISMATCH) if etag is set and stale; FAILED_PRECONDITION if the
-        project is soft-deleted.
+        a bad field, or (reason ETAG_CONFLICT) if etag and project.etag are both set and
+        differ; NOT_FOUND if the project does not exist and allow_missing is false;
+        ABORTED (reason ETAG_MISMATCH) if etag or project.etag is set and stale;
+        FAILED_PRECONDITION if the project is soft-deleted.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

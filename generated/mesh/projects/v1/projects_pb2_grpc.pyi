@@ -63,9 +63,10 @@ class ProjectServiceStub:
     """Counts the projects a filter matches. INVALID_ARGUMENT for a bad filter."""
     UpdateProject: _grpc.UnaryUnaryMultiCallable[_projects_pb2.UpdateProjectRequest, _projects_pb2.UpdateProjectResponse]
     """Updates a project. INVALID_ARGUMENT for an unknown or output-only update_mask path or
-    a bad field; NOT_FOUND if the project does not exist and allow_missing is false;
-    ABORTED (reason ETAG_MISMATCH) if etag is set and stale; FAILED_PRECONDITION if the
-    project is soft-deleted.
+    a bad field, or (reason ETAG_CONFLICT) if etag and project.etag are both set and
+    differ; NOT_FOUND if the project does not exist and allow_missing is false;
+    ABORTED (reason ETAG_MISMATCH) if etag or project.etag is set and stale;
+    FAILED_PRECONDITION if the project is soft-deleted.
     """
     DeleteProject: _grpc.UnaryUnaryMultiCallable[_projects_pb2.DeleteProjectRequest, _projects_pb2.DeleteProjectResponse]
     """Soft-deletes a project: sets delete_time and purge_time; it is purged for good after
@@ -112,9 +113,10 @@ class ProjectServiceAsyncStub(ProjectServiceStub):
     """Counts the projects a filter matches. INVALID_ARGUMENT for a bad filter."""
     UpdateProject: _aio.UnaryUnaryMultiCallable[_projects_pb2.UpdateProjectRequest, _projects_pb2.UpdateProjectResponse]  # type: ignore[assignment]
     """Updates a project. INVALID_ARGUMENT for an unknown or output-only update_mask path or
-    a bad field; NOT_FOUND if the project does not exist and allow_missing is false;
-    ABORTED (reason ETAG_MISMATCH) if etag is set and stale; FAILED_PRECONDITION if the
-    project is soft-deleted.
+    a bad field, or (reason ETAG_CONFLICT) if etag and project.etag are both set and
+    differ; NOT_FOUND if the project does not exist and allow_missing is false;
+    ABORTED (reason ETAG_MISMATCH) if etag or project.etag is set and stale;
+    FAILED_PRECONDITION if the project is soft-deleted.
     """
     DeleteProject: _aio.UnaryUnaryMultiCallable[_projects_pb2.DeleteProjectRequest, _projects_pb2.DeleteProjectResponse]  # type: ignore[assignment]
     """Soft-deletes a project: sets delete_time and purge_time; it is purged for good after
@@ -194,9 +196,10 @@ class ProjectServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_projects_pb2.UpdateProjectResponse, _abc.Awaitable[_projects_pb2.UpdateProjectResponse]]:
         """Updates a project. INVALID_ARGUMENT for an unknown or output-only update_mask path or
-        a bad field; NOT_FOUND if the project does not exist and allow_missing is false;
-        ABORTED (reason ETAG_MISMATCH) if etag is set and stale; FAILED_PRECONDITION if the
-        project is soft-deleted.
+        a bad field, or (reason ETAG_CONFLICT) if etag and project.etag are both set and
+        differ; NOT_FOUND if the project does not exist and allow_missing is false;
+        ABORTED (reason ETAG_MISMATCH) if etag or project.etag is set and stale;
+        FAILED_PRECONDITION if the project is soft-deleted.
         """
 
     @_abc_1.abstractmethod
