@@ -152,7 +152,11 @@ class ProjectsClient(Client):
         request_id: str = "",
         timeout: float | None = None,
     ) -> Project:
-        """Updates the fields named in `update_mask` (default: those set in `project`)."""
+        """Updates the fields named in `update_mask` (default: those set in `project`).
+
+        The write is conditional on `etag`, or on `project.etag` when `project` is one read
+        before: AbortedError (ETAG_MISMATCH) if someone has written since.
+        """
         request = pb.UpdateProjectRequest(
             project=project,
             etag=etag,
