@@ -13,8 +13,6 @@ import argparse
 import asyncio
 import base64
 import json
-import os
-import sys
 from datetime import datetime
 from typing import Any
 
@@ -137,9 +135,6 @@ def _run_subscribe(args: argparse.Namespace, settings: Settings) -> int:
     try:
         return asyncio.run(_subscribe(args, settings))
     except KeyboardInterrupt:  # Ctrl-C is how a follower is meant to stop
-        return 0
-    except BrokenPipeError:  # the reader went away (`| head`): stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
 
 

@@ -7,6 +7,7 @@ answered, and a script can rely on stdout holding only the result.
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,9 @@ from core.errors import DomainError, InvalidArgumentError
 
 FAILED = 1  # the call or check failed, or what it reports is not well
 USAGE = 2  # the command line or the environment is wrong; nothing was tried
+# The reader of stdout went away (`mesh ... | head`): what a shell reports for a command
+# killed by SIGPIPE, as `cat` or `grep` would be, so `set -o pipefail` scripts see the same.
+BROKEN_PIPE = 128 + signal.SIGPIPE
 
 
 def fail(message: str, *, code: int = FAILED) -> int:
