@@ -36,8 +36,18 @@ def print_json(payload: object, *, indent: int | None = 2, flush: bool = False) 
 
 
 def message_json(message: Message) -> dict[str, Any]:
-    """A protobuf message as JSON, with the proto's field names."""
-    return MessageToDict(message, preserving_proto_field_name=True)
+    """A protobuf message as JSON, with the proto's field names.
+
+    Its own list and map fields are always there, empty when the message has none
+    (`{"events": []}`), so a script can read them without checking first; fields of the
+    messages inside are shown as protobuf's JSON mapping does, without their defaults.
+    """
+    found = MessageToDict(message, preserving_proto_field_name=True)
+    for field in message.DESCRIPTOR.fields:
+        if field.is_repeated:
+            is_map = field.message_type is not None and field.message_type.GetOptions().map_entry
+            found.setdefault(field.name, {} if is_map else [])
+    return found
 
 
 def error_json(exc: DomainError) -> dict[str, Any]:

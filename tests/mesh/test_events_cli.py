@@ -92,7 +92,11 @@ async def test_a_published_event_is_in_the_history_and_has_a_status(
         "value": {"name": "one", "tags": ["a"]},
     }
     assert status["event"] == event
-    assert "groups" not in status  # no group wants it
+    assert status["groups"] == []  # no group wants it
+
+
+async def test_an_empty_listing_prints_its_list_field_empty(server: MeshProcess) -> None:
+    assert await mesh_json(server, "history") == {"events": []}
 
 
 async def test_errors_are_json_on_stderr_with_a_non_zero_exit(server: MeshProcess) -> None:
@@ -149,5 +153,6 @@ async def test_a_group_follower_acks_and_dead_letters_can_be_replayed(
     assert letter["status"]["errors"][0]["message"] == "cannot handle it"
     replayed = await mesh_json(server, "dead-letters", "g", "--replay", parked.id)
     assert replayed == {"replayed_count": 1}
+    assert await mesh_json(server, "dead-letters", "g") == {"dead_letters": []}
     async with EventsClient(server.address) as events:
         assert (await events.dead_letters("g")).dead_letters == []

@@ -201,7 +201,10 @@ async def test_health_and_status_commands(served: Process) -> None:
     assert "grpc-server" in text
     assert "RUNNING" in text
     code, text = await run("status", "--json")
-    assert json.loads(text)["status"] == "COMPONENT_STATUS_RUNNING"
+    summary = json.loads(text)
+    assert summary["status"] == "COMPONENT_STATUS_RUNNING"
+    assert summary["healthy_components"] == summary["total_components"]  # proto field names
+    assert "mesh.admin.v1.AdminService" in summary["grpc_services"]
 
 
 async def test_health_command_fails_when_nothing_listens() -> None:
