@@ -4,6 +4,7 @@ mesh events publish --type T --source S [--subject S] [--data JSON] [--id ID]
 mesh events subscribe [--type PATTERN ...] [--from-beginning | --after POS] [--group G --ack]
 mesh events status ID
 mesh events history [--type PATTERN ...] [--since TIME] [--until TIME]
+mesh events nack GROUP EVENT_ID [--delay SECONDS | --park] [--error TEXT]
 mesh events dead-letters GROUP [--replay [ID ...]]
 """
 
@@ -80,6 +81,16 @@ def add_commands(commands: Any) -> None:
     history.add_argument("--page-size", type=int, default=0)
     history.add_argument("--page-token", default="")
 
+    nack = _command(sub, "nack", "give an event back to its group; prints its state", _nack)
+    nack.add_argument("group", help="the group the event was delivered to")
+    nack.add_argument("event_id", metavar="EVENT_ID")
+    again = nack.add_mutually_exclusive_group()
+    again.add_argument(
+        "--delay", type=float, metavar="SECONDS", help="retry after this long (default: at once)"
+    )
+    again.add_argument("--park", action="store_true", help="move it to the dead letters")
+    nack.add_argument("--error", default="", metavar="TEXT", help="why, kept in its status")
+
     letters = _command(sub, "dead-letters", "list (or replay) a group's dead letters", _letters)
     letters.add_argument("group")
     letters.add_argument("--page-size", type=int, default=0)
@@ -121,6 +132,13 @@ async def _history(client: EventsClient, args: argparse.Namespace) -> Message:
         page_size=args.page_size,
         page_token=args.page_token,
     )
+
+
+async def _nack(client: EventsClient, args: argparse.Namespace) -> Message:
+    state = await client.nack(
+        args.group, args.event_id, retry_delay=args.delay, park=args.park, error=args.error
+    )
+    return pb.NackResponse(state=state)
 
 
 async def _letters(client: EventsClient, args: argparse.Namespace) -> Message | dict[str, Any]:

@@ -95,6 +95,24 @@ async def test_a_published_event_is_in_the_history_and_has_a_status(
     assert status["groups"] == []  # no group wants it
 
 
+async def test_nack_retries_or_parks_an_event_and_prints_its_state(server: MeshProcess) -> None:
+    async with EventsClient(server.address) as events:
+        first = await events.publish(make_event("mesh.demo.v1.x", "demo"))
+        second = await events.publish(make_event("mesh.demo.v1.x", "demo"))
+        async with events.subscribe(group="n", beginning=True) as stream:
+            async with asyncio.timeout(STARTUP):
+                delivered = [(await anext(stream)).event.id for _ in range(2)]
+
+            retried = await mesh_json(server, "nack", "n", first.id, "--delay", "60")
+            parked = await mesh_json(server, "nack", "n", second.id, "--park", "--error", "bad")
+            status = await events.status(second.id)
+
+    assert delivered == [first.id, second.id]
+    assert retried == {"state": "DELIVERY_STATE_RETRYING"}
+    assert parked == {"state": "DELIVERY_STATE_DEAD_LETTERED"}
+    assert status.groups[0].errors[-1].message == "bad"
+
+
 async def test_an_empty_listing_prints_its_list_field_empty(server: MeshProcess) -> None:
     assert await mesh_json(server, "history") == {"events": []}
 
