@@ -25,7 +25,7 @@ from cli import output
 from cli.commands import ADDRESS_HELP, Call, add_call
 from clients.events import Event, EventsClient, make_event
 from core.config import Settings
-from core.errors import DomainError, FieldViolation, InvalidArgumentError
+from core.errors import DomainError, FieldViolation, InvalidArgumentError, NotFoundError
 from mesh.events.v1 import events_pb2 as pb
 
 DATA_HELP = (
@@ -34,6 +34,13 @@ DATA_HELP = (
     "become doubles"
 )
 PATTERN_HELP = "an event type, or a prefix ending in .* (repeat for several; default: all)"
+GROUP_POSITIONS = (
+    "Consumer groups: a group has one position, shared by its members and kept by the "
+    "server. The first subscription with --group creates the group, starting at its "
+    "--from-beginning or --after, or else with the events published from then on. Every "
+    "later member, and a member that comes back, continues where the group is: a start "
+    "given then is ignored (the command says so on stderr)."
+)
 
 
 def add_commands(commands: Any) -> None:
@@ -55,13 +62,23 @@ def add_commands(commands: Any) -> None:
         description="Prints each message of the subscription as one JSON line, e.g. "
         '{"event": {...}} (group deliveries add "attempt"). Reconnects by itself when the '
         "server goes away, resuming where it was. Exits 0 on Ctrl-C.",
+        epilog=GROUP_POSITIONS,
     )
     subscribe.add_argument("--address", help=ADDRESS_HELP)
     subscribe.add_argument("--type", action="append", default=[], help=PATTERN_HELP)
     subscribe.add_argument("--subject", default="", help="only events about this subject")
     start = subscribe.add_mutually_exclusive_group()
-    start.add_argument("--from-beginning", action="store_true", help="start at the first event")
-    start.add_argument("--after", default="", metavar="POS", help="start after this position")
+    start.add_argument(
+        "--from-beginning",
+        action="store_true",
+        help="start at the first stored event (with --group: only if this creates the group)",
+    )
+    start.add_argument(
+        "--after",
+        default="",
+        metavar="POS",
+        help="start after this position (with --group: only if this creates the group)",
+    )
     subscribe.add_argument("--group", default="", help="join this consumer group")
     subscribe.add_argument("--consumer", default="", help="this member's name in the group")
     subscribe.add_argument("--ack", action="store_true", help="ack each event once printed")
@@ -163,6 +180,8 @@ async def _subscribe(args: argparse.Namespace, settings: Settings) -> int:
         async with EventsClient(
             args.address or settings.address, channel=settings.channel()
         ) as client:
+            if args.group:
+                await _explain_group_start(client, args)
             stream = client.subscribe(
                 types=args.type,
                 subject=args.subject,
@@ -180,6 +199,30 @@ async def _subscribe(args: argparse.Namespace, settings: Settings) -> int:
     except DomainError as exc:
         return output.print_error(exc)
     return 0
+
+
+async def _explain_group_start(client: EventsClient, args: argparse.Namespace) -> None:
+    """Says on stderr when the group's start is not what the flags may suggest: a start
+    given for a group that exists (ignored), or none for a new group (it starts now)."""
+    try:
+        await client.dead_letters(args.group, page_size=1)
+    except NotFoundError as exc:
+        if exc.reason != "GROUP_NOT_FOUND":
+            return
+        if not (args.from_beginning or args.after):
+            output.notice(
+                f"group {args.group!r} is new: it starts with the events published from now "
+                "on (add --from-beginning to take the stored ones too)"
+            )
+        return
+    except DomainError:  # e.g. not reachable yet: the subscription retries by itself
+        return
+    given = "--from-beginning" if args.from_beginning else "--after" if args.after else ""
+    if given:
+        output.notice(
+            f"group {args.group!r} exists: {given} is ignored; "
+            "its members continue where the group is"
+        )
 
 
 def _object(text: str) -> dict[str, Any]:

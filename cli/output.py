@@ -30,6 +30,11 @@ def fail(message: str, *, code: int = FAILED) -> int:
     return code
 
 
+def notice(message: str) -> None:
+    """Prints `mesh: message` on stderr: something the user should know; nothing failed."""
+    print(f"mesh: {message}", file=sys.stderr, flush=True)
+
+
 def print_json(payload: object, *, indent: int | None = 2, flush: bool = False) -> None:
     """Prints `payload` as JSON on stdout (one line when `indent` is None)."""
     print(json.dumps(payload, indent=indent), flush=flush)

@@ -174,3 +174,48 @@ async def test_a_group_follower_acks_and_dead_letters_can_be_replayed(
     assert await mesh_json(server, "dead-letters", "g") == {"dead_letters": []}
     async with EventsClient(server.address) as events:
         assert (await events.dead_letters("g")).dead_letters == []
+
+
+async def stderr_line(proc: asyncio.subprocess.Process) -> str:
+    """The next line the process writes to stderr, within STARTUP seconds."""
+    assert proc.stderr is not None
+    async with asyncio.timeout(STARTUP):
+        return (await proc.stderr.readline()).decode()
+
+
+async def test_a_new_group_from_the_beginning_gets_the_stored_events_once(
+    server: MeshProcess,
+) -> None:
+    """The README's walkthrough: events published first, then a group member that acks."""
+    async with EventsClient(server.address) as events:
+        stored = [await events.publish(make_event("mesh.demo.v1.x", "demo")) for _ in range(2)]
+        group = ("--group", "indexer", "--from-beginning", "--ack")
+        async with subscribing(server, *group) as proc:
+            printed = await lines(proc, 2)
+            await acked_in(events, "indexer", stored[1].id)
+            code, err = await interrupt(proc)
+        async with subscribing(server, *group) as again:
+            notice = await stderr_line(again)
+
+    assert [line["event"]["id"] for line in printed] == [r.id for r in stored]
+    assert (code, err) == (0, "")  # the group was new: its start applied, nothing to say
+    assert notice == (
+        "mesh: group 'indexer' exists: --from-beginning is ignored; "
+        "its members continue where the group is\n"
+    )
+
+
+async def test_a_new_group_without_a_start_says_it_starts_now(server: MeshProcess) -> None:
+    async with subscribing(server, "--group", "late") as proc:
+        notice = await stderr_line(proc)
+
+    assert notice.startswith("mesh: group 'late' is new: it starts with the events published")
+    assert "--from-beginning" in notice
+
+
+async def test_subscribe_help_says_how_group_positions_work() -> None:
+    code, out, _ = await run_mesh("events", "subscribe", "--help", env=mesh_env())
+
+    assert code == 0
+    assert "creates the group" in out
+    assert "a start given then is ignored" in " ".join(out.split())
