@@ -4,6 +4,7 @@ mesh events publish --type T --source S [--subject S] [--data JSON] [--id ID]
 mesh events subscribe [--type PATTERN ...] [--from-beginning | --after POS] [--group G --ack]
 mesh events status ID
 mesh events history [--type PATTERN ...] [--since TIME] [--until TIME]
+mesh events nack GROUP EVENT_ID [--delay SECONDS | --park] [--error TEXT]
 mesh events dead-letters GROUP [--replay [ID ...]]
 """
 
@@ -13,8 +14,6 @@ import argparse
 import asyncio
 import base64
 import json
-import os
-import sys
 from datetime import datetime
 from typing import Any
 
@@ -26,7 +25,7 @@ from cli import output
 from cli.commands import ADDRESS_HELP, Call, add_call
 from clients.events import Event, EventsClient, make_event
 from core.config import Settings
-from core.errors import DomainError, FieldViolation, InvalidArgumentError
+from core.errors import DomainError, FieldViolation, InvalidArgumentError, NotFoundError
 from mesh.events.v1 import events_pb2 as pb
 
 DATA_HELP = (
@@ -35,6 +34,13 @@ DATA_HELP = (
     "become doubles"
 )
 PATTERN_HELP = "an event type, or a prefix ending in .* (repeat for several; default: all)"
+GROUP_POSITIONS = (
+    "Consumer groups: a group has one position, shared by its members and kept by the "
+    "server. The first subscription with --group creates the group, starting at its "
+    "--from-beginning or --after, or else with the events published from then on. Every "
+    "later member, and a member that comes back, continues where the group is: a start "
+    "given then is ignored (the command says so on stderr)."
+)
 
 
 def add_commands(commands: Any) -> None:
@@ -56,13 +62,23 @@ def add_commands(commands: Any) -> None:
         description="Prints each message of the subscription as one JSON line, e.g. "
         '{"event": {...}} (group deliveries add "attempt"). Reconnects by itself when the '
         "server goes away, resuming where it was. Exits 0 on Ctrl-C.",
+        epilog=GROUP_POSITIONS,
     )
     subscribe.add_argument("--address", help=ADDRESS_HELP)
     subscribe.add_argument("--type", action="append", default=[], help=PATTERN_HELP)
     subscribe.add_argument("--subject", default="", help="only events about this subject")
     start = subscribe.add_mutually_exclusive_group()
-    start.add_argument("--from-beginning", action="store_true", help="start at the first event")
-    start.add_argument("--after", default="", metavar="POS", help="start after this position")
+    start.add_argument(
+        "--from-beginning",
+        action="store_true",
+        help="start at the first stored event (with --group: only if this creates the group)",
+    )
+    start.add_argument(
+        "--after",
+        default="",
+        metavar="POS",
+        help="start after this position (with --group: only if this creates the group)",
+    )
     subscribe.add_argument("--group", default="", help="join this consumer group")
     subscribe.add_argument("--consumer", default="", help="this member's name in the group")
     subscribe.add_argument("--ack", action="store_true", help="ack each event once printed")
@@ -81,6 +97,16 @@ def add_commands(commands: Any) -> None:
         history.add_argument(flag, type=_time, metavar="TIME", help=f"only events {edge} TIME")
     history.add_argument("--page-size", type=int, default=0)
     history.add_argument("--page-token", default="")
+
+    nack = _command(sub, "nack", "give an event back to its group; prints its state", _nack)
+    nack.add_argument("group", help="the group the event was delivered to")
+    nack.add_argument("event_id", metavar="EVENT_ID")
+    again = nack.add_mutually_exclusive_group()
+    again.add_argument(
+        "--delay", type=float, metavar="SECONDS", help="retry after this long (default: at once)"
+    )
+    again.add_argument("--park", action="store_true", help="move it to the dead letters")
+    nack.add_argument("--error", default="", metavar="TEXT", help="why, kept in its status")
 
     letters = _command(sub, "dead-letters", "list (or replay) a group's dead letters", _letters)
     letters.add_argument("group")
@@ -125,6 +151,13 @@ async def _history(client: EventsClient, args: argparse.Namespace) -> Message:
     )
 
 
+async def _nack(client: EventsClient, args: argparse.Namespace) -> Message:
+    state = await client.nack(
+        args.group, args.event_id, retry_delay=args.delay, park=args.park, error=args.error
+    )
+    return pb.NackResponse(state=state)
+
+
 async def _letters(client: EventsClient, args: argparse.Namespace) -> Message | dict[str, Any]:
     if args.replay is not None:
         return {"replayed_count": await client.replay(args.group, args.replay)}
@@ -138,9 +171,6 @@ def _run_subscribe(args: argparse.Namespace, settings: Settings) -> int:
         return asyncio.run(_subscribe(args, settings))
     except KeyboardInterrupt:  # Ctrl-C is how a follower is meant to stop
         return 0
-    except BrokenPipeError:  # the reader went away (`| head`): stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
 
 
 async def _subscribe(args: argparse.Namespace, settings: Settings) -> int:
@@ -150,6 +180,8 @@ async def _subscribe(args: argparse.Namespace, settings: Settings) -> int:
         async with EventsClient(
             args.address or settings.address, channel=settings.channel()
         ) as client:
+            if args.group:
+                await _explain_group_start(client, args)
             stream = client.subscribe(
                 types=args.type,
                 subject=args.subject,
@@ -167,6 +199,30 @@ async def _subscribe(args: argparse.Namespace, settings: Settings) -> int:
     except DomainError as exc:
         return output.print_error(exc)
     return 0
+
+
+async def _explain_group_start(client: EventsClient, args: argparse.Namespace) -> None:
+    """Says on stderr when the group's start is not what the flags may suggest: a start
+    given for a group that exists (ignored), or none for a new group (it starts now)."""
+    try:
+        await client.dead_letters(args.group, page_size=1)
+    except NotFoundError as exc:
+        if exc.reason != "GROUP_NOT_FOUND":
+            return
+        if not (args.from_beginning or args.after):
+            output.notice(
+                f"group {args.group!r} is new: it starts with the events published from now "
+                "on (add --from-beginning to take the stored ones too)"
+            )
+        return
+    except DomainError:  # e.g. not reachable yet: the subscription retries by itself
+        return
+    given = "--from-beginning" if args.from_beginning else "--after" if args.after else ""
+    if given:
+        output.notice(
+            f"group {args.group!r} exists: {given} is ignored; "
+            "its members continue where the group is"
+        )
 
 
 def _object(text: str) -> dict[str, Any]:

@@ -10,6 +10,7 @@ mesh <service> ...   (e.g. `mesh projects get ID`, `mesh events subscribe`)
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -20,17 +21,35 @@ from core.runtime.declaration import discover
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Runs `mesh` with `argv` (default: the process's arguments) and exits with its code."""
+    """Runs `mesh` with `argv` (default: the process's arguments) and exits with its code.
+
+    When the reader of stdout goes away (`mesh events history | head`), the command ends
+    at once, without a traceback, with the status of a process killed by SIGPIPE (141).
+    """
+    try:
+        try:
+            code = _run(argv)
+        finally:  # also after argparse's exit (--help): a closed pipe fails here, not at exit
+            sys.stdout.flush()
+    except BrokenPipeError:
+        # Later writes (the interpreter's final flush) go nowhere rather than failing again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = output.BROKEN_PIPE
+    sys.exit(code)
+
+
+def _run(argv: Sequence[str] | None) -> int:
     try:
         parser = build_parser()
     except ConfigError as exc:  # an installed service that does not load
-        sys.exit(output.fail(str(exc), code=output.USAGE))
+        return output.fail(str(exc), code=output.USAGE)
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
-        sys.exit(output.fail(str(exc), code=output.USAGE))
-    sys.exit(args.run(args, settings))
+        return output.fail(str(exc), code=output.USAGE)
+    code: int = args.run(args, settings)
+    return code
 
 
 def build_parser() -> argparse.ArgumentParser:

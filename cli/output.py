@@ -7,6 +7,7 @@ answered, and a script can rely on stdout holding only the result.
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,9 @@ from core.errors import DomainError, InvalidArgumentError
 
 FAILED = 1  # the call or check failed, or what it reports is not well
 USAGE = 2  # the command line or the environment is wrong; nothing was tried
+# The reader of stdout went away (`mesh ... | head`): what a shell reports for a command
+# killed by SIGPIPE, as `cat` or `grep` would be, so `set -o pipefail` scripts see the same.
+BROKEN_PIPE = 128 + signal.SIGPIPE
 
 
 def fail(message: str, *, code: int = FAILED) -> int:
@@ -26,14 +30,29 @@ def fail(message: str, *, code: int = FAILED) -> int:
     return code
 
 
+def notice(message: str) -> None:
+    """Prints `mesh: message` on stderr: something the user should know; nothing failed."""
+    print(f"mesh: {message}", file=sys.stderr, flush=True)
+
+
 def print_json(payload: object, *, indent: int | None = 2, flush: bool = False) -> None:
     """Prints `payload` as JSON on stdout (one line when `indent` is None)."""
     print(json.dumps(payload, indent=indent), flush=flush)
 
 
 def message_json(message: Message) -> dict[str, Any]:
-    """A protobuf message as JSON, with the proto's field names."""
-    return MessageToDict(message, preserving_proto_field_name=True)
+    """A protobuf message as JSON, with the proto's field names.
+
+    Its own list and map fields are always there, empty when the message has none
+    (`{"events": []}`), so a script can read them without checking first; fields of the
+    messages inside are shown as protobuf's JSON mapping does, without their defaults.
+    """
+    found = MessageToDict(message, preserving_proto_field_name=True)
+    for field in message.DESCRIPTOR.fields:
+        if field.is_repeated:
+            is_map = field.message_type is not None and field.message_type.GetOptions().map_entry
+            found.setdefault(field.name, {} if is_map else [])
+    return found
 
 
 def error_json(exc: DomainError) -> dict[str, Any]:

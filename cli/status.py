@@ -12,8 +12,6 @@ import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
-from google.protobuf.json_format import MessageToDict
-
 from cli import output
 from cli.commands import ADDRESS_HELP
 from cli.output import Column, Table
@@ -79,7 +77,7 @@ async def _status(args: argparse.Namespace, settings: Settings) -> int:
     except DomainError as exc:
         return output.fail(f"{address}: {exc.code.name}: {exc.message}")
     if args.json:
-        output.print_json(MessageToDict(summary))
+        output.print_json(output.message_json(summary))
     else:
         print(status_table(summary))
     ok = summary.status == admin_pb2.COMPONENT_STATUS_RUNNING

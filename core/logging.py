@@ -7,12 +7,13 @@ Call `configure_logging` once, in `__main__`; modules just do `log = structlog.g
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import sys
 
 import structlog
 from opentelemetry import trace
-from structlog.typing import EventDict, Processor, WrappedLogger
+from structlog.typing import EventDict, ExceptionRenderer, Processor, WrappedLogger
 
 
 def add_trace_ids(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
@@ -22,6 +23,14 @@ def add_trace_ids(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
         event["trace_id"] = format(span.trace_id, "032x")
         event["span_id"] = format(span.span_id, "016x")
     return event
+
+
+def _console_tracebacks() -> ExceptionRenderer:
+    """Rich's tracebacks (without local variables) when rich is installed (the dev extras
+    install it), else the standard library's: a console must never need rich to log."""
+    if importlib.util.find_spec("rich") is None:
+        return structlog.dev.plain_traceback
+    return structlog.dev.RichTracebackFormatter(show_locals=False)
 
 
 def configure_logging(
@@ -56,8 +65,7 @@ def configure_logging(
         )
         processors += [tracebacks, structlog.processors.JSONRenderer()]
     else:
-        formatter = structlog.dev.RichTracebackFormatter(show_locals=False)
-        processors += [structlog.dev.ConsoleRenderer(exception_formatter=formatter)]
+        processors += [structlog.dev.ConsoleRenderer(exception_formatter=_console_tracebacks())]
     numeric = logging.getLevelName(level.upper())
     structlog.configure(
         processors=processors,

@@ -92,7 +92,29 @@ async def test_a_published_event_is_in_the_history_and_has_a_status(
         "value": {"name": "one", "tags": ["a"]},
     }
     assert status["event"] == event
-    assert "groups" not in status  # no group wants it
+    assert status["groups"] == []  # no group wants it
+
+
+async def test_nack_retries_or_parks_an_event_and_prints_its_state(server: MeshProcess) -> None:
+    async with EventsClient(server.address) as events:
+        first = await events.publish(make_event("mesh.demo.v1.x", "demo"))
+        second = await events.publish(make_event("mesh.demo.v1.x", "demo"))
+        async with events.subscribe(group="n", beginning=True) as stream:
+            async with asyncio.timeout(STARTUP):
+                delivered = [(await anext(stream)).event.id for _ in range(2)]
+
+            retried = await mesh_json(server, "nack", "n", first.id, "--delay", "60")
+            parked = await mesh_json(server, "nack", "n", second.id, "--park", "--error", "bad")
+            status = await events.status(second.id)
+
+    assert delivered == [first.id, second.id]
+    assert retried == {"state": "DELIVERY_STATE_RETRYING"}
+    assert parked == {"state": "DELIVERY_STATE_DEAD_LETTERED"}
+    assert status.groups[0].errors[-1].message == "bad"
+
+
+async def test_an_empty_listing_prints_its_list_field_empty(server: MeshProcess) -> None:
+    assert await mesh_json(server, "history") == {"events": []}
 
 
 async def test_errors_are_json_on_stderr_with_a_non_zero_exit(server: MeshProcess) -> None:
@@ -149,5 +171,51 @@ async def test_a_group_follower_acks_and_dead_letters_can_be_replayed(
     assert letter["status"]["errors"][0]["message"] == "cannot handle it"
     replayed = await mesh_json(server, "dead-letters", "g", "--replay", parked.id)
     assert replayed == {"replayed_count": 1}
+    assert await mesh_json(server, "dead-letters", "g") == {"dead_letters": []}
     async with EventsClient(server.address) as events:
         assert (await events.dead_letters("g")).dead_letters == []
+
+
+async def stderr_line(proc: asyncio.subprocess.Process) -> str:
+    """The next line the process writes to stderr, within STARTUP seconds."""
+    assert proc.stderr is not None
+    async with asyncio.timeout(STARTUP):
+        return (await proc.stderr.readline()).decode()
+
+
+async def test_a_new_group_from_the_beginning_gets_the_stored_events_once(
+    server: MeshProcess,
+) -> None:
+    """The README's walkthrough: events published first, then a group member that acks."""
+    async with EventsClient(server.address) as events:
+        stored = [await events.publish(make_event("mesh.demo.v1.x", "demo")) for _ in range(2)]
+        group = ("--group", "indexer", "--from-beginning", "--ack")
+        async with subscribing(server, *group) as proc:
+            printed = await lines(proc, 2)
+            await acked_in(events, "indexer", stored[1].id)
+            code, err = await interrupt(proc)
+        async with subscribing(server, *group) as again:
+            notice = await stderr_line(again)
+
+    assert [line["event"]["id"] for line in printed] == [r.id for r in stored]
+    assert (code, err) == (0, "")  # the group was new: its start applied, nothing to say
+    assert notice == (
+        "mesh: group 'indexer' exists: --from-beginning is ignored; "
+        "its members continue where the group is\n"
+    )
+
+
+async def test_a_new_group_without_a_start_says_it_starts_now(server: MeshProcess) -> None:
+    async with subscribing(server, "--group", "late") as proc:
+        notice = await stderr_line(proc)
+
+    assert notice.startswith("mesh: group 'late' is new: it starts with the events published")
+    assert "--from-beginning" in notice
+
+
+async def test_subscribe_help_says_how_group_positions_work() -> None:
+    code, out, _ = await run_mesh("events", "subscribe", "--help", env=mesh_env())
+
+    assert code == 0
+    assert "creates the group" in out
+    assert "a start given then is ignored" in " ".join(out.split())

@@ -182,6 +182,13 @@ async def test_a_malformed_setting_is_named() -> None:
     assert b"MESH_GRACE_SECONDS='soon' is not valid" in err
 
 
+async def test_an_unknown_service_is_refused_naming_the_known_ones() -> None:
+    process = await _spawn("serve", "nope")
+    _, err = await asyncio.wait_for(process.proc.communicate(), 30)
+    assert process.proc.returncode == 2
+    assert b"unknown service 'nope' (known: admin, events, projects)" in err
+
+
 async def test_health_and_status_commands(served: Process) -> None:
     await _wait_serving(served.address)
 
@@ -201,7 +208,10 @@ async def test_health_and_status_commands(served: Process) -> None:
     assert "grpc-server" in text
     assert "RUNNING" in text
     code, text = await run("status", "--json")
-    assert json.loads(text)["status"] == "COMPONENT_STATUS_RUNNING"
+    summary = json.loads(text)
+    assert summary["status"] == "COMPONENT_STATUS_RUNNING"
+    assert summary["healthy_components"] == summary["total_components"]  # proto field names
+    assert "mesh.admin.v1.AdminService" in summary["grpc_services"]
 
 
 async def test_health_command_fails_when_nothing_listens() -> None:
