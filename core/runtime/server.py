@@ -146,7 +146,7 @@ class GrpcServer(Component):
         except RuntimeError:
             raise FatalStartError(
                 f"cannot listen on {self.address}: the address is already in use or not "
-                "available here (set MESH_ADDRESS to another HOST:PORT)"
+                "available here; choose another HOST:PORT"
             ) from None
         await server.start()
         self._server = server

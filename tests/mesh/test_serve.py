@@ -175,6 +175,15 @@ async def test_a_taken_port_stops_the_start_with_a_clear_message(served: Process
     assert b"already in use" in err
 
 
+async def test_a_taken_port_given_with_address_does_not_point_at_mesh_address(
+    served: Process,
+) -> None:
+    second = await _spawn("serve", "--address", served.address)
+    _, err = await asyncio.wait_for(second.proc.communicate(), 30)
+    assert b"choose another HOST:PORT" in err
+    assert b"MESH_ADDRESS" not in err  # it was --address that named the port
+
+
 async def test_a_malformed_setting_is_named() -> None:
     process = await _spawn("serve", env={"MESH_GRACE_SECONDS": "soon"})
     _, err = await asyncio.wait_for(process.proc.communicate(), 30)
