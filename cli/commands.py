@@ -12,10 +12,15 @@ from typing import Any, TypeVar
 from google.protobuf.message import Message
 
 from cli import output
+from clients.admin import AdminClient
+from clients.base import SERVER_NOT_READY
 from core.config import Settings
 from core.errors import DomainError
+from mesh.admin.v1 import admin_pb2
 
 C = TypeVar("C")
+
+NOT_READY_ASK_SECONDS = 3.0  # how long to wait for the admin service to say why
 
 ADDRESS_HELP = "HOST:PORT of the server (default: MESH_ADDRESS)"
 
@@ -58,6 +63,41 @@ async def _call(
         async with client(address, channel=settings.channel()) as opened:
             result = await call(opened, args)
     except DomainError as exc:
+        if exc.reason == SERVER_NOT_READY:
+            return output.fail(await not_ready(address, settings, exc))
         return output.print_error(exc)
     output.print_json(result if isinstance(result, dict) else to_json(result))
     return 0
+
+
+async def not_ready(address: str, settings: Settings, exc: DomainError) -> str:
+    """What to print when a call failed with `SERVER_NOT_READY`: which service at which
+    address is not ready and, when the server's admin service answers (it serves while
+    the server is not ready), which components are not healthy and why."""
+    service = exc.metadata.get("service") or "the server"
+    said = f"{service} at {address} is not ready"
+    try:
+        async with AdminClient(address, channel=settings.channel()) as admin:
+            summary = await admin.get_service_summary(timeout=NOT_READY_ASK_SECONDS)
+    except DomainError as asked:
+        return f"{said} (its admin service did not say why: {asked.code.name})"
+    return f"{said}: {why_not_ready(summary)}"
+
+
+def why_not_ready(summary: admin_pb2.ServiceSummary) -> str:
+    """The components of `summary` that are not healthy, as `NAME STATE (reason)`
+    (the unhealthy ones if any); else the process's own status or reason."""
+    health = admin_pb2.HealthState.Name
+    unwell = [c for c in summary.components if c.health.state != admin_pb2.HEALTH_STATE_HEALTHY]
+    # The unhealthy ones are what holds readiness back; degraded ones only when none is.
+    unhealthy = [c for c in unwell if c.health.state == admin_pb2.HEALTH_STATE_UNHEALTHY]
+    down = [
+        f"{c.name} {health(c.health.state)[13:]}"
+        + (f" ({c.health.reason})" if c.health.reason else "")
+        for c in unhealthy or unwell
+    ]
+    if down:
+        return "; ".join(down)
+    if summary.status != admin_pb2.COMPONENT_STATUS_RUNNING:
+        return admin_pb2.ComponentStatus.Name(summary.status)[17:]
+    return summary.overall.reason or "every component reports healthy (it may be changing)"

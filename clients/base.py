@@ -34,7 +34,12 @@ from core.calls.status import DETAILS_KEY, from_rpc_error
 from core.config import ChannelSettings
 from core.errors import DeadlineExceededError, DomainError, UnavailableError
 
-__all__ = ["ChannelSettings", "Client", "Resilience"]
+__all__ = ["SERVER_NOT_READY", "ChannelSettings", "Client", "Resilience"]
+
+# The reason of the UnavailableError for a call no ready server could take.
+SERVER_NOT_READY = "SERVER_NOT_READY"
+# What grpc core reports for a server whose health check (our `readiness`) is not SERVING.
+NOT_READY_TEXT = "backend unhealthy"
 
 Request = TypeVar("Request")
 Response = TypeVar("Response")
@@ -163,6 +168,32 @@ class Client:
             )
         return min(own, left)
 
+    def _decode(self, exc: grpc.RpcError) -> DomainError:
+        """The domain error for a failed call; a server that is not ready says so.
+
+        gRPC's health-checked balancing fails a call to servers whose readiness is not
+        SERVING with UNAVAILABLE and its own text ("connections to all backends failing
+        ... backend unhealthy"); that becomes `SERVER_NOT_READY`, naming the target and
+        the service, with gRPC's text in the metadata's `grpc_message`.
+        """
+        error = from_rpc_error(exc)
+        if (
+            self._health_checked
+            and error.code is grpc.StatusCode.UNAVAILABLE
+            and not _answered(exc)
+            and NOT_READY_TEXT in error.message
+        ):
+            return UnavailableError(
+                f"{self.service} at {self.target} is not ready (its readiness is not SERVING)",
+                reason=SERVER_NOT_READY,
+                metadata={
+                    "target": self.target,
+                    "service": self.service,
+                    "grpc_message": error.message,
+                },
+            )
+        return error
+
     async def _unary(
         self,
         method: str,
@@ -184,7 +215,7 @@ class Client:
         try:
             return await rpc(request, timeout=seconds, metadata=call.metadata)
         except grpc.RpcError as exc:
-            error = from_rpc_error(exc)
+            error = self._decode(exc)
             code = error.code
             # A server that answers with error details is up and chose the answer (its
             # database is down, it is stopping): only failures without them (no
@@ -230,7 +261,7 @@ class Client:
             async for message in stream:
                 yield message
         except grpc.RpcError as exc:
-            error = from_rpc_error(exc)
+            error = self._decode(exc)
             code = error.code
             raise error from None
         except (asyncio.CancelledError, GeneratorExit):

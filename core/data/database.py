@@ -209,18 +209,41 @@ class Database(Component):
         checked_out: int = getattr(engine.pool, "checkedout", lambda: 0)()
         return checked_out, self._checkouts.waiting
 
+    def pool_figures(self) -> dict[str, str]:
+        """The pool's state as named figures, for the health details.
+
+        `size` is the connections the pool keeps, `open` those open now, `checked_out` those
+        in use, `overflow` those opened beyond `size` (up to `max_overflow`), `waiting` the
+        callers waiting for one. SQLite's pool keeps no such counts: only `checked_out` and
+        `waiting` are real there.
+        """
+        pool = self.engine.pool
+        checked_out: int = getattr(pool, "checkedout", lambda: 0)()
+        figures = {"checked_out": checked_out, "waiting": self._checkouts.waiting}
+        size = getattr(pool, "size", None)
+        if callable(size):
+            idle: int = getattr(pool, "checkedin", lambda: 0)()
+            # SQLAlchemy's overflow() counts from -size: negative while fewer than `size`
+            # connections are open.
+            figures |= {
+                "size": size(),
+                "open": idle + checked_out,
+                "overflow": max(0, getattr(pool, "overflow", lambda: 0)()),
+            }
+        return {name: str(value) for name, value in figures.items()}
+
     async def check_health(self) -> Health:
         pool = self.engine.pool
         checked_out = getattr(pool, "checkedout", lambda: 0)()
         if checked_out >= getattr(pool, "size", lambda: checked_out + 1)():
             # Busy, not broken: waiting for a connection would time out and read as down.
-            return Health.degraded("connection pool saturated", pool=pool.status())
+            return Health.degraded("connection pool saturated", **self.pool_figures())
         try:
             async with self.engine.connect() as conn:
                 await conn.execute(text("select 1"))
         except Exception as exc:  # whatever the driver raises, the answer is the same
             return Health.unhealthy(f"database unreachable: {type(exc).__name__}")
-        return Health.healthy(dialect=self.dialect, pool=pool.status())
+        return Health.healthy(dialect=self.dialect, **self.pool_figures())
 
     @asynccontextmanager
     async def connect(

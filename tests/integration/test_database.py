@@ -111,6 +111,24 @@ async def test_concurrent_serializable_increments_are_retried_not_lost(db: Datab
     assert await _value(db) == 5
 
 
+async def test_health_details_name_the_pool_figures(database_url: str) -> None:
+    database = Database(database_url, pool_size=3)
+    await database.start()
+    try:
+        async with database.connect():
+            health = await database.check_health()
+    finally:
+        await database.stop()
+    assert health.state is HealthState.HEALTHY
+    assert health.details["checked_out"] == "1"  # the one held above; the check's is back
+    assert health.details["waiting"] == "0"
+    if database_url.startswith("postgresql"):
+        assert health.details["size"] == "3"
+        assert health.details["open"] == "2"  # the one held and the check's own
+        assert health.details["overflow"] == "0"
+    assert not any("Current Overflow" in value for value in health.details.values())
+
+
 async def test_health_is_unhealthy_when_the_database_is_gone(database_url: str) -> None:
     if not database_url.startswith("postgresql"):
         pytest.skip("dropping a live SQLite file does not make it unreachable")
