@@ -210,24 +210,18 @@ class Database(Component):
         return checked_out, self._checkouts.waiting
 
     def pool_figures(self) -> dict[str, str]:
-        """The pool's state as named figures, for the health details.
-
-        `size` is the connections the pool keeps, `open` those open now, `checked_out` those
-        in use, `overflow` those opened beyond `size` (up to `max_overflow`), `waiting` the
-        callers waiting for one. SQLite's pool keeps no such counts: only `checked_out` and
-        `waiting` are real there.
-        """
+        """The pool as named figures (health details): `size` kept, `open` now, `checked_out`
+        in use, `overflow` opened beyond `size`, `waiting` callers. SQLite's pool has only
+        the last two."""
+        checked_out, waiting = self.pool_counts()
+        figures = {"checked_out": checked_out, "waiting": waiting}
         pool = self.engine.pool
-        checked_out: int = getattr(pool, "checkedout", lambda: 0)()
-        figures = {"checked_out": checked_out, "waiting": self._checkouts.waiting}
         size = getattr(pool, "size", None)
         if callable(size):
-            idle: int = getattr(pool, "checkedin", lambda: 0)()
-            # SQLAlchemy's overflow() counts from -size: negative while fewer than `size`
-            # connections are open.
+            # SQLAlchemy's overflow() counts from -size: below 0 while fewer are open.
             figures |= {
                 "size": size(),
-                "open": idle + checked_out,
+                "open": getattr(pool, "checkedin", lambda: 0)() + checked_out,
                 "overflow": max(0, getattr(pool, "overflow", lambda: 0)()),
             }
         return {name: str(value) for name, value in figures.items()}
