@@ -5,6 +5,10 @@ mesh health [--service NAME] [--watch] [--address HOST:PORT]
 mesh status [--json] [--address HOST:PORT]
 mesh db upgrade
 mesh <service> ...   (e.g. `mesh projects get ID`, `mesh events subscribe`)
+
+With MESH_TRACES_EXPORTER set, every command that calls a server traces its calls: a
+CLIENT span per call (service `mesh-cli`), its `traceparent` sent, the spans exported
+before the command exits (console spans on stderr: stdout is the command's result).
 """
 
 from __future__ import annotations
@@ -13,11 +17,17 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 
 from cli import VERSION, db, output, serve, status
 from core.config import Settings
 from core.errors import ConfigError
+from core.logging import configure_logging
 from core.runtime.declaration import discover
+from core.telemetry import configure_telemetry
+
+# Commands the CLI does not trace: `serve` sets up its own telemetry, `db` calls no server.
+UNTRACED = frozenset({"serve", "db"})
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -48,8 +58,30 @@ def _run(argv: Sequence[str] | None) -> int:
         settings = Settings.from_env()
     except ConfigError as exc:
         return output.fail(str(exc), code=output.USAGE)
-    code: int = args.run(args, settings)
-    return code
+    if args.command in UNTRACED or not settings.telemetry.tracing:
+        code: int = args.run(args, settings)
+        return code
+    return _traced(args, settings)
+
+
+def _traced(args: argparse.Namespace, settings: Settings) -> int:
+    """Runs the command with tracing on, and exports its spans before returning."""
+    level = settings.log_level if settings.log_level in ("warning", "error") else "warning"
+    # A command's logs (the exporter's failures among them) go to stderr, quietly.
+    configure_logging(
+        service="mesh-cli", version=VERSION, log_format=settings.log_format, level=level
+    )
+    telemetry = configure_telemetry(
+        replace(settings.telemetry, metrics=False, metrics_address=""),
+        service="mesh-cli",
+        version=VERSION,
+        console=sys.stderr,
+    )
+    try:
+        code: int = args.run(args, settings)
+        return code
+    finally:
+        telemetry.shutdown()  # exports the spans still batched
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     services = discover()
     parser = argparse.ArgumentParser(prog="mesh", description="Run and inspect a meshkit mesh.")
     parser.add_argument("--version", action="version", version=f"meshkit {VERSION}")
-    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND", dest="command")
     serve.add_commands(commands, services)
     status.add_commands(commands)
     db.add_commands(commands, services)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 from opentelemetry import metrics, trace
@@ -45,11 +45,18 @@ _RPC_SCOPE = InstrumentationScope("core.runtime.boundary")
 class Telemetry:
     """What `configure_telemetry` turned on; `shutdown` it at process exit."""
 
-    def __init__(self, settings: TelemetrySettings, tracing: bool, reader: _Reader | None) -> None:
+    def __init__(
+        self,
+        settings: TelemetrySettings,
+        tracing: bool,
+        reader: _Reader | None,
+        console: TextIO | None = None,
+    ) -> None:
         self.settings = settings
         self.tracing = tracing
         self.metrics = reader is not None
         self._reader = reader
+        self._console = console
         self._http: tuple[Any, threading.Thread] | None = None
 
     def collect(self) -> MetricsData | None:
@@ -173,7 +180,7 @@ class _Process:
         if telemetry.tracing:
             provider = self._tracer_provider()
             self.processor.inner = (
-                BatchSpanProcessor(traces_exporter(settings.traces_exporter))
+                BatchSpanProcessor(traces_exporter(settings.traces_exporter, telemetry._console))
                 if span_exporter is None
                 else SimpleSpanProcessor(span_exporter)
             )
@@ -249,6 +256,7 @@ def configure_telemetry(
     service: str,
     version: str,
     span_exporter: SpanExporter | None = None,
+    console: TextIO | None = None,
 ) -> Telemetry:
     """Sets up this process's traces and metrics from settings; once, in __main__.
 
@@ -258,6 +266,8 @@ def configure_telemetry(
         version: `service.version` of the resource.
         span_exporter: For tests: sampled spans go here, synchronously, instead of to
             the exporter the settings choose; tracing is then on.
+        console: Where the console exporter writes spans (default stdout); a command
+            whose stdout is its result passes stderr.
 
     The first call installs the OpenTelemetry API's global providers (what
     `trace.get_tracer` and `metrics.get_meter` give core.events and the instrumentations),
@@ -278,7 +288,7 @@ def configure_telemetry(
         reader = None
         if settings.metrics:
             reader = _prometheus_reader() if settings.metrics_address else _Reader()
-        telemetry = Telemetry(settings, tracing, reader)
+        telemetry = Telemetry(settings, tracing, reader, console)
         try:
             if settings.metrics_address:
                 from prometheus_client import start_http_server

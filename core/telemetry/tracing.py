@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TextIO
 
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -98,10 +98,11 @@ class SwitchedProcessor(SpanProcessor):
             self.inner.shutdown()
 
 
-def traces_exporter(name: str) -> SpanExporter:
-    """The exporter of MESH_TRACES_EXPORTER: "console" or "otlp"."""
-    if name == "console":  # JSON per span on stdout (logs are on stderr)
-        return ConsoleSpanExporter(out=sys.stdout)  # the default is bound at import
+def traces_exporter(name: str, console: TextIO | None = None) -> SpanExporter:
+    """The exporter of MESH_TRACES_EXPORTER: "console" (JSON per span on `console`,
+    default stdout, which a server's logs leave free) or "otlp"."""
+    if name == "console":
+        return ConsoleSpanExporter(out=console or sys.stdout)  # the default is bound at import
     if name == "otlp":  # reads OTEL_EXPORTER_OTLP_ENDPOINT, _HEADERS, _INSECURE, ...
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 

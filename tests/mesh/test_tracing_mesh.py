@@ -5,11 +5,13 @@ grpc.aio TraceService that keeps what it receives). The test makes its call insi
 of its own, sends the W3C trace context in metadata, and finds the projects server span,
 the relay's publish span and the events server's span in its trace. An event consumed in
 the test process (a third one) has a consumer span linked to the projects call that made it.
+The `mesh` command traces its own calls: its CLIENT span starts the trace the servers continue.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +29,7 @@ from core.config import TelemetrySettings
 from core.events.tracing import consumer_span, producer_of
 from core.telemetry import configure_telemetry
 from mesh.projects.v1 import projects_pb2, projects_pb2_grpc
-from tests.mesh._processes import SplitMesh, split_mesh
+from tests.mesh._processes import SplitMesh, mesh_env, run_mesh, split_mesh
 
 WITHIN = 20.0  # seconds any awaited span or event may take
 Span = trace_pb2.Span
@@ -185,3 +187,75 @@ async def test_an_event_consumed_in_another_process_links_to_the_call_that_made_
     [link] = consumer.links
     assert (link.context.trace_id, link.context.span_id) == (producer.trace_id, producer.span_id)
     assert consumer.context.trace_id != caller.trace_id  # a trace of its own, linked
+
+
+def cli_create(address: str, project_id: str) -> list[str]:
+    """The arguments of `mesh projects create` for one project at `address`."""
+    return [
+        *("projects", "create", "--address", address, "--id", project_id),
+        *("--display-name", "Traced", "--type", "MUSIC_CLIP", "--owner", "users/a"),
+    ]
+
+
+def console_spans(stderr: str) -> list[dict[str, Any]]:
+    """The spans the console exporter wrote: JSON objects one after another."""
+    decoder, spans, at = json.JSONDecoder(), [], 0
+    while (at := stderr.find("{", at)) != -1:
+        span, at = decoder.raw_decode(stderr, at)
+        spans.append(span)
+    return spans
+
+
+async def test_a_create_from_the_command_line_is_one_trace_from_its_call(
+    collector: tuple[Collector, int], mesh: SplitMesh
+) -> None:
+    received, port = collector
+    env = mesh_env(
+        MESH_TRACES_EXPORTER="otlp",
+        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{port}",
+        OTEL_EXPORTER_OTLP_INSECURE="true",
+    )
+    code, out, err = await run_mesh(*cli_create(mesh.projects.address, "from-cli"), env=env)
+    assert code == 0, err
+    assert json.loads(out)["name"] == "projects/from-cli"  # stdout is still the result alone
+
+    def cli_call() -> Span | None:
+        mine = [s for service, s in received.spans if service == "mesh-cli"]
+        return named(mine, Span.SPAN_KIND_CLIENT, "CreateProject")
+
+    call = await received.wait_for("mesh-cli CreateProject client", cli_call)
+    spans = lambda: received.in_trace(int.from_bytes(call.trace_id, "big"))  # noqa: E731
+    server = await received.wait_for(
+        "projects CreateProject server",
+        lambda: named(spans(), Span.SPAN_KIND_SERVER, "CreateProject"),
+    )
+    publish = await received.wait_for(
+        "relay publish", lambda: named(spans(), Span.SPAN_KIND_PRODUCER, "publish")
+    )
+    await received.wait_for(
+        "events Publish server", lambda: named(spans(), Span.SPAN_KIND_SERVER, "Publish")
+    )
+
+    assert call.parent_span_id == b""  # the command's call starts the trace
+    assert server.parent_span_id == call.span_id  # the server continues it
+    assert publish.parent_span_id == server.span_id
+
+
+async def test_console_spans_of_the_command_line_go_to_stderr(
+    collector: tuple[Collector, int], mesh: SplitMesh
+) -> None:
+    received, _ = collector
+    env = mesh_env(MESH_TRACES_EXPORTER="console")
+    code, out, err = await run_mesh(*cli_create(mesh.projects.address, "on-console"), env=env)
+    assert code == 0, err
+    assert json.loads(out)["name"] == "projects/on-console"
+
+    [call] = console_spans(err)
+    assert call["kind"] == "SpanKind.CLIENT"
+    assert call["resource"]["attributes"]["service.name"] == "mesh-cli"
+    trace_id = int(call["context"]["trace_id"], 16)
+    server = await received.wait_for(
+        "projects CreateProject server",
+        lambda: named(received.in_trace(trace_id), Span.SPAN_KIND_SERVER, "CreateProject"),
+    )
+    assert server.parent_span_id == int(call["context"]["span_id"], 16).to_bytes(8, "big")
