@@ -17,8 +17,10 @@ from sqlalchemy.exc import IntegrityError
 from core.data.database import Database
 from core.errors import FailedPreconditionError, NotFoundError
 from core.events.model import (
+    DISCONNECTED_MESSAGE,
     MAX_ERROR_CHARS,
     MAX_ERRORS_KEPT,
+    TIMED_OUT_MESSAGE,
     Delivery,
     DeliveryError,
     EndReason,
@@ -27,8 +29,6 @@ from core.events.model import (
     Policy,
     Selector,
     State,
-    DISCONNECTED_MESSAGE,
-    TIMED_OUT_MESSAGE,
 )
 from core.events.sql.tables import (
     HEAD,
