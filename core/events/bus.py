@@ -26,6 +26,7 @@ from core.events.model import (
     CaughtUp,
     Checkpoint,
     Delivery,
+    EndReason,
     Event,
     EventStore,
     GroupStatus,
@@ -182,10 +183,22 @@ class EventBus(Component):
         return await self._groups.ack(group, event_ids)
 
     async def nack(
-        self, group: str, event_id: str, *, delay: float, park: bool, error: str
+        self,
+        group: str,
+        event_id: str,
+        *,
+        delay: float,
+        park: bool,
+        error: str,
+        reason: EndReason = EndReason.NACKED,
     ) -> State:
-        """Gives an event back to `group`: due again after `delay` seconds, or parked."""
-        return await self._groups.nack(group, event_id, delay=delay, park=park, error=error)
+        """Gives an event back to `group`: due again after `delay` seconds, or parked.
+
+        `error` and `reason` are recorded in the event's status as why this attempt ended.
+        """
+        return await self._groups.nack(
+            group, event_id, delay=delay, park=park, error=error, reason=reason
+        )
 
     async def replay(self, group: str, event_ids: Sequence[str]) -> int:
         """Brings dead letters (`event_ids`, or all) back for delivery; returns how many."""

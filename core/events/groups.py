@@ -19,6 +19,7 @@ from core.events._shared import DELIVERED, Streams, stopping
 from core.events.model import (
     CaughtUp,
     Delivery,
+    EndReason,
     Event,
     EventStore,
     GroupStatus,
@@ -103,11 +104,27 @@ class ConsumerGroups:
         return acked
 
     async def nack(
-        self, group: str, event_id: str, *, delay: float, park: bool, error: str
+        self,
+        group: str,
+        event_id: str,
+        *,
+        delay: float,
+        park: bool,
+        error: str,
+        reason: EndReason = EndReason.NACKED,
     ) -> State:
-        """Gives an event back to `group`: due again after `delay` seconds, or parked."""
+        """Gives an event back to `group`: due again after `delay` seconds, or parked.
+
+        `error` and `reason` are recorded in the event's status as why this attempt ended.
+        """
         state = await self.store.nack(
-            check_group(group), event_id, delay=delay, park=park, error=error, policy=self.policy
+            check_group(group),
+            event_id,
+            delay=delay,
+            park=park,
+            error=error,
+            policy=self.policy,
+            reason=reason,
         )
         self._streams.changes.notify()
         return state

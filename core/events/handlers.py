@@ -39,7 +39,7 @@ import structlog
 from opentelemetry import metrics, trace
 
 from core.events.bus import EventBus
-from core.events.model import Delivery, Event, Selector
+from core.events.model import Delivery, EndReason, Event, Selector
 from core.events.tracing import consumer_span
 from core.runtime.health import Health
 from core.runtime.lifecycle import Component
@@ -171,7 +171,14 @@ class EventHandler(Component):
         log.warning("event.dead_lettered", group=self.group, id=event.id, error=reason)
         span.set_status(trace.StatusCode.ERROR, reason)
         span.record_exception(error)
-        await self._bus.nack(self.group, event.id, delay=0.0, park=True, error=reason)
+        await self._bus.nack(
+            self.group,
+            event.id,
+            delay=0.0,
+            park=True,
+            error=reason,
+            reason=EndReason.HANDLER_FAILED,
+        )
         self.dead_lettered += 1
         _handled.add(1, self._outcomes["dead_lettered"])
         return error

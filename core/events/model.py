@@ -129,11 +129,30 @@ class Checkpoint:
     position: str
 
 
+class EndReason(enum.IntEnum):
+    """Why an attempt ended without an ack; the values are the contract's DeliveryEndReason."""
+
+    UNSPECIFIED = events_pb2.DELIVERY_END_REASON_UNSPECIFIED
+    NACKED = events_pb2.DELIVERY_END_REASON_NACKED
+    HANDLER_FAILED = events_pb2.DELIVERY_END_REASON_HANDLER_FAILED
+    TIMED_OUT = events_pb2.DELIVERY_END_REASON_TIMED_OUT
+    DISCONNECTED = events_pb2.DELIVERY_END_REASON_DISCONNECTED
+
+
+# The errors recorded when a member held an event past the visibility timeout, and when it
+# left (its subscription ended) holding one; `%s` is the member (printf style, as Lua's too).
+TIMED_OUT_MESSAGE = "consumer '%s' did not ack within the visibility timeout"
+DISCONNECTED_MESSAGE = "consumer '%s' disconnected before acking"
+
+
 @dataclass(slots=True)
 class DeliveryError:
+    """One attempt that ended without an ack: what happened, when, which attempt and why."""
+
     message: str
     time: float
     attempt: int
+    reason: EndReason = EndReason.UNSPECIFIED
 
 
 @dataclass(slots=True)
@@ -238,12 +257,20 @@ class GroupStore(Protocol):
 
     async def unacked(self, group: str, consumer: str) -> int: ...
     async def release(self, group: str, consumer: str) -> None:
-        """The member left: its unacked events become due at once."""
+        """The member left: its unacked events become due at once, recorded as DISCONNECTED."""
         ...
 
     async def ack(self, group: str, event_ids: Sequence[str]) -> int: ...
     async def nack(
-        self, group: str, event_id: str, *, delay: float, park: bool, error: str, policy: Policy
+        self,
+        group: str,
+        event_id: str,
+        *,
+        delay: float,
+        park: bool,
+        error: str,
+        policy: Policy,
+        reason: EndReason = EndReason.NACKED,
     ) -> State: ...
     async def status(self, event_id: str) -> list[GroupStatus]: ...
     async def dead_letters(

@@ -148,7 +148,12 @@ def _group_status(status: GroupStatus) -> pb.GroupStatus:
         consumer=status.consumer,
         update_time=_timestamp(status.update_time),
         errors=[
-            pb.DeliveryError(message=e.message, time=_timestamp(e.time), attempt=e.attempt)
+            pb.DeliveryError(
+                message=e.message,
+                time=_timestamp(e.time),
+                attempt=e.attempt,
+                reason=int(e.reason),  # type: ignore[arg-type]
+            )
             for e in status.errors
         ],
     )

@@ -15,7 +15,7 @@ from core.data.revisions import CORE_MIGRATIONS
 from core.errors import InvalidArgumentError
 from core.events.bus import EventBus
 from core.events.handlers import EventHandler
-from core.events.model import Event, Policy
+from core.events.model import EndReason, Event, Policy
 from core.events.sql import SqlEventStore
 from core.runtime.container import Container
 from tests.conftest import FAST
@@ -122,10 +122,10 @@ async def test_a_failing_event_is_retried_then_dead_lettered(bus: EventBus) -> N
             "bad": "InvalidArgumentError",
         }
         letters = await bus.dead_letters("recorder", "", 10)
-        errors = {e.id: s.errors[-1].message for e, s in letters}
+        errors = {e.id: (s.errors[-1].message, s.errors[-1].reason) for e, s in letters}
         assert errors == {
-            "broken": "RuntimeError: flaky broken",
-            "bad": "rejected: InvalidArgumentError: bad event",
+            "broken": ("RuntimeError: flaky broken", EndReason.HANDLER_FAILED),
+            "bad": ("rejected: InvalidArgumentError: bad event", EndReason.HANDLER_FAILED),
         }
         assert (handler.processed, handler.dead_lettered) == (1, 2)
     finally:

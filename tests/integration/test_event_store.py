@@ -29,7 +29,16 @@ from core.errors import (
     OutOfRangeError,
     UnavailableError,
 )
-from core.events.model import Delivery, Event, EventStore, HistoryQuery, Policy, Selector, State
+from core.events.model import (
+    Delivery,
+    EndReason,
+    Event,
+    EventStore,
+    HistoryQuery,
+    Policy,
+    Selector,
+    State,
+)
 from core.events.redis import RedisEventStore
 from core.events.sql import SqlEventStore
 from tests.conftest import _pg_admin, _pg_url
@@ -328,8 +337,9 @@ async def test_an_unacked_event_goes_to_another_member_after_the_timeout(
     assert [(d.event.id, d.attempt) for d in again] == [("slow", 2)]
     [status] = await store.status("slow")
     assert (status.state, status.attempts, status.consumer) == (State.DELIVERED, 2, "m2")
-    assert [e.attempt for e in status.errors] == [1]
-    assert "m1" in status.errors[0].message
+    assert [(e.message, e.attempt, e.reason) for e in status.errors] == [
+        ("consumer 'm1' did not ack within the visibility timeout", 1, EndReason.TIMED_OUT)
+    ]
     assert first.attempt == 1
 
 
@@ -345,6 +355,24 @@ async def test_release_makes_a_members_events_due_at_once(store: EventStore) -> 
     taken = await store.claim("workers", "stayer", 10, SLOW)
     assert sorted((d.event.id, d.attempt) for d in taken) == [("r1", 2), ("r2", 2)]
     assert await store.unacked("workers", "stayer") == 2
+
+
+async def test_a_released_event_says_its_member_disconnected(store: EventStore) -> None:
+    await store.join("workers", EVERYTHING, "")
+    await store.append([an_event(id="held"), an_event(id="acked")])
+    await store.claim("workers", "leaver", 10, SLOW)
+    await store.ack("workers", ["acked"])
+    await store.release("workers", "leaver")
+    gone = [("consumer 'leaver' disconnected before acking", 1, EndReason.DISCONNECTED)]
+    [released] = await store.status("held")
+    assert (released.state, released.attempts) == (State.RETRYING, 1)
+    assert [(e.message, e.attempt, e.reason) for e in released.errors] == gone
+    [acked] = await store.status("acked")
+    assert (acked.state, acked.errors) == (State.ACKED, [])
+    await store.claim("workers", "stayer", 10, SLOW)  # no timeout recorded on top
+    [again] = await store.status("held")
+    assert (again.state, again.attempts, again.consumer) == (State.DELIVERED, 2, "stayer")
+    assert [(e.message, e.attempt, e.reason) for e in again.errors] == gone
 
 
 async def test_a_nacked_event_waits_for_its_delay(store: EventStore) -> None:
@@ -434,6 +462,7 @@ async def test_max_attempts_dead_letters_an_event_nobody_acks(store: EventStore)
     [status] = await store.status("lost")
     assert (status.state, status.attempts) == (State.DEAD_LETTERED, 1)
     assert "within the visibility timeout" in status.errors[-1].message
+    assert status.errors[-1].reason == EndReason.TIMED_OUT
 
 
 async def test_status_follows_every_stage(store: EventStore) -> None:
@@ -459,7 +488,9 @@ async def test_status_follows_every_stage(store: EventStore) -> None:
     await store.nack("workers", "s1", delay=30, park=False, error="x" * 2000, policy=quick)
     [retrying] = await store.status("s1")
     assert (retrying.state, retrying.attempts) == (State.RETRYING, 1)
-    assert [(len(e.message), e.attempt) for e in retrying.errors] == [(1000, 1)]
+    assert [(len(e.message), e.attempt, e.reason) for e in retrying.errors] == [
+        (1000, 1, EndReason.NACKED)
+    ]
 
     await store.replay("workers", ["s1"])  # not a dead letter: nothing happens
     await store.nack("workers", "s1", delay=0, park=False, error="again", policy=quick)

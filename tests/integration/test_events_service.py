@@ -250,6 +250,18 @@ async def test_an_unacked_event_goes_to_another_member_when_its_member_dies(
     dying = join(stub, consumer="dying")
     [_first] = events_of(await take(dying, 1))
     dying.cancel()  # killed before acking
+
+    async def given_back() -> pb.DeliveryError:
+        status = await stub.GetEventStatus(pb.GetEventStatusRequest(event_id="work"))
+        assert status.groups[0].state == pb.DELIVERY_STATE_RETRYING
+        [error] = status.groups[0].errors
+        return error
+
+    error = await eventually(given_back)
+    assert error.reason == pb.DELIVERY_END_REASON_DISCONNECTED
+    assert error.message.startswith("consumer 'dying.")
+    assert error.message.endswith("' disconnected before acking")
+    assert error.attempt == 1
     survivor = join(stub, consumer="survivor")
     messages = await take(survivor, 1)
     [again] = events_of(messages)
@@ -259,7 +271,7 @@ async def test_an_unacked_event_goes_to_another_member_when_its_member_dies(
     status = await stub.GetEventStatus(pb.GetEventStatusRequest(event_id="work"))
     assert status.groups[0].state == pb.DELIVERY_STATE_ACKED
     assert status.groups[0].attempts == 2
-    assert "not acked" in status.groups[0].errors[0].message
+    assert list(status.groups[0].errors) == [error]  # handed out again: no timeout added
     survivor.cancel()
 
 
@@ -270,6 +282,11 @@ async def test_an_unacked_event_is_redelivered_after_the_visibility_timeout(stub
     again = await take(member, 1)  # never acked: back after 0.5 s
     assert events_of(first)[0].id == events_of(again)[0].id == "slow-work"
     assert again[-1].attempt == 2
+    status = await stub.GetEventStatus(pb.GetEventStatusRequest(event_id="slow-work"))
+    [error] = status.groups[0].errors
+    assert error.reason == pb.DELIVERY_END_REASON_TIMED_OUT
+    assert error.message.endswith("' did not ack within the visibility timeout")
+    assert error.attempt == 1
     member.cancel()
 
 
@@ -295,6 +312,7 @@ async def test_nack_retries_after_the_delay_and_park_dead_letters(stub: Stub) ->
     [letter] = letters.dead_letters
     assert letter.event.id == "park-me"
     assert letter.status.errors[-1].message == "poison"
+    assert letter.status.errors[-1].reason == pb.DELIVERY_END_REASON_NACKED
     replayed = await stub.ReplayDeadLetters(pb.ReplayDeadLettersRequest(group="workers"))
     assert replayed.replayed_count == 1
     back = await take(member, 1)

@@ -15,6 +15,7 @@ from core.errors import FailedPreconditionError
 from core.events.model import (
     MAX_ERROR_CHARS,
     Delivery,
+    EndReason,
     Event,
     GroupStatus,
     Policy,
@@ -88,10 +89,18 @@ class RedisGroups(StoreConnection):
         return int(reply[1])
 
     async def nack(
-        self, group: str, event_id: str, *, delay: float, park: bool, error: str, policy: Policy
+        self,
+        group: str,
+        event_id: str,
+        *,
+        delay: float,
+        park: bool,
+        error: str,
+        policy: Policy,
+        reason: EndReason = EndReason.NACKED,
     ) -> State:
         message = (error or "nacked")[:MAX_ERROR_CHARS]
-        args = (event_id, int(delay * 1000), int(park), message, policy.max_attempts)
+        args = (event_id, int(delay * 1000), int(park), message, policy.max_attempts, int(reason))
         reply = await self._run("nack", group, *args)
         if reply[0] == b"notfound":
             raise no_delivery(event_id, group)

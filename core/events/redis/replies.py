@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from core.errors import NotFoundError
-from core.events.model import DeliveryError, Event, GroupStatus, Selector, State
+from core.events.model import DeliveryError, EndReason, Event, GroupStatus, Selector, State
 
 
 def as_text(value: bytes | str) -> str:
@@ -49,7 +49,10 @@ def parse_status(group: str, st: dict[str, Any], due: float | None, now: float) 
     state = State(st["s"])
     if state == State.DELIVERED and due is not None and due / 1000 <= now:
         state = State.RETRYING  # its visibility timeout ran out: it will be handed out again
-    errors = [DeliveryError(e["m"], e["t"] / 1000, int(e["a"])) for e in (st["e"] or [])]
+    errors = [
+        DeliveryError(e["m"], e["t"] / 1000, int(e["a"]), EndReason(int(e.get("r", 0))))
+        for e in (st["e"] or [])
+    ]
     return GroupStatus(group, state, int(st["a"]), st["c"], st["t"] / 1000, errors)
 
 

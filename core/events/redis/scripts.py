@@ -7,9 +7,16 @@ prefix, from ARGV[1], and helpers), then its own file.
 
 from __future__ import annotations
 
+import json
 from importlib import resources
 
-from core.events.model import MAX_ERRORS_KEPT, State
+from core.events.model import (
+    DISCONNECTED_MESSAGE,
+    MAX_ERRORS_KEPT,
+    TIMED_OUT_MESSAGE,
+    EndReason,
+    State,
+)
 
 SCAN = 2_000  # most entries one read, history or claim script looks at: bounds its run time
 
@@ -34,6 +41,9 @@ NAMES = (
 _CONSTANTS = (
     f"local DELIVERED, ACKED, RETRYING, DEAD = {State.DELIVERED:d}, {State.ACKED:d}, "
     f"{State.RETRYING:d}, {State.DEAD_LETTERED:d}\n"
+    f"local TIMED_OUT, DISCONNECTED = {EndReason.TIMED_OUT:d}, {EndReason.DISCONNECTED:d}\n"
+    f"local TIMED_OUT_MESSAGE = {json.dumps(TIMED_OUT_MESSAGE)}\n"
+    f"local DISCONNECTED_MESSAGE = {json.dumps(DISCONNECTED_MESSAGE)}\n"
     f"local MAX_ERRORS = {MAX_ERRORS_KEPT:d}\n"
     f"local SCAN = {SCAN:d}\n"
 )

@@ -17,10 +17,13 @@ from sqlalchemy.exc import IntegrityError
 from core.data.database import Database
 from core.errors import FailedPreconditionError, NotFoundError
 from core.events.model import (
+    DISCONNECTED_MESSAGE,
     MAX_ERROR_CHARS,
     MAX_ERRORS_KEPT,
+    TIMED_OUT_MESSAGE,
     Delivery,
     DeliveryError,
+    EndReason,
     Event,
     GroupStatus,
     Policy,
@@ -97,8 +100,8 @@ class SqlGroups:
         for row in (await conn.execute(query)).all():
             errors = list(row.errors)
             if row.state == State.DELIVERED:  # handed out, never acked nor nacked in time
-                message = f"not acked by {row.consumer} within the visibility timeout"
-                errors = _append_error(errors, message, now, row.attempts)
+                message = TIMED_OUT_MESSAGE % row.consumer
+                errors = _append_error(errors, message, now, row.attempts, EndReason.TIMED_OUT)
             values: dict[str, Any] = {"errors": errors, "update_time": now}
             if row.attempts >= policy.max_attempts:
                 values |= {"state": int(State.DEAD_LETTERED), "due": None}
@@ -161,16 +164,23 @@ class SqlGroups:
             return int(await conn.scalar(query) or 0)
 
     async def release(self, group: str, consumer: str) -> None:
+        now = time.time()
+        message = DISCONNECTED_MESSAGE % consumer
+        query = sa.select(deliveries.c.event_id, deliveries.c.attempts, deliveries.c.errors).where(
+            deliveries.c.group_name == group,
+            deliveries.c.consumer == consumer,
+            deliveries.c.state == int(State.DELIVERED),
+        )
         async with self._db.transaction() as tx:
-            await tx.conn.execute(
-                deliveries.update()
-                .where(
-                    deliveries.c.group_name == group,
-                    deliveries.c.consumer == consumer,
-                    deliveries.c.state == int(State.DELIVERED),
+            await tx.conn.execute(group_query(group, lock=True))  # one change at a time, as claim
+            for row in (await tx.conn.execute(query)).all():
+                errors = _append_error(
+                    list(row.errors), message, now, row.attempts, EndReason.DISCONNECTED
                 )
-                .values(due=time.time())
-            )
+                values = {"state": int(State.RETRYING), "due": now, "update_time": now}
+                await tx.conn.execute(
+                    _update(group, row.event_id).values(values | {"errors": errors})
+                )
 
     async def ack(self, group: str, event_ids: Sequence[str]) -> int:
         now = time.time()
@@ -184,7 +194,15 @@ class SqlGroups:
         return len(done)
 
     async def nack(
-        self, group: str, event_id: str, *, delay: float, park: bool, error: str, policy: Policy
+        self,
+        group: str,
+        event_id: str,
+        *,
+        delay: float,
+        park: bool,
+        error: str,
+        policy: Policy,
+        reason: EndReason = EndReason.NACKED,
     ) -> State:
         now = time.time()
         async with self._db.transaction() as tx:
@@ -195,7 +213,7 @@ class SqlGroups:
                 )
             if row.state == State.DEAD_LETTERED:
                 return State.DEAD_LETTERED
-            errors = _append_error(list(row.errors), error or "nacked", now, row.attempts)
+            errors = _append_error(list(row.errors), error or "nacked", now, row.attempts, reason)
             values: dict[str, Any] = {"errors": errors, "update_time": now}
             if park or row.attempts >= policy.max_attempts:
                 values |= {"state": int(State.DEAD_LETTERED), "due": None}
@@ -282,14 +300,19 @@ def _update(group: str, event_id: str) -> sa.Update:
     )
 
 
-def _append_error(errors: list[Any], message: str, now: float, attempt: int) -> list[Any]:
+def _append_error(
+    errors: list[Any], message: str, now: float, attempt: int, reason: EndReason
+) -> list[Any]:
     entry = {"message": message[:MAX_ERROR_CHARS], "time": now, "attempt": attempt}
-    return [*errors, entry][-MAX_ERRORS_KEPT:]
+    return [*errors, entry | {"reason": int(reason)}][-MAX_ERRORS_KEPT:]
 
 
 def _status(row: Any, now: float) -> GroupStatus:
     state = State(row.state)
     if state == State.DELIVERED and row.due is not None and row.due <= now:
         state = State.RETRYING  # its visibility timeout ran out: it will be handed out again
-    errors = [DeliveryError(e["message"], e["time"], e["attempt"]) for e in row.errors]
+    errors = [
+        DeliveryError(e["message"], e["time"], e["attempt"], EndReason(e.get("reason", 0)))
+        for e in row.errors
+    ]
     return GroupStatus(row.group_name, state, row.attempts, row.consumer, row.update_time, errors)

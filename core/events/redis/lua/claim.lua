@@ -19,7 +19,7 @@ for _, p in ipairs(redis.call('ZRANGEBYSCORE', DUE_KEY, '-inf', now, 'LIMIT', 0,
     redis.call('XACK', STREAM, group, sid)
   else
     if st.s == DELIVERED then
-      add_error(st, 'not acked by ' .. st.c .. ' within the visibility timeout', now)
+      add_error(st, string.format(TIMED_OUT_MESSAGE, st.c), now, TIMED_OUT)
     end
     st.t = now
     if st.a >= max_attempts then

@@ -1,4 +1,4 @@
--- ARGV: prefix, group, event id, delay ms, park (0/1), error, max attempts.
+-- ARGV: prefix, group, event id, delay ms, park (0/1), error, max attempts, end reason.
 -- Returns {'notfound'}, {'acked'} or {'ok', state}.
 local group, eid = ARGV[2], ARGV[3]
 local st = get_status(eid, group)
@@ -6,7 +6,7 @@ if not st then return {'notfound'} end
 if st.s == ACKED then return {'acked'} end
 if st.s == DEAD then return {'ok', DEAD} end
 local now = now_ms()
-add_error(st, ARGV[6], now)
+add_error(st, ARGV[6], now, tonumber(ARGV[8]))
 st.t = now
 local sid = redis.call('HGET', P .. 'ids', eid)
 local p = pad(sid)

@@ -1,5 +1,7 @@
 -- Prepended to every script, after the constants the store declares from Python (the
--- delivery states DELIVERED, ACKED, RETRYING and DEAD, MAX_ERRORS and SCAN).
+-- delivery states DELIVERED, ACKED, RETRYING and DEAD, the end reasons TIMED_OUT and
+-- DISCONNECTED with their messages TIMED_OUT_MESSAGE and DISCONNECTED_MESSAGE, MAX_ERRORS
+-- and SCAN).
 -- Every script takes the key prefix as ARGV[1].
 local P = ARGV[1]
 local STREAM = P .. 'stream'
@@ -51,8 +53,9 @@ local function put_status(eid, group, st)
   redis.call('HSET', P .. 'st:' .. eid, group, cjson.encode(st))
 end
 
-local function add_error(st, message, now)
+-- An attempt that ended without an ack: message, time (ms), attempt and why (an EndReason).
+local function add_error(st, message, now, reason)
   if type(st.e) ~= 'table' then st.e = {} end
-  table.insert(st.e, {m = message, t = now, a = st.a})
+  table.insert(st.e, {m = message, t = now, a = st.a, r = reason})
   while #st.e > MAX_ERRORS do table.remove(st.e, 1) end
 end

@@ -58,6 +58,38 @@ DELIVERY_STATE_DEAD_LETTERED: DeliveryState.ValueType  # 5
 """In the group's dead letters."""
 Global___DeliveryState: _TypeAlias = DeliveryState  # noqa: Y015
 
+class _DeliveryEndReason:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DeliveryEndReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DeliveryEndReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DELIVERY_END_REASON_UNSPECIFIED: _DeliveryEndReason.ValueType  # 0
+    """Not recorded: errors stored before the reason was."""
+    DELIVERY_END_REASON_NACKED: _DeliveryEndReason.ValueType  # 1
+    """The member nacked it (Nack); the message is the error it sent."""
+    DELIVERY_END_REASON_HANDLER_FAILED: _DeliveryEndReason.ValueType  # 2
+    """A handler of the group failed on it or rejected it; the message is the handler's error."""
+    DELIVERY_END_REASON_TIMED_OUT: _DeliveryEndReason.ValueType  # 3
+    """The member held it past the group's visibility timeout without acking."""
+    DELIVERY_END_REASON_DISCONNECTED: _DeliveryEndReason.ValueType  # 4
+    """The member's subscription ended (it disconnected or the server stopped) before it acked."""
+
+class DeliveryEndReason(_DeliveryEndReason, metaclass=_DeliveryEndReasonEnumTypeWrapper):
+    """Why an attempt at delivering an event ended without an ack."""
+
+DELIVERY_END_REASON_UNSPECIFIED: DeliveryEndReason.ValueType  # 0
+"""Not recorded: errors stored before the reason was."""
+DELIVERY_END_REASON_NACKED: DeliveryEndReason.ValueType  # 1
+"""The member nacked it (Nack); the message is the error it sent."""
+DELIVERY_END_REASON_HANDLER_FAILED: DeliveryEndReason.ValueType  # 2
+"""A handler of the group failed on it or rejected it; the message is the handler's error."""
+DELIVERY_END_REASON_TIMED_OUT: DeliveryEndReason.ValueType  # 3
+"""The member held it past the group's visibility timeout without acking."""
+DELIVERY_END_REASON_DISCONNECTED: DeliveryEndReason.ValueType  # 4
+"""The member's subscription ended (it disconnected or the server stopped) before it acked."""
+Global___DeliveryEndReason: _TypeAlias = DeliveryEndReason  # noqa: Y015
+
 @_typing.final
 class Event(_message.Message):
     """One event. It maps one to one onto a CloudEvents 1.0 event: id, source, type, subject
@@ -567,10 +599,13 @@ class DeliveryError(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     TIME_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
     message: _builtins.str
     """The error a consumer gave, or why the server gave up the attempt."""
     attempt: _builtins.int
     """Which attempt, starting at 1."""
+    reason: Global___DeliveryEndReason.ValueType
+    """Why the attempt ended, for programs; `message` says the same for people."""
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """When."""
@@ -581,10 +616,11 @@ class DeliveryError(_message.Message):
         message: _builtins.str = ...,
         time: _timestamp_pb2.Timestamp | None = ...,
         attempt: _builtins.int = ...,
+        reason: Global___DeliveryEndReason.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "message", b"message", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "message", b"message", "reason", b"reason", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
