@@ -147,7 +147,9 @@ class EventBus(Component):
 
         `names` are the events' field paths in errors; default `events[i]`.
         """
-        return await self._publisher.publish(batch, names)
+        results = await self._publisher.publish(batch, names)
+        self._feed.stored(results)
+        return results
 
     async def resolve(self, *, after: str = "", beginning: bool = False) -> str:
         """The position a subscription starts after: given, "" for the beginning, or now."""

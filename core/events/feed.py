@@ -19,7 +19,15 @@ from opentelemetry import metrics
 
 from core.errors import FieldViolation, InvalidArgumentError, OutOfRangeError
 from core.events._shared import DELIVERED, Streams, stopping
-from core.events.model import CaughtUp, Checkpoint, Event, EventStream, Page, Selector
+from core.events.model import (
+    Appended,
+    CaughtUp,
+    Checkpoint,
+    Event,
+    EventStream,
+    Page,
+    Selector,
+)
 from core.events.reads import READ_BATCH, SharedReads
 from core.runtime.tasks import ShieldedWork
 
@@ -66,13 +74,16 @@ class LiveFeed:
         self._keys: list[tuple[int, ...]] = []
         self._floor: tuple[int, ...] = ()  # the ring holds every event after this key
         self._floor_known = False
+        # The newest event this process stored: until the store's reader has handed it to
+        # the ring, the ring is not the head (Redis Streams read it back asynchronously).
+        self._stored: tuple[int, ...] = ()
         self._head = ""  # the newest position this process has seen
         self._positions: dict[int, str] = {}  # each live subscription's position, for lag
         self._subscription_ids = itertools.count()
 
     def reset(self) -> None:
         """Forgets what it held; `begin` starts it again."""
-        self._ring, self._keys, self._floor_known = [], [], False
+        self._ring, self._keys, self._floor_known, self._stored = [], [], False, ()
         self._reads.clear()
 
     async def begin(self) -> None:
@@ -103,6 +114,13 @@ class LiveFeed:
             del self._ring[:drop], self._keys[:drop]
         self._streams.changes.notify()
 
+    def stored(self, results: Sequence[Appended]) -> None:
+        """This process stored these events (the publisher's results, in order)."""
+        for result in reversed(results):
+            if not result.duplicate:
+                self._stored = max(self._stored, self.store.order_key(result.position))
+                return
+
     def lost(self, position: str) -> None:
         """The store lost every event up to `position`: forget them too.
 
@@ -110,7 +128,7 @@ class LiveFeed:
         instead of being served events nobody else can see any more.
         """
         key = self.store.order_key(position)
-        self._ring, self._keys = [], []
+        self._ring, self._keys, self._stored = [], [], ()
         self._reads.clear()
         self._floor = max(self._floor, key)
         if key > self.store.order_key(self._head):
@@ -207,4 +225,11 @@ class LiveFeed:
             if selector.matches(event):
                 found.append(event)
         covered = self._ring[end - 1].position if end > start else after
-        return Page(found, covered, end == len(self._ring))
+        at_head = end == len(self._ring)
+        if at_head and self._stored > (self._keys[-1] if self._keys else self._floor):
+            # The store holds events of ours that its reader has not handed over yet: what
+            # the ring lacks is read from the store, so no CaughtUp comes before them.
+            if not found:
+                return None
+            at_head = False
+        return Page(found, covered, at_head)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -86,6 +87,30 @@ async def test_on_redis_the_next_page_is_read_while_one_is_delivered() -> None:
         assert isinstance(first, Event)
         assert reads[0] == 2
         await stream.aclose()
+    finally:
+        await bus.stop()
+        await drop_namespace(namespace)
+
+
+async def test_on_redis_a_subscription_is_not_caught_up_before_events_its_reader_lags_on() -> None:
+    namespace = f"test-{uuid.uuid4().hex[:12]}"
+    store = RedisEventStore(REDIS_URL, namespace=namespace)
+    bus = EventBus(store)
+    open_store = store.open
+
+    async def open_with_a_lagging_reader(on_append: Any, on_lost: Any) -> None:
+        await open_store(lambda batch: None, on_lost)  # the reader never hands events over
+
+    store.open = open_with_a_lagging_reader  # type: ignore[method-assign]
+    await bus.start()
+    try:
+        published = await bus.publish([an_event() for _ in range(3)])
+        stream = bus.subscribe(Selector(), "")
+        async with asyncio.timeout(5):
+            items = [await anext(stream) for _ in range(4)]
+        await stream.aclose()
+        assert [getattr(i, "position", None) for i in items[:3]] == [p.position for p in published]
+        assert items[3] == CaughtUp(published[-1].position)
     finally:
         await bus.stop()
         await drop_namespace(namespace)
