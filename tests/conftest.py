@@ -13,7 +13,7 @@ from core.config import Settings
 from core.runtime.container import Container
 from core.runtime.lifecycle import Component
 from core.runtime.server import GrpcServer, Service
-from core.testing.databases import database_on, execute_on, fresh_database
+from core.testing.databases import fresh_database
 from core.testing.services import FAST_START, Running, assemble, running, serving, settings_for
 from tests._services import ADMIN, PROJECTS, host_admin
 
@@ -59,14 +59,6 @@ async def mesh() -> AsyncIterator[Running]:
 # -- databases -------------------------------------------------------------------------------
 
 PG_ADMIN_DSN = os.environ.get("MESH_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
-
-
-def _pg_url(database: str) -> str:
-    return database_on(PG_ADMIN_DSN, database)
-
-
-async def _pg_admin(statement: str) -> None:
-    await execute_on(PG_ADMIN_DSN, statement)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

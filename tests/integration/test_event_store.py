@@ -41,7 +41,8 @@ from core.events.model import (
 )
 from core.events.redis import RedisEventStore
 from core.events.sql import SqlEventStore
-from tests.conftest import _pg_admin, _pg_url
+from core.testing.databases import fresh_database
+from tests.conftest import PG_ADMIN_DSN
 from tests.integration._events import REDIS_URL, drop_namespace
 from tests.mesh._processes import private_redis
 
@@ -118,23 +119,16 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         async with _fresh_redis() as opened:
             yield opened
         return
-    name = f"mesh_test_{uuid.uuid4().hex[:12]}"
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'events.db'}"
-    else:
-        await _pg_admin(f'CREATE DATABASE "{name}"')
-        url = _pg_url(name)
-    db = Database(url, migrations=[CORE_MIGRATIONS], migrate=True)
-    try:
-        await db.start()
-        opened = Opened(SqlEventStore(db), request.param)
-        await opened.store.open(opened.listen, opened.lost.append)
-        yield opened
-        await opened.store.close()
-    finally:
-        await db.stop()
-        if request.param == "postgresql":
-            await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    async with fresh_database(request.param, tmp_path, server=PG_ADMIN_DSN) as url:
+        db = Database(url, migrations=[CORE_MIGRATIONS], migrate=True)
+        try:
+            await db.start()
+            opened = Opened(SqlEventStore(db), request.param)
+            await opened.store.open(opened.listen, opened.lost.append)
+            yield opened
+            await opened.store.close()
+        finally:
+            await db.stop()
 
 
 @pytest.fixture
