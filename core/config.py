@@ -97,6 +97,30 @@ class TlsSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class AuthSettings:
+    """How the server identifies callers (core.security). Tokens are JWTs in the
+    `authorization: Bearer` metadata; with `TlsSettings.client_auth` a client certificate
+    identifies its service as well.
+
+    `mode`: "required" refuses calls without valid credentials; "optional" checks
+    credentials that come and runs calls without any as the unauthenticated principal;
+    "off" checks nothing.
+    """
+
+    mode: str = "optional"
+    jwt_secret: str = field(default="", repr=False)  # HS256, for development
+    jwt_public_key_file: str = ""  # PEM of an RS256 or ES256 key
+    jwks_url: str = ""  # an OpenID Connect provider's keys, fetched and refreshed
+    issuer: str = ""
+    audience: str = ""
+    leeway: float = 30.0  # seconds of clock skew allowed on exp and nbf
+
+    @property
+    def verifies_tokens(self) -> bool:
+        return bool(self.jwt_secret or self.jwt_public_key_file or self.jwks_url)
+
+
+@dataclass(frozen=True, slots=True)
 class ChannelSettings:
     """How a client's channel connects: keepalive, message size limit and TLS.
 
@@ -108,6 +132,9 @@ class ChannelSettings:
     keepalive_timeout: float = 10.0  # seconds to wait for a ping's answer before reconnecting
     max_message_bytes: int = 4 * 1024 * 1024
     tls: TlsSettings = field(default_factory=lambda: TlsSettings())
+    # The bearer token clients send: `token`, or the file `token_file`, re-read when it changes.
+    token: str = field(default="", repr=False)
+    token_file: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +164,9 @@ class Settings:
     keepalive: float = 30.0
     keepalive_timeout: float = 10.0
     tls: TlsSettings = field(default_factory=lambda: TlsSettings())
+    auth: AuthSettings = field(default_factory=lambda: AuthSettings())
+    token: str = field(default="", repr=False)
+    token_file: str = ""
 
     def channel(self) -> ChannelSettings:
         """The settings of the channels this process opens to other services."""
@@ -145,6 +175,8 @@ class Settings:
             keepalive_timeout=self.keepalive_timeout,
             max_message_bytes=self.max_message_bytes,
             tls=self.tls,
+            token=self.token,
+            token_file=self.token_file,
         )
 
     def database(self) -> str:
@@ -205,6 +237,17 @@ class Settings:
                 key_file=reader.get("MESH_TLS_KEY_FILE", _file, ""),
                 client_auth=bool(reader.get("MESH_TLS_CLIENT_AUTH", _bool, None)),
             ),
+            auth=AuthSettings(
+                mode=reader.get("MESH_AUTH", _choice("required", "optional", "off"), "optional"),
+                jwt_secret=reader.get("MESH_AUTH_JWT_SECRET", str, ""),
+                jwt_public_key_file=reader.get("MESH_AUTH_JWT_PUBLIC_KEY_FILE", _file, ""),
+                jwks_url=reader.get("MESH_AUTH_JWKS_URL", str, ""),
+                issuer=reader.get("MESH_AUTH_ISSUER", str, ""),
+                audience=reader.get("MESH_AUTH_AUDIENCE", str, ""),
+                leeway=reader.get("MESH_AUTH_LEEWAY_SECONDS", _non_negative, 30.0),
+            ),
+            token=reader.get("MESH_TOKEN", str, ""),
+            token_file=reader.get("MESH_TOKEN_FILE", _file, ""),
             start_policy=StartPolicy(
                 attempts=reader.get("MESH_START_ATTEMPTS", _positive_int, 3),
                 base_delay=reader.get("MESH_START_BASE_DELAY_SECONDS", _non_negative, 0.5),
