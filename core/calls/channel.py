@@ -143,6 +143,22 @@ def service_config(
     return config
 
 
+def keepalive_timeout_options(timeout: float) -> list[tuple[str, int]]:
+    """How long a keepalive ping may go unanswered before the connection is dropped.
+
+    gRPC core ends a silent connection on `ping_timeout_ms` (60 s by default), not on
+    `keepalive_timeout_ms` alone: both are set, so a frozen peer (a hung host, a network
+    that drops instead of refusing) is found within keepalive + timeout and its streams
+    end UNAVAILABLE. Pings continue while no data flows (the default stops after two).
+    """
+    ms = int(timeout * 1000)
+    return [
+        ("grpc.keepalive_timeout_ms", ms),
+        ("grpc.http2.ping_timeout_ms", ms),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
 def channel_options(
     settings: ChannelSettings, config: dict[str, Any]
 ) -> list[tuple[str, str | int]]:
@@ -155,11 +171,8 @@ def channel_options(
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.keepalive_time_ms", int(settings.keepalive * 1000)),
-        ("grpc.keepalive_timeout_ms", int(settings.keepalive_timeout * 1000)),
-        # Ping idle connections too, and keep pinging while no data flows (the default
-        # stops after two pings), so a dead peer is found before the next call.
+        *keepalive_timeout_options(settings.keepalive_timeout),
         ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.max_pings_without_data", 0),
         # round_robin reconnects a lost connection at once and then backs off (by default
         # up to 120 s); calls fail fast meanwhile. Short pauses let a restarted server
         # get calls again within a second, at the cost of a refused connect per second

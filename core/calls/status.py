@@ -34,6 +34,19 @@ from core.errors import (
 
 DETAILS_KEY = "grpc-status-details-bin"
 
+# What an error may carry, so that its trailers (the message twice: grpc-message and the
+# base64 status) stay under gRPC's 8 KiB soft metadata limit whatever input it echoes:
+# a longer error is dropped by the client as RESOURCE_EXHAUSTED, hiding the real one.
+MAX_MESSAGE_CHARS = 400
+MAX_VALUE_CHARS = 160  # each ErrorInfo metadata key and value, each violation's text
+MAX_ENTRIES = 8  # ErrorInfo metadata entries and BadRequest violations
+
+
+def clip(text: str, limit: int = MAX_VALUE_CHARS) -> str:
+    """`text`, cut to `limit` characters with an ellipsis when longer."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 # The one table: status code -> the exception clients raise for it.
 ERROR_FOR_CODE: Mapping[grpc.StatusCode, type[DomainError]] = {
     cls.code: cls
@@ -58,16 +71,17 @@ ERROR_FOR_CODE: Mapping[grpc.StatusCode, type[DomainError]] = {
 
 def to_status(exc: DomainError) -> status_pb2.Status:
     """Builds the `google.rpc.Status` a server sends for a domain error."""
-    info = error_details_pb2.ErrorInfo(reason=exc.reason, domain=exc.domain, metadata=exc.metadata)
-    status = status_pb2.Status(code=exc.code.value[0], message=exc.message)
+    metadata = {clip(k): clip(v) for k, v in list(exc.metadata.items())[:MAX_ENTRIES]}
+    info = error_details_pb2.ErrorInfo(reason=exc.reason, domain=exc.domain, metadata=metadata)
+    status = status_pb2.Status(code=exc.code.value[0], message=clip(exc.message, MAX_MESSAGE_CHARS))
     status.details.add().Pack(info)
     if isinstance(exc, InvalidArgumentError) and exc.violations:
         bad = error_details_pb2.BadRequest(
             field_violations=[
                 error_details_pb2.BadRequest.FieldViolation(
-                    field=v.field, description=v.description
+                    field=clip(v.field), description=clip(v.description)
                 )
-                for v in exc.violations
+                for v in exc.violations[:MAX_ENTRIES]
             ]
         )
         status.details.add().Pack(bad)

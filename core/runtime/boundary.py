@@ -42,8 +42,8 @@ UNDECODABLE = _Undecodable()
 
 async def abort_with(context: Context, exc: DomainError) -> None:
     """Ends the call with the status for `exc`, details included. Always raises AbortError."""
-    status = to_status(exc)
-    await context.abort(exc.code, exc.message, ((DETAILS_KEY, status.SerializeToString()),))
+    status = to_status(exc)  # its message is clipped to a size any client accepts
+    await context.abort(exc.code, status.message, ((DETAILS_KEY, status.SerializeToString()),))
 
 
 class BoundaryServer:

@@ -23,7 +23,7 @@ import structlog
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health_pb2_grpc
 
-from core.calls.channel import server_credentials
+from core.calls.channel import keepalive_timeout_options, server_credentials
 from core.config import Settings, TlsSettings
 from core.runtime.boundary import BoundaryServer
 from core.runtime.container import Container, StartError, StopError
@@ -78,6 +78,7 @@ class GrpcServer(Component):
         max_message_bytes: int,
         depends_on: tuple[str, ...] = (),
         keepalive: float = 30.0,
+        keepalive_timeout: float = 10.0,
         tls: TlsSettings | None = None,
     ) -> None:
         self.services = list(services)
@@ -102,6 +103,7 @@ class GrpcServer(Component):
             # And the server pings its clients as often, to find a vanished one (and end
             # its Watch and Subscribe streams) within keepalive + the ping timeout.
             ("grpc.keepalive_time_ms", int(keepalive * 1000)),
+            *keepalive_timeout_options(keepalive_timeout),
         ]
         self._tls = tls or TlsSettings()
         self._server: grpc.aio.Server | None = None
@@ -120,6 +122,7 @@ class GrpcServer(Component):
             max_message_bytes=settings.max_message_bytes,
             depends_on=tuple(c.name for c in container.components),
             keepalive=settings.keepalive,
+            keepalive_timeout=settings.keepalive_timeout,
             tls=settings.tls,
         )
         container.register(server)
