@@ -326,7 +326,8 @@ class Settings:
             )
         if reader.errors:
             raise ConfigError("invalid configuration: " + "; ".join(reader.errors))
-        return replace(settings, overrides=tuple(reader.overrides))
+        by_name = sorted(reader.overrides, key=lambda o: o.name)
+        return replace(settings, overrides=tuple(by_name))
 
 
 class _Reader:
