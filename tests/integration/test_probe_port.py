@@ -173,9 +173,11 @@ async def test_the_summary_shows_the_profile_and_the_overrides_without_secrets()
         Override("MESH_TOKEN", "hunter2", secret=True),
     )
     settings = _settings(profile="production", overrides=overrides)
-    async with serving(ADMIN, settings=settings) as running:
-        async with AdminClient(running.address) as admin:
-            summary = await admin.get_service_summary()
+    async with (
+        serving(ADMIN, settings=settings) as running,
+        AdminClient(running.address) as admin,
+    ):
+        summary = await admin.get_service_summary()
     assert summary.profile == "production"
     assert [(o.name, o.value, o.secret) for o in summary.overrides] == [
         ("MESH_AUTH", "off", False),
