@@ -106,4 +106,5 @@ def _with_address(settings: Settings, address: str) -> Settings:
         sys.exit(output.fail(f"--address {address!r} must be HOST:PORT", code=output.USAGE))
     # What `mesh status` shows as set: the address the option chose, not the variable's.
     kept = tuple(o for o in settings.overrides if o.name != "MESH_ADDRESS")
-    return replace(settings, address=parsed.address, overrides=kept + parsed.overrides)
+    overrides = tuple(sorted(kept + parsed.overrides, key=lambda o: o.name))
+    return replace(settings, address=parsed.address, overrides=overrides)

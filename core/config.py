@@ -1,5 +1,8 @@
 """Settings read once from `MESH_*` environment variables and validated at start.
 
+`MESH_ENV` picks a profile, development or production, whose defaults (`PROFILES`) apply
+to every variable that is not set; the variables set otherwise are the `overrides`.
+
 Usage::
 
     settings = Settings.from_env()          # in __main__ only

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from cli.serve import _with_address
 from core.config import PROFILES, Override, Settings
 from core.errors import ConfigError
 
@@ -140,3 +141,15 @@ def test_required_authentication_without_identities_is_refused_in_development_to
 
 def test_development_serves_without_identities() -> None:
     Settings.from_env({}).check_serving()
+
+
+def test_the_address_option_is_an_override_in_place_of_the_variable() -> None:
+    settings = Settings.from_env({"MESH_ADDRESS": "0.0.0.0:6000", "MESH_REFLECTION": "false"})
+
+    chosen = _with_address(settings, "127.0.0.1:0")
+
+    assert chosen.address == "127.0.0.1:0"
+    assert chosen.overrides == (
+        Override("MESH_ADDRESS", "127.0.0.1:0"),
+        Override("MESH_REFLECTION", "false"),
+    )
