@@ -4,6 +4,7 @@ warning for a plaintext main port, and the profile and overrides in the admin su
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from structlog.testing import capture_logs
 from clients.admin import AdminClient
 from clients.health import HealthClient
 from core.config import ChannelSettings, Override, Settings, TlsSettings
+from core.runtime.container import StartError
 from core.testing.services import FAST_START, serving
 from mesh.admin.v1 import admin_pb2, admin_pb2_grpc
 from tests._services import ADMIN
@@ -184,3 +186,13 @@ async def test_the_summary_shows_the_profile_and_the_overrides_without_secrets()
         ("MESH_TOKEN", "", True),
     ]
     assert b"hunter2" not in summary.SerializeToString()
+
+
+async def test_a_taken_probe_port_stops_the_start_with_a_clear_message() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        with pytest.raises(StartError, match=f"cannot listen on {address}: the address is"):
+            async with serving(ADMIN, settings=_settings(probe_address=address)):
+                pass
