@@ -61,6 +61,10 @@ def _listing(services: Services) -> str:
 def _serve(args: argparse.Namespace, settings: Settings, services: Services) -> int:
     if args.address:
         settings = _with_address(settings, args.address)
+    try:
+        settings.check_serving()
+    except ConfigError as exc:
+        return output.fail(str(exc), code=output.USAGE)
     configure_logging(
         service=settings.service_name,
         version=VERSION,
@@ -97,6 +101,10 @@ async def _run(settings: Settings, hosted: list[ServiceDeclaration]) -> int:
 
 def _with_address(settings: Settings, address: str) -> Settings:
     try:
-        return replace(settings, address=Settings.from_env({"MESH_ADDRESS": address}).address)
+        parsed = Settings.from_env({"MESH_ADDRESS": address})
     except ConfigError:
         sys.exit(output.fail(f"--address {address!r} must be HOST:PORT", code=output.USAGE))
+    # What `mesh status` shows as set: the address the option chose, not the variable's.
+    kept = tuple(o for o in settings.overrides if o.name != "MESH_ADDRESS")
+    overrides = tuple(sorted(kept + parsed.overrides, key=lambda o: o.name))
+    return replace(settings, address=parsed.address, overrides=overrides)

@@ -93,6 +93,7 @@ def status_table(summary: admin_pb2.ServiceSummary) -> str:
         f"{health(summary.health)[13:]} (score {summary.health_score}), "
         f"{summary.healthy_components}/{summary.total_components} components healthy, "
         f"up {summary.uptime.ToTimedelta()}",
+        *_configuration(summary),
         COMPONENTS.header(),
     ]
     for c in summary.components:
@@ -107,6 +108,16 @@ def status_table(summary: admin_pb2.ServiceSummary) -> str:
     if summary.overall.reason:
         lines.append("not healthy: " + summary.overall.reason)
     return "\n".join(lines + _calls_table(summary))
+
+
+def _configuration(summary: admin_pb2.ServiceSummary) -> list[str]:
+    """The profile, and each setting that differs from its default (a secret by name only)."""
+    if not summary.profile:  # a server from before MESH_ENV
+        return []
+    if not summary.overrides:
+        return [f"profile: {summary.profile}, every setting at its default"]
+    shown = [f"{o.name} (secret)" if o.secret else f"{o.name}={o.value}" for o in summary.overrides]
+    return [f"profile: {summary.profile}, set otherwise: " + ", ".join(shown)]
 
 
 def _calls_table(summary: admin_pb2.ServiceSummary) -> list[str]:

@@ -1,5 +1,8 @@
 """Settings read once from `MESH_*` environment variables and validated at start.
 
+`MESH_ENV` picks a profile, development or production, whose defaults (`PROFILES`) apply
+to every variable that is not set; the variables set otherwise are the `overrides`.
+
 Usage::
 
     settings = Settings.from_env()          # in __main__ only
@@ -10,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -25,6 +28,34 @@ def sqlite_url(data_dir: Path) -> str:
 T = TypeVar("T")
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
+
+# What MESH_ENV means: per profile, the value a variable takes when it is not set, written
+# as the variable would hold it. An explicitly set variable always wins; a variable that
+# no profile names keeps the default at its `reader.get` in `Settings.from_env`. Add a
+# setting that differs between development and production here, one line per profile.
+PROFILES: Mapping[str, Mapping[str, str]] = {
+    "development": {
+        "MESH_LOG_FORMAT": "auto",  # console on a terminal, JSON otherwise
+        "MESH_REFLECTION": "true",  # grpcurl and buf curl without proto files
+        "MESH_AUTH": "optional",  # calls without credentials run unauthenticated
+    },
+    "production": {
+        "MESH_LOG_FORMAT": "json",
+        "MESH_REFLECTION": "false",  # the API's shape is not handed to whoever asks
+        "MESH_AUTH": "required",  # and the start refuses without an identity configuration
+    },
+}
+DEFAULT_PROFILE = "development"
+
+
+@dataclass(frozen=True, slots=True)
+class Override:
+    """A variable set to something else than its profile's default; a secret's `value` is
+    empty, for what is shown of a configuration (`mesh status`) never holds a secret."""
+
+    name: str
+    value: str
+    secret: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +174,12 @@ class Settings:
 
     service_name: str = "mesh"
     address: str = DEFAULT_ADDRESS
+    # MESH_ENV: the PROFILES entry the defaults came from, and what was set to differ.
+    profile: str = DEFAULT_PROFILE
+    overrides: tuple[Override, ...] = field(default=(), compare=False)
+    reflection: bool = True
+    # A plaintext health-only port for probes that can neither use TLS nor send credentials.
+    probe_address: str = ""
     data_dir: Path = Path("var")
     grace_seconds: float = 10.0
     max_message_bytes: int = 4 * 1024 * 1024
@@ -179,6 +216,24 @@ class Settings:
             token_file=self.token_file,
         )
 
+    @property
+    def production(self) -> bool:
+        return self.profile == "production"
+
+    def check_serving(self) -> None:
+        """Raises ConfigError when a server must not start with these settings: required
+        authentication with no way to identify a caller (the production default)."""
+        auth, tls = self.auth, self.tls
+        if auth.mode == "required" and not (auth.verifies_tokens or tls.client_auth):
+            default = " (the production default)" if self.production else ""
+            raise ConfigError(
+                f"MESH_AUTH=required{default} needs an identity configuration: "
+                "MESH_AUTH_JWT_SECRET, MESH_AUTH_JWT_PUBLIC_KEY_FILE or MESH_AUTH_JWKS_URL to "
+                "verify tokens, or MESH_TLS_CLIENT_AUTH=true with MESH_TLS_CA_FILE, "
+                "MESH_TLS_CERT_FILE and MESH_TLS_KEY_FILE for client certificates; "
+                "set MESH_AUTH=off to serve without authentication on purpose"
+            )
+
     def database(self) -> str:
         """MESH_DATABASE_URL, or the embedded SQLite file under the data folder."""
         return self.database_url or sqlite_url(self.data_dir)
@@ -193,10 +248,16 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Reads and validates every `MESH_*` variable; raises ConfigError naming the bad one."""
         env = os.environ if env is None else env
-        reader = _Reader(env)
+        first = _Reader(env, {})  # MESH_ENV itself: shown as the profile, not as an override
+        profile = first.get("MESH_ENV", _choice(*PROFILES), DEFAULT_PROFILE)
+        reader = _Reader(env, PROFILES[profile])
+        reader.errors += first.errors
         settings = cls(
             service_name=reader.get("MESH_SERVICE_NAME", str, "mesh"),
             address=reader.get("MESH_ADDRESS", _address, DEFAULT_ADDRESS),
+            profile=profile,
+            reflection=reader.get("MESH_REFLECTION", _bool, True),
+            probe_address=reader.get("MESH_PROBE_ADDRESS", _address, ""),
             data_dir=Path(reader.get("MESH_DATA_DIR", str, "var")),
             grace_seconds=reader.get("MESH_GRACE_SECONDS", _non_negative, 10.0),
             max_message_bytes=reader.get("MESH_MAX_MESSAGE_BYTES", _positive_int, 4 * 1024 * 1024),
@@ -206,8 +267,8 @@ class Settings:
             ),
             health_interval=reader.get("MESH_HEALTH_INTERVAL_SECONDS", _positive, 5.0),
             health_timeout=reader.get("MESH_HEALTH_TIMEOUT_SECONDS", _positive, 2.0),
-            database_url=reader.get("MESH_DATABASE_URL", _database_url, ""),
-            redis_url=reader.get("MESH_REDIS_URL", _redis_url, ""),
+            database_url=reader.get("MESH_DATABASE_URL", _database_url, "", secret=True),
+            redis_url=reader.get("MESH_REDIS_URL", _redis_url, "", secret=True),
             migrate_on_start=reader.get("MESH_MIGRATE_ON_START", _bool, None),
             database_pool_size=reader.get("MESH_DATABASE_POOL_SIZE", _positive_int, 20),
             purge_interval=reader.get("MESH_PURGE_INTERVAL_SECONDS", _positive, 60.0),
@@ -226,7 +287,7 @@ class Settings:
                     "MESH_TRACES_EXPORTER", _choice("none", "console", "otlp"), "none"
                 ),
                 sample_ratio=reader.get("MESH_TRACES_SAMPLE_RATIO", _ratio, 1.0),
-                metrics=reader.get("MESH_METRICS", _bool, None) is not False,  # unset: on
+                metrics=reader.get("MESH_METRICS", _bool, True),
                 metrics_address=reader.get("MESH_METRICS_ADDRESS", _address, ""),
             ),
             keepalive=reader.get("MESH_KEEPALIVE_SECONDS", _positive, 30.0),
@@ -235,18 +296,18 @@ class Settings:
                 ca_file=reader.get("MESH_TLS_CA_FILE", _file, ""),
                 cert_file=reader.get("MESH_TLS_CERT_FILE", _file, ""),
                 key_file=reader.get("MESH_TLS_KEY_FILE", _file, ""),
-                client_auth=bool(reader.get("MESH_TLS_CLIENT_AUTH", _bool, None)),
+                client_auth=reader.get("MESH_TLS_CLIENT_AUTH", _bool, False),
             ),
             auth=AuthSettings(
                 mode=reader.get("MESH_AUTH", _choice("required", "optional", "off"), "optional"),
-                jwt_secret=reader.get("MESH_AUTH_JWT_SECRET", str, ""),
+                jwt_secret=reader.get("MESH_AUTH_JWT_SECRET", str, "", secret=True),
                 jwt_public_key_file=reader.get("MESH_AUTH_JWT_PUBLIC_KEY_FILE", _file, ""),
                 jwks_url=reader.get("MESH_AUTH_JWKS_URL", str, ""),
                 issuer=reader.get("MESH_AUTH_ISSUER", str, ""),
                 audience=reader.get("MESH_AUTH_AUDIENCE", str, ""),
                 leeway=reader.get("MESH_AUTH_LEEWAY_SECONDS", _non_negative, 30.0),
             ),
-            token=reader.get("MESH_TOKEN", str, ""),
+            token=reader.get("MESH_TOKEN", str, "", secret=True),
             token_file=reader.get("MESH_TOKEN_FILE", _file, ""),
             start_policy=StartPolicy(
                 attempts=reader.get("MESH_START_ATTEMPTS", _positive_int, 3),
@@ -268,26 +329,36 @@ class Settings:
             )
         if reader.errors:
             raise ConfigError("invalid configuration: " + "; ".join(reader.errors))
-        return settings
+        by_name = sorted(reader.overrides, key=lambda o: o.name)
+        return replace(settings, overrides=tuple(by_name))
 
 
 class _Reader:
-    """Collects every bad variable instead of stopping at the first, so one run shows them all."""
+    """Reads variables over a profile's defaults. Collects every bad variable instead of
+    stopping at the first, so one run shows them all, and every variable set to differ
+    from its default (`overrides`)."""
 
-    def __init__(self, env: Mapping[str, str]) -> None:
+    def __init__(self, env: Mapping[str, str], profile: Mapping[str, str]) -> None:
         self._env = env
+        self._profile = profile
         self.errors: list[str] = []
+        self.overrides: list[Override] = []
 
-    def get(self, name: str, parse: Callable[[str], T], default: T) -> T:
+    def get(self, name: str, parse: Callable[[str], T], default: T, *, secret: bool = False) -> T:
+        if name in self._profile:
+            default = parse(self._profile[name])  # the table's values are valid: tested
         raw = self._env.get(name)
         if raw is None or raw == "":
             return default
         try:
-            return parse(raw.strip())
+            value = parse(raw.strip())
         except ValueError as exc:
-            shown = "(hidden)" if name.endswith("_URL") else repr(raw)
+            shown = "(hidden)" if secret or name.endswith("_URL") else repr(raw)
             self.errors.append(f"{name}={shown} is not valid: {exc}")
             return default
+        if value != default:
+            self.overrides.append(Override(name, "" if secret else raw.strip(), secret))
+        return value
 
 
 def _positive(raw: str) -> float:
@@ -327,7 +398,7 @@ def _choice(*allowed: str) -> Callable[[str], str]:
     return parse
 
 
-def _bool(raw: str) -> bool | None:
+def _bool(raw: str) -> bool:
     value = raw.lower()
     if value not in ("true", "false", "1", "0"):
         raise ValueError("must be true or false")

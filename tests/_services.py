@@ -18,7 +18,16 @@ def host_admin(container: Container, settings: Settings) -> list[Service]:
     def hosted() -> list[str]:
         return container.get(GrpcServer).service_names
 
-    return [admin_service(container, service="test", version="0", grpc_services=hosted)]
+    return [
+        admin_service(
+            container,
+            service="test",
+            version="0",
+            grpc_services=hosted,
+            profile=settings.profile,
+            overrides=settings.overrides,
+        )
+    ]
 
 
 ADMIN = ServiceDeclaration(

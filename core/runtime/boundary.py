@@ -3,7 +3,9 @@
 - A `DomainError` becomes its gRPC code with a `google.rpc.Status` carrying `ErrorInfo`
   (and `BadRequest` field violations for bad fields).
 - Any other exception is logged with its traceback and reaches the client as INTERNAL
-  with the fixed message "internal error": no class name, text, path or URL leaks.
+  with the fixed message "internal error" and a `correlation_id` in its ErrorInfo (the
+  trace id when the call is traced), also on the log line: no class name, text, path or
+  URL leaks, in every profile (MESH_ENV).
 - A request whose bytes do not decode is INVALID_ARGUMENT, not UNKNOWN.
 - Every call writes one `rpc.finished` line with method, code, duration and peer, records
   `rpc.server.duration` when metrics are on and, when tracing is, runs in a SERVER span
@@ -15,11 +17,13 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, cast
 
 import grpc
 import structlog
+from opentelemetry import trace
 from opentelemetry.trace import Span
 from structlog.contextvars import bind_contextvars
 
@@ -257,6 +261,12 @@ def _finished(
     observed.end(code, ms, span, error)
 
 
+def _correlation_id() -> str:
+    """What ties an INTERNAL answer to its log line: the trace id, or a fresh random id."""
+    span = trace.get_current_span().get_span_context()
+    return format(span.trace_id, "032x") if span.is_valid else uuid.uuid4().hex
+
+
 async def _failed(
     context: Context,
     exc: BaseException,
@@ -277,8 +287,10 @@ async def _failed(
     elif isinstance(exc, DomainError):
         code, replacement = exc.code, exc
     elif isinstance(exc, Exception):
-        log.error("rpc.unexpected_error", exc_info=exc)
-        code, replacement = grpc.StatusCode.INTERNAL, InternalError("internal error")
+        correlation = _correlation_id()
+        log.error("rpc.unexpected_error", exc_info=exc, correlation_id=correlation)
+        replacement = InternalError("internal error", metadata={"correlation_id": correlation})
+        code = grpc.StatusCode.INTERNAL
     else:  # KeyboardInterrupt and the like are not ours to turn into a status
         code = grpc.StatusCode.UNKNOWN
     _finished(code, started, observed, span, exc if replacement is not None else None)

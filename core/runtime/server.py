@@ -64,7 +64,13 @@ class Service:
 
 
 class GrpcServer(Component):
-    """Serves the given services plus health and reflection through the error boundary."""
+    """Serves the given services plus health and (unless turned off) reflection through the
+    error boundary, and health alone on a plaintext probe port when one is given.
+
+    The probe port answers the same `grpc.health.v1.Health` (one HealthServicer, so the
+    same statuses) and nothing else: for kubelet gRPC probes, which can neither use TLS
+    nor send credentials, when the main port requires them.
+    """
 
     name = "grpc-server"
 
@@ -80,6 +86,9 @@ class GrpcServer(Component):
         keepalive: float = 30.0,
         keepalive_timeout: float = 10.0,
         tls: TlsSettings | None = None,
+        reflection: bool = True,
+        probe_address: str = "",
+        warn_plaintext: bool = False,
     ) -> None:
         self.services = list(services)
         self.address = address
@@ -87,6 +96,10 @@ class GrpcServer(Component):
         self.stop_timeout = grace + 5.0  # the drain must never be cut off by the stop bound
         self.depends_on = depends_on
         self.port = 0
+        self.probe_address = probe_address
+        self.probe_port = 0
+        self.reflection = reflection
+        self._warn_plaintext = warn_plaintext
         self.health = HealthServicer()
         self._publisher = HealthPublisher(
             self.health, container, {s.name: s.needs for s in self.services}
@@ -107,6 +120,7 @@ class GrpcServer(Component):
         ]
         self._tls = tls or TlsSettings()
         self._server: grpc.aio.Server | None = None
+        self._probe: grpc.aio.Server | None = None
         self._publishing = BackgroundTask("health-publisher")
 
     @classmethod
@@ -124,6 +138,9 @@ class GrpcServer(Component):
             keepalive=settings.keepalive,
             keepalive_timeout=settings.keepalive_timeout,
             tls=settings.tls,
+            reflection=settings.reflection,
+            probe_address=settings.probe_address,
+            warn_plaintext=settings.production,
         )
         container.register(server)
         return server
@@ -140,33 +157,63 @@ class GrpcServer(Component):
         for service in self.services:
             service.add_to_server(service.servicer, bounded)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, bounded)
-        enable_reflection(bounded, self.service_names)
-        try:
-            if self._tls.serves_tls:
-                self.port = server.add_secure_port(self.address, server_credentials(self._tls))
-            else:
-                self.port = server.add_insecure_port(self.address)
-        except RuntimeError:
-            raise FatalStartError(
-                f"cannot listen on {self.address}: the address is already in use or not "
-                "available here; choose another HOST:PORT"
-            ) from None
+        if self.reflection:
+            enable_reflection(bounded, self.service_names)
+        if self._tls.serves_tls:
+            self.port = _listen(server, self.address, server_credentials(self._tls))
+        else:
+            self.port = _listen(server, self.address, None)
         await server.start()
         self._server = server
         try:
+            if self.probe_address:
+                self._probe = await self._start_probe()
             await self._publisher.publish()
         except BaseException:
-            await server.stop(None)  # free the port, or a retry would find it taken
-            self._server = None
+            await self._close_servers()  # free the ports, or a retry would find them taken
             raise
         self._publishing.start(self._publisher.run())
+        self._log_listening()
+
+    async def _start_probe(self) -> grpc.aio.Server:
+        """The plaintext port that serves health alone, from the same HealthServicer."""
+        probe = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, BoundaryServer(probe))
+        try:
+            self.probe_port = _listen(probe, self.probe_address, None)
+        except FatalStartError:
+            await probe.stop(None)
+            raise
+        await probe.start()
+        return probe
+
+    def _log_listening(self) -> None:
         host = self.address.rpartition(":")[0]
+        address = f"{host}:{self.port}"
+        probe = ""
+        if self._probe is not None:
+            probe = f"{self.probe_address.rpartition(':')[0]}:{self.probe_port}"
         log.info(
             "server.listening",
-            address=f"{host}:{self.port}",
+            address=address,
             services=self.service_names,
             tls=self._tls.serves_tls,
+            reflection=self.reflection,
+            probe_address=probe or None,
         )
+        if self._warn_plaintext and not self._tls.serves_tls:
+            log.warning(
+                "server.plaintext",
+                address=address,
+                hint="calls and credentials cross the network unencrypted; set "
+                "MESH_TLS_CERT_FILE and MESH_TLS_KEY_FILE unless a proxy or mesh terminates TLS",
+            )
+
+    async def _close_servers(self) -> None:
+        for server in (self._server, self._probe):
+            if server is not None:
+                await server.stop(None)
+        self._server = self._probe = None
 
     async def stop(self) -> None:
         """Readiness NOT_SERVING and Watch streams ended first, then in-flight calls drain."""
@@ -179,6 +226,24 @@ class GrpcServer(Component):
             log.info("server.draining", grace_s=self.grace)
             await self._server.stop(self.grace)
             self._server = None
+        if self._probe is not None:  # answered NOT_SERVING throughout the drain
+            await self._probe.stop(None)
+            self._probe = None
+
+
+def _listen(
+    server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None
+) -> int:
+    """Binds `address` (TLS with `credentials`) and returns the port; a clear error if taken."""
+    try:
+        if credentials is not None:
+            return server.add_secure_port(address, credentials)
+        return server.add_insecure_port(address)
+    except RuntimeError:
+        raise FatalStartError(
+            f"cannot listen on {address}: the address is already in use or not "
+            "available here; choose another HOST:PORT"
+        ) from None
 
 
 async def serve(container: Container) -> int:

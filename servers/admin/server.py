@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib.metadata import version as package_version
 
-from core.config import Settings
+from core.config import Override, Settings
 from core.runtime.container import Container
 from core.runtime.server import GrpcServer, Service
 from mesh.admin.v1 import admin_pb2, admin_pb2_grpc
@@ -27,18 +27,33 @@ def register(container: Container, settings: Settings) -> list[Service]:
     version = package_version("meshkit")
     return [
         admin_service(
-            container, service=settings.service_name, version=version, grpc_services=hosted
+            container,
+            service=settings.service_name,
+            version=version,
+            grpc_services=hosted,
+            profile=settings.profile,
+            overrides=settings.overrides,
         )
     ]
 
 
 def admin_service(
-    container: Container, *, service: str, version: str, grpc_services: Callable[[], list[str]]
+    container: Container,
+    *,
+    service: str,
+    version: str,
+    grpc_services: Callable[[], list[str]],
+    profile: str = "",
+    overrides: Sequence[Override] = (),
 ) -> Service:
-    """The AdminService for `container`; it needs no component of its own."""
+    """The AdminService for `container`; it needs no component of its own.
+
+    `profile` and `overrides` are the process's configuration as its summary shows it.
+    """
     servicer = AdminServicer(
         container, service=service, version=version, grpc_services=grpc_services
     )
+    servicer.configured(profile, overrides)
     return Service(
         DESCRIPTOR, servicer, admin_pb2_grpc.add_AdminServiceServicer_to_server, needs=()
     )

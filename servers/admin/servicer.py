@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from core import telemetry
+from core.config import Override
 from core.errors import FieldViolation, InvalidArgumentError
 from core.runtime.boundary import Context
 from core.runtime.container import ComponentSummary, Container, ContainerSummary
@@ -35,6 +36,19 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self._service = service
         self._version = version
         self._grpc_services = grpc_services
+        self._configuration = admin_pb2.ServiceSummary()
+
+    def configured(self, profile: str, overrides: Sequence[Override]) -> None:
+        """Sets the profile and overrides every summary shows; secrets' values stay out."""
+        self._configuration = admin_pb2.ServiceSummary(
+            profile=profile,
+            overrides=[
+                admin_pb2.SettingOverride(
+                    name=o.name, value="" if o.secret else o.value, secret=o.secret
+                )
+                for o in overrides
+            ],
+        )
 
     async def GetServiceSummary(
         self, request: admin_pb2.GetServiceSummaryRequest, context: Context
@@ -75,6 +89,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         summary.metrics_enabled = metrics is not None
         summary.methods.extend(method_stats(metrics))
         summary.circuit_breakers.extend(breakers())
+        summary.MergeFrom(self._configuration)
         return summary
 
 

@@ -87,10 +87,14 @@ async def test_unexpected_exception_is_internal_and_leaks_nothing(faulty: Runnin
 
 async def test_internal_error_carries_error_info(faulty: Running) -> None:
     async with AdminClient(faulty.address) as admin:
-        with pytest.raises(InternalError) as caught:
+        with capture_logs() as logs, pytest.raises(InternalError) as caught:
             await admin.get_service_summary()
     assert caught.value.reason == "INTERNAL"
     assert caught.value.message == "internal error"
+    # Nothing but the generic message and what ties the answer to the server's log line.
+    assert set(caught.value.metadata) == {"correlation_id"}
+    unexpected = [e for e in logs if e["event"] == "rpc.unexpected_error"]
+    assert unexpected[0]["correlation_id"] == caught.value.metadata["correlation_id"]
 
 
 async def test_failure_mid_stream_is_internal_too(faulty: Running) -> None:

@@ -261,6 +261,8 @@ class ServiceSummary(_message.Message):
     METRICS_ENABLED_FIELD_NUMBER: _builtins.int
     METHODS_FIELD_NUMBER: _builtins.int
     CIRCUIT_BREAKERS_FIELD_NUMBER: _builtins.int
+    PROFILE_FIELD_NUMBER: _builtins.int
+    OVERRIDES_FIELD_NUMBER: _builtins.int
     service: _builtins.str
     """The service name from MESH_SERVICE_NAME."""
     version: _builtins.str
@@ -277,6 +279,10 @@ class ServiceSummary(_message.Message):
     metrics_enabled: _builtins.bool
     """Whether this process records metrics (MESH_METRICS). When false, `methods` is empty
     because nothing was measured, not because nothing was called.
+    """
+    profile: _builtins.str
+    """The configuration profile (MESH_ENV) the process started with: "development" or
+    "production".
     """
     @_builtins.property
     def uptime(self) -> _duration_pb2.Duration: ...
@@ -308,6 +314,10 @@ class ServiceSummary(_message.Message):
     def circuit_breakers(self) -> _containers.RepeatedCompositeFieldContainer[Global___CircuitBreakerSummary]:
         """The circuit breakers of this process's clients, one per target called, by target."""
 
+    @_builtins.property
+    def overrides(self) -> _containers.RepeatedCompositeFieldContainer[Global___SettingOverride]:
+        """Every setting of the process that differs from its profile's default, by name."""
+
     def __init__(
         self,
         *,
@@ -327,10 +337,12 @@ class ServiceSummary(_message.Message):
         metrics_enabled: _builtins.bool = ...,
         methods: _abc.Iterable[Global___MethodStats] | None = ...,
         circuit_breakers: _abc.Iterable[Global___CircuitBreakerSummary] | None = ...,
+        profile: _builtins.str = ...,
+        overrides: _abc.Iterable[Global___SettingOverride] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["overall", b"overall", "uptime", b"uptime"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["circuit_breakers", b"circuit_breakers", "components", b"components", "grpc_services", b"grpc_services", "health", b"health", "health_history", b"health_history", "health_score", b"health_score", "healthy_components", b"healthy_components", "methods", b"methods", "metrics_enabled", b"metrics_enabled", "overall", b"overall", "service", b"service", "status", b"status", "total_components", b"total_components", "transitions", b"transitions", "uptime", b"uptime", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["circuit_breakers", b"circuit_breakers", "components", b"components", "grpc_services", b"grpc_services", "health", b"health", "health_history", b"health_history", "health_score", b"health_score", "healthy_components", b"healthy_components", "methods", b"methods", "metrics_enabled", b"metrics_enabled", "overall", b"overall", "overrides", b"overrides", "profile", b"profile", "service", b"service", "status", b"status", "total_components", b"total_components", "transitions", b"transitions", "uptime", b"uptime", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -550,3 +562,33 @@ class PingResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PingResponse: _TypeAlias = PingResponse  # noqa: Y015
+
+@_typing.final
+class SettingOverride(_message.Message):
+    """A setting that differs from its profile's default."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    SECRET_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The environment variable, e.g. "MESH_ADDRESS"."""
+    value: _builtins.str
+    """Its value as set; empty for a secret, whose value is never sent."""
+    secret: _builtins.bool
+    """Whether the setting is a secret (a token, a key, a URL that may hold a password)."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        value: _builtins.str = ...,
+        secret: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "secret", b"secret", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SettingOverride: _TypeAlias = SettingOverride  # noqa: Y015
