@@ -38,11 +38,16 @@ PROFILES: Mapping[str, Mapping[str, str]] = {
         "MESH_LOG_FORMAT": "auto",  # console on a terminal, JSON otherwise
         "MESH_REFLECTION": "true",  # grpcurl and buf curl without proto files
         "MESH_AUTH": "optional",  # calls without credentials run unauthenticated
+        "MESH_DRAIN_DELAY_SECONDS": "0",  # a local restart need not wait for a balancer
     },
     "production": {
         "MESH_LOG_FORMAT": "json",
         "MESH_REFLECTION": "false",  # the API's shape is not handed to whoever asks
         "MESH_AUTH": "required",  # and the start refuses without an identity configuration
+        # Kubernetes removes a terminating pod's endpoints asynchronously: keep serving new
+        # calls this long after SIGTERM. 5 s + the 10 s grace + component stops fit in
+        # the default 30 s terminationGracePeriodSeconds.
+        "MESH_DRAIN_DELAY_SECONDS": "5",
     },
 }
 DEFAULT_PROFILE = "development"
@@ -182,6 +187,8 @@ class Settings:
     probe_address: str = ""
     data_dir: Path = Path("var")
     grace_seconds: float = 10.0
+    # After SIGTERM: readiness NOT_SERVING at once, new calls still served this long.
+    drain_delay: float = 0.0
     max_message_bytes: int = 4 * 1024 * 1024
     log_format: str = "auto"
     log_level: str = "info"
@@ -260,6 +267,7 @@ class Settings:
             probe_address=reader.get("MESH_PROBE_ADDRESS", _address, ""),
             data_dir=Path(reader.get("MESH_DATA_DIR", str, "var")),
             grace_seconds=reader.get("MESH_GRACE_SECONDS", _non_negative, 10.0),
+            drain_delay=reader.get("MESH_DRAIN_DELAY_SECONDS", _non_negative, 0.0),
             max_message_bytes=reader.get("MESH_MAX_MESSAGE_BYTES", _positive_int, 4 * 1024 * 1024),
             log_format=reader.get("MESH_LOG_FORMAT", _choice("auto", "json", "console"), "auto"),
             log_level=reader.get(

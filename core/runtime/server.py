@@ -81,6 +81,7 @@ class GrpcServer(Component):
         *,
         address: str,
         grace: float,
+        drain_delay: float = 0.0,
         max_message_bytes: int,
         depends_on: tuple[str, ...] = (),
         keepalive: float = 30.0,
@@ -93,7 +94,9 @@ class GrpcServer(Component):
         self.services = list(services)
         self.address = address
         self.grace = grace
-        self.stop_timeout = grace + 5.0  # the drain must never be cut off by the stop bound
+        self.drain_delay = drain_delay
+        # The drain must never be cut off by the stop bound.
+        self.stop_timeout = drain_delay + grace + 5.0
         self.depends_on = depends_on
         self.port = 0
         self.probe_address = probe_address
@@ -133,6 +136,7 @@ class GrpcServer(Component):
             services,
             address=settings.address,
             grace=settings.grace_seconds,
+            drain_delay=settings.drain_delay,
             max_message_bytes=settings.max_message_bytes,
             depends_on=tuple(c.name for c in container.components),
             keepalive=settings.keepalive,
@@ -216,9 +220,14 @@ class GrpcServer(Component):
         self._server = self._probe = None
 
     async def stop(self) -> None:
-        """Readiness NOT_SERVING and Watch streams ended first, then in-flight calls drain."""
+        """Readiness NOT_SERVING first; new calls still served for the drain delay, while
+        load balancers and Kubernetes take the endpoint out; then long-lived streams end
+        and the calls in flight get the grace period."""
         await self._publishing.stop()
         await self.health.close()
+        if self.drain_delay:
+            log.info("server.drain_delay", seconds=self.drain_delay)
+            await asyncio.sleep(self.drain_delay)
         for service in self.services:
             if service.closing is not None:
                 service.closing()

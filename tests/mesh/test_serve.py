@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -58,8 +59,8 @@ async def _read_logs(process: Process, listening: asyncio.Event) -> None:
             listening.set()
 
 
-@pytest.fixture
-async def served(tmp_path: Path) -> AsyncIterator[Process]:
+@contextlib.asynccontextmanager
+async def _serving(tmp_path: Path, **env: str) -> AsyncIterator[Process]:
     """`mesh serve` on 127.0.0.1:0; the test reads the real port from its log."""
     process = await _spawn(
         "serve",
@@ -67,6 +68,7 @@ async def served(tmp_path: Path) -> AsyncIterator[Process]:
             "MESH_ADDRESS": "127.0.0.1:0",
             "MESH_DATA_DIR": str(tmp_path),
             "MESH_GRACE_SECONDS": "10",
+            **env,
         },
     )
     listening = asyncio.Event()
@@ -80,6 +82,12 @@ async def served(tmp_path: Path) -> AsyncIterator[Process]:
             process.proc.kill()
         await process.proc.wait()
         await reader
+
+
+@pytest.fixture
+async def served(tmp_path: Path) -> AsyncIterator[Process]:
+    async with _serving(tmp_path) as process:
+        yield process
 
 
 async def _wait_serving(address: str) -> None:
@@ -133,6 +141,22 @@ async def _ping_until_refused(client: AdminClient) -> None:
     async with asyncio.timeout(10):
         while True:
             await client.ping("too late", timeout=2.0)
+
+
+async def test_after_sigterm_new_calls_are_served_for_the_drain_delay(tmp_path: Path) -> None:
+    async with _serving(tmp_path, MESH_DRAIN_DELAY_SECONDS="3") as served:
+        await _wait_serving(served.address)
+        served.proc.send_signal(signal.SIGTERM)
+        async with HealthClient(served.address) as health:
+            async with asyncio.timeout(2):  # readiness turns at once
+                while await health.check("readiness") != "NOT_SERVING":
+                    await asyncio.sleep(0.05)
+            async with AdminClient(served.address) as late:  # a new connection, a new call
+                assert (await late.ping("after SIGTERM", timeout=2.0)).message == "after SIGTERM"
+        assert await _exit_code(served, 3 + 10 + 5) == 0
+    events = [e["event"] for e in served.logs]
+    order = ("shutdown.requested", "server.drain_delay", "server.draining", "shutdown.finished")
+    assert [events.index(e) for e in order] == sorted(events.index(e) for e in order)
 
 
 async def test_open_watch_streams_do_not_hold_the_grace_period(served: Process) -> None:
