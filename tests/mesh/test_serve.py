@@ -149,8 +149,9 @@ async def test_after_sigterm_new_calls_are_served_for_the_drain_delay(tmp_path: 
         served.proc.send_signal(signal.SIGTERM)
         async with HealthClient(served.address) as health:
             async with asyncio.timeout(2):  # readiness turns at once
-                while await health.check("readiness") != "NOT_SERVING":
-                    await asyncio.sleep(0.05)
+                async for status in health.watch("readiness"):
+                    if status == "NOT_SERVING":
+                        break
             async with AdminClient(served.address) as late:  # a new connection, a new call
                 assert (await late.ping("after SIGTERM", timeout=2.0)).message == "after SIGTERM"
         assert await _exit_code(served, 3 + 10 + 5) == 0
