@@ -7,7 +7,8 @@ durations, cache, pool and circuit breaker numbers, served as Prometheus text on
 `metrics_address` when it is set and summarised by the admin service.
 
 `calls` holds what runs on every call (core.runtime.boundary, the clients): spans and the
-duration histograms, each behind a plain flag check. `providers` sets up the SDK, with
+duration histograms, each behind a plain flag check; `served` how the cache answered the
+call's read (the `mesh-cache` trailer and the `mesh.cache.lookups` counter). `providers` sets up the SDK, with
 the switchable sampler and span processor and the library instrumentation of `tracing`.
 
 Usage::
@@ -40,8 +41,24 @@ from core.telemetry.calls import (
     client_call,
 )
 from core.telemetry.providers import Telemetry, collect, configure_telemetry
+from core.telemetry.served import (
+    BYPASS,
+    CACHE_KEY,
+    LOCAL_HIT,
+    MISS,
+    OUTCOMES,
+    SHARED_HIT,
+    cache_outcome,
+    note_cache,
+)
 
 __all__ = [
+    "BYPASS",
+    "CACHE_KEY",
+    "LOCAL_HIT",
+    "MISS",
+    "OUTCOMES",
+    "SHARED_HIT",
     "CLIENT_DURATION",
     "DURATION_BUCKETS_MS",
     "SERVER_DURATION",
@@ -49,7 +66,9 @@ __all__ = [
     "ClientCall",
     "ServerMethod",
     "Telemetry",
+    "cache_outcome",
     "client_call",
     "collect",
     "configure_telemetry",
+    "note_cache",
 ]

@@ -193,7 +193,7 @@ async def test_redis_entries_carry_a_jittered_ttl(
     await cache.start()
     await cache.get("k", Source().load)
 
-    ttl_ms = await shared.pttl(names["prefix"] + "k")
+    ttl_ms = await shared.pttl(names["prefix"] + "0.0:k")
 
     assert 89_000 <= ttl_ms <= 110_000
 
@@ -250,11 +250,11 @@ async def test_missing_resource_is_cached_briefly(
     assert await cache.get("gone", source.load) is None
     assert await cache.get("gone", source.load) is None
     assert source.calls == 1
-    assert 0 < await shared.pttl(names["prefix"] + "gone") <= 220
+    assert 0 < await shared.pttl(names["prefix"] + "0.0:gone") <= 220
 
     await until(lambda: "gone" not in cache)
     source.value = b"created"
-    await until(lambda: _absent(shared, names["prefix"] + "gone"))
+    await until(lambda: _absent(shared, names["prefix"] + "0.0:gone"))
     assert await cache.get("gone", source.load) == b"created"
 
 
@@ -365,7 +365,7 @@ async def test_fill_racing_an_invalidation_does_not_resurrect_old_data(
     source.gate.set()
     assert await racing == b"old"  # the reader's own caller still sees what it read
 
-    assert await shared.get(names["prefix"] + "k") == b"t"  # the fill did not replace it
+    assert await shared.get(names["prefix"] + "0.0:k") == b"t"  # the fill did not replace it
     assert await fresh.get("k", source.load) == b"new"
 
 
@@ -518,7 +518,7 @@ async def test_invalidation_during_an_outage_is_retried(
     await private_redis.start()
     client = Redis.from_url(private_redis.url)
     try:
-        await until(lambda: _tombstoned(client, a, names["prefix"] + "k"))
+        await until(lambda: _tombstoned(client, a, names["prefix"] + "0.0:k"))
     finally:
         await client.aclose()
 
