@@ -27,8 +27,9 @@ def resource_of(key: str) -> str:
 
 _GENERATION = """
 local function generation(hash, key)
-  local resource = string.match(key, '^[^/]*')
-  return (redis.call('HGET', hash, '*') or '0') .. '.' .. (redis.call('HGET', hash, resource) or '0')
+  local whole = redis.call('HGET', hash, '*') or '0'
+  local own = redis.call('HGET', hash, string.match(key, '^[^/]*')) or '0'
+  return whole .. '.' .. own
 end
 """
 

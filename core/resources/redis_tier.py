@@ -36,8 +36,8 @@ from typing import TypeVar
 import structlog
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
-from redis.commands.core import AsyncScript
 from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from core.errors import UnavailableError
@@ -181,7 +181,7 @@ class RedisTier:
         if not generation or not self._trusted(key):
             return
         raw = _NONE if value is None else _VALUE + value
-        args = [self._prefix, key, generation, raw, _ms(ttl)]
+        args: list[str | bytes | int] = [self._prefix, key, generation, raw, _ms(ttl)]
         script = self._scripts["FILL"]
         with contextlib.suppress(_UnavailableError):
             await self._call(lambda r: script(keys=[self._generations], args=args, client=r))
@@ -251,7 +251,13 @@ class RedisTier:
         """Tombstones `keys` and announces them in one round trip; False if Redis failed."""
         batch = list(keys)
         message = json.dumps({"from": self._id, "keys": batch})
-        args = [self._prefix, _ms(self._tombstone_ttl), self._channel, message, *batch]
+        args: list[str | int] = [
+            self._prefix,
+            _ms(self._tombstone_ttl),
+            self._channel,
+            message,
+            *batch,
+        ]
         script = self._scripts["INVALIDATE"]
         try:
             await self._call(lambda r: script(keys=[self._generations], args=args, client=r))

@@ -45,7 +45,9 @@ UNDECODABLE = _Undecodable()
 
 async def abort_with(context: Context, exc: DomainError) -> None:
     """Ends the call with the status for `exc`, details included. Always raises AbortError."""
-    trailers: tuple[tuple[str, str | bytes], ...] = ((DETAILS_KEY, to_status(exc).SerializeToString()),)
+    trailers: tuple[tuple[str, str | bytes], ...] = (
+        (DETAILS_KEY, to_status(exc).SerializeToString()),
+    )
     outcome = cache_outcome()
     if outcome is not None:  # abort replaces the trailing metadata set before: say it again
         trailers += ((CACHE_KEY, outcome),)

@@ -8,8 +8,9 @@ durations, cache, pool and circuit breaker numbers, served as Prometheus text on
 
 `calls` holds what runs on every call (core.runtime.boundary, the clients): spans and the
 duration histograms, each behind a plain flag check; `served` how the cache answered the
-call's read (the `mesh-cache` trailer and the `mesh.cache.lookups` counter). `providers` sets up the SDK, with
-the switchable sampler and span processor and the library instrumentation of `tracing`.
+call's read (the `mesh-cache` trailer and the `mesh.cache.lookups` counter). `providers`
+sets up the SDK, with the switchable sampler and span processor and the library
+instrumentation of `tracing`.
 
 Usage::
 
@@ -55,14 +56,14 @@ from core.telemetry.served import (
 __all__ = [
     "BYPASS",
     "CACHE_KEY",
+    "CLIENT_DURATION",
+    "DURATION_BUCKETS_MS",
     "LOCAL_HIT",
     "MISS",
     "OUTCOMES",
-    "SHARED_HIT",
-    "CLIENT_DURATION",
-    "DURATION_BUCKETS_MS",
     "SERVER_DURATION",
     "SERVER_ERRORS",
+    "SHARED_HIT",
     "ClientCall",
     "ServerMethod",
     "Telemetry",

@@ -61,7 +61,9 @@ _LOOKUPS: list[Lookups] = []
 
 def lookups_of(attributes: dict[str, Any]) -> Lookups:
     """A new counter set for one method (`rpc.service`, `rpc.method`), reported from now on."""
-    found = Lookups({"rpc.service": attributes["rpc.service"], "rpc.method": attributes["rpc.method"]})
+    found = Lookups(
+        {"rpc.service": attributes["rpc.service"], "rpc.method": attributes["rpc.method"]}
+    )
     _LOOKUPS.append(found)
     return found
 
