@@ -30,8 +30,8 @@ import json
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, TypeVar
 
 import structlog
 from redis.asyncio import Redis
@@ -163,11 +163,8 @@ class RedisTier:
         resource"); the generation read under, for `write`, is "" when Redis was not read."""
         if not self._trusted(key):
             return False, None, ""
-        script = self._scripts["READ"]
         try:
-            reply = await self._call(
-                lambda r: script(keys=[self._generations], args=[self._prefix, key], client=r)
-            )
+            reply = await self._call(self._script("READ", [self._prefix, key]))
         except _UnavailableError:
             return False, None, ""
         generation, raw = reply[0].decode(), reply[1]
@@ -182,9 +179,8 @@ class RedisTier:
             return
         raw = _NONE if value is None else _VALUE + value
         args: list[str | bytes | int] = [self._prefix, key, generation, raw, _ms(ttl)]
-        script = self._scripts["FILL"]
         with contextlib.suppress(_UnavailableError):
-            await self._call(lambda r: script(keys=[self._generations], args=args, client=r))
+            await self._call(self._script("FILL", args))
 
     async def clear(self, resource: str) -> tuple[int, str]:
         """Puts every value of `resource` ("" for all) out of reach and tells every process.
@@ -198,11 +194,8 @@ class RedisTier:
         ack = f"{self._prefix}cleared:{uuid.uuid4().hex}"
         message = json.dumps({"from": self._id, "clear": resource, "ack": ack})
         args = [resource or generations.ALL, self._channel, message]
-        script = self._scripts["CLEAR"]
         try:
-            heard = await self._call(
-                lambda r: script(keys=[self._generations], args=args, client=r), force=True
-            )
+            heard = await self._call(self._script("CLEAR", args), force=True)
         except _UnavailableError:
             raise UnavailableError(
                 f"the shared cache is unreachable ({self._last_error}); nothing was cleared",
@@ -258,12 +251,17 @@ class RedisTier:
             message,
             *batch,
         ]
-        script = self._scripts["INVALIDATE"]
         try:
-            await self._call(lambda r: script(keys=[self._generations], args=args, client=r))
+            await self._call(self._script("INVALIDATE", args))
         except _UnavailableError:
             return False
         return True
+
+    def _script(
+        self, name: str, args: Sequence[str | bytes | int]
+    ) -> Callable[[Redis], Awaitable[Any]]:
+        """An operation for `_call`: the script `name` of `core.resources._generations`."""
+        return lambda r: self._scripts[name](keys=[self._generations], args=args, client=r)
 
     def _trusted(self, key: str) -> bool:
         """Redis may hold a value we owe an invalidation for: then it is not to be read."""
