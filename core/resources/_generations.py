@@ -59,9 +59,12 @@ INVALIDATE = (
     _GENERATION
     + """
 -- KEYS[1]: generations hash; ARGV: prefix, tombstone ttl ms, channel, message, keys...
+-- The key without a generation is tombstoned too: that is where processes of meshkit
+-- before generations read, so during a rolling upgrade they never read back old values.
 for i = 5, #ARGV do
   local gen = generation(KEYS[1], ARGV[i])
   redis.call('SET', ARGV[1] .. gen .. ':' .. ARGV[i], 't', 'PX', ARGV[2])
+  redis.call('SET', ARGV[1] .. ARGV[i], 't', 'PX', ARGV[2])
 end
 return redis.call('PUBLISH', ARGV[3], ARGV[4])
 """

@@ -661,3 +661,18 @@ async def test_clear_with_redis_unreachable_is_unavailable_and_drops_local_copie
 
     assert caught.value.reason == "CACHE_UNAVAILABLE"
     assert "projects/p1" not in cache
+
+
+async def test_invalidation_also_tombstones_the_key_older_versions_read(
+    caches: Callable[..., Cache], shared: Redis, names: dict[str, str]
+) -> None:
+    # An instance of a version before generations reads `{prefix}{key}`: during a rolling
+    # upgrade it must not read back a value the new instances' writes made old.
+    await shared.set(names["prefix"] + "projects/p1", b"vold", px=60_000)
+    cache = caches()
+    await cache.start()
+
+    await cache.invalidate("projects/p1")
+
+    assert await shared.get(names["prefix"] + "projects/p1") == b"t"
+    assert await shared.get(names["prefix"] + "0.0:projects/p1") == b"t"

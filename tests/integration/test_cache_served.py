@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from clients.admin import AdminClient
 from clients.projects import Project, ProjectsClient, Trailers
 from core.config import TelemetrySettings
-from core.errors import InvalidArgumentError, NotFoundError
+from core.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from core.resources.cache import Cache
 from core.telemetry import Telemetry, configure_telemetry
 from core.testing.databases import forget_namespace, fresh_database
@@ -260,3 +260,11 @@ async def test_no_read_is_stale_after_a_clear_under_concurrent_reads_and_writes(
     assert stale == []
     latest = await pair.a.get_project(written.name)  # the writes' own invalidations held
     assert latest == await pair.b.get_project(written.name)
+
+
+async def test_clear_on_a_process_without_a_cache_fails_its_precondition(mesh: Running) -> None:
+    async with AdminClient(mesh.address) as admin:
+        with pytest.raises(FailedPreconditionError) as caught:
+            await admin.clear_cache()
+
+    assert caught.value.reason == "NO_CACHE"
