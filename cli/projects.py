@@ -7,8 +7,9 @@ from typing import Any
 
 from google.protobuf.message import Message
 
+from cli import output
 from cli.commands import Call, add_call
-from clients.projects import Project, ProjectsClient
+from clients.projects import Project, ProjectsClient, Trailers
 from core.errors import InvalidArgumentError
 
 
@@ -25,6 +26,11 @@ def add_commands(commands: Any) -> None:
 
     get = _command(sub, "get", "show one project", _get)
     get.add_argument("name", help="projects/ID or ID")
+    get.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also say on stderr how the server's cache served the read",
+    )
 
     listing = _command(sub, "list", "list projects", _list)
     _query(listing)
@@ -97,7 +103,13 @@ async def _create(client: ProjectsClient, args: argparse.Namespace) -> Message:
 
 
 async def _get(client: ProjectsClient, args: argparse.Namespace) -> Message:
-    return await client.get_project(_name(args.name))
+    if not args.verbose:
+        return await client.get_project(_name(args.name))
+    trailers = Trailers()
+    try:
+        return await client.get_project(_name(args.name), trailers=trailers)
+    finally:  # a cached NOT_FOUND says it too
+        output.notice(f"cache: {trailers.cache or 'not reported'}")
 
 
 async def _list(client: ProjectsClient, args: argparse.Namespace) -> Message:

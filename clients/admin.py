@@ -5,10 +5,11 @@ Usage::
     async with AdminClient("127.0.0.1:50051") as admin:
         summary = await admin.get_service_summary()
         print(summary.health_score)
+        cleared = await admin.clear_cache("projects")   # every process sharing its Redis
 
 AdminClient reaches a server whose readiness is NOT_SERVING (that is when its summary
 is most useful), unless it is opened with `health_checked=True`, and has no circuit
-breaker. Only the reads are retried.
+breaker. The reads and `clear_cache` (clearing twice is harmless) are retried.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ class AdminClient(Client):
     """See the module docstring; the arguments are `clients.base.Client`'s."""
 
     service: ClassVar[str] = "mesh.admin.v1.AdminService"
-    idempotent: ClassVar[frozenset[str]] = frozenset({"GetServiceSummary", "Ping"})
+    idempotent: ClassVar[frozenset[str]] = frozenset({"GetServiceSummary", "Ping", "ClearCache"})
     health_checked: ClassVar[bool] = False
     guarded: ClassVar[bool] = False
 
@@ -57,3 +58,17 @@ class AdminClient(Client):
         wait.FromTimedelta(timedelta(seconds=delay))
         request = admin_pb2.PingRequest(message=message, delay=wait)
         return await self._unary("Ping", self._stub.Ping, request, timeout)
+
+    async def clear_cache(
+        self, resource: str = "", *, timeout: float | None = 10.0
+    ) -> admin_pb2.ClearCacheResponse:
+        """Drops the cached reads of `resource` (e.g. "projects"; "" for all) in Redis and
+        in every process sharing it.
+
+        Raises:
+            InvalidArgumentError: The server caches no such resource (UNKNOWN_RESOURCE).
+            FailedPreconditionError: The server has no cache (NO_CACHE).
+            UnavailableError: Its Redis did not answer (CACHE_UNAVAILABLE).
+        """
+        request = admin_pb2.ClearCacheRequest(resource=resource)
+        return await self._unary("ClearCache", self._stub.ClearCache, request, timeout)

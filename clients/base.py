@@ -14,6 +14,10 @@ Usage (every client takes the same arguments)::
         "dns:///projects.internal:50051", resilience=resilience, channel=settings.channel()
     ) as projects:
         await projects.get_project("projects/demo", timeout=0.5)  # this call: 0.5 s
+
+        trailers = Trailers()  # what the server sent after its answer, e.g. how it was served
+        await projects.get_project("projects/demo", trailers=trailers)
+        trailers.cache                                             # "local-hit"
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass
 from types import TracebackType
 from typing import ClassVar, Self, TypeVar
 
@@ -33,8 +38,9 @@ from core.calls.deadlines import remaining
 from core.calls.status import DETAILS_KEY, from_rpc_error
 from core.config import ChannelSettings
 from core.errors import DeadlineExceededError, DomainError, UnavailableError
+from core.telemetry import CACHE_KEY
 
-__all__ = ["SERVER_NOT_READY", "ChannelSettings", "Client", "Resilience"]
+__all__ = ["SERVER_NOT_READY", "ChannelSettings", "Client", "Resilience", "Trailers"]
 
 # The reason of the UnavailableError for a call no ready server could take.
 SERVER_NOT_READY = "SERVER_NOT_READY"
@@ -43,6 +49,28 @@ NOT_READY_TEXT = "backend unhealthy"
 
 Request = TypeVar("Request")
 Response = TypeVar("Response")
+
+
+@dataclass(slots=True)
+class Trailers:
+    """The trailing metadata of one call, filled in when it ends, failed or not: the
+    `grpc.Trailer(&md)` call option of grpc-go. Pass a fresh one to a client method that
+    takes `trailers=`; one per call, so concurrent calls on one client never mix.
+
+    Attributes:
+        metadata: Every trailing pair the server sent (binary keys end in "-bin").
+    """
+
+    metadata: tuple[tuple[str, str | bytes], ...] = ()
+
+    @property
+    def cache(self) -> str:
+        """How the server's cache served the read: "local-hit", "shared-hit", "miss" or
+        "bypass" (see the `mesh-cache` trailer in README); "" if the server did not say."""
+        for key, value in self.metadata:
+            if key == CACHE_KEY:
+                return value if isinstance(value, str) else value.decode()
+        return ""
 
 
 class Client:
@@ -200,8 +228,10 @@ class Client:
         rpc: grpc.aio.UnaryUnaryMultiCallable[Request, Response],
         request: Request,
         timeout: float | None = None,
+        trailers: Trailers | None = None,
     ) -> Response:
-        """Makes one unary call (with the channel's retries) and decodes its failure."""
+        """Makes one unary call (with the channel's retries) and decodes its failure;
+        `trailers` gets the trailing metadata of the call's last attempt."""
         call = telemetry.client_call(f"/{self.service}/{method}", self.target)
         breaker = self.breaker
         try:
@@ -213,8 +243,15 @@ class Client:
             raise
         code = outcome = grpc.StatusCode.OK  # outcome: what the breaker counts
         try:
-            return await rpc(request, timeout=seconds, metadata=call.metadata)
+            if trailers is None:
+                return await rpc(request, timeout=seconds, metadata=call.metadata)
+            sent = rpc(request, timeout=seconds, metadata=call.metadata)
+            response = await sent
+            trailers.metadata = tuple(await sent.trailing_metadata() or ())
+            return response
         except grpc.RpcError as exc:
+            if trailers is not None:
+                trailers.metadata = _trailing(exc)
             error = self._decode(exc)
             code = error.code
             # A server that answers with error details is up and chose the answer (its
@@ -274,9 +311,13 @@ class Client:
 
 def _answered(error: grpc.RpcError) -> bool:
     """Whether a meshkit server sent this failure (with a google.rpc.Status in details)."""
+    return any(key == DETAILS_KEY for key, _ in _trailing(error))
+
+
+def _trailing(error: grpc.RpcError) -> tuple[tuple[str, str | bytes], ...]:
+    """The trailing metadata of a failed call; empty when it has none."""
     trailing = getattr(error, "trailing_metadata", None)
-    metadata = (trailing() if callable(trailing) else None) or ()
-    return any(key == DETAILS_KEY for key, _ in metadata)
+    return tuple((trailing() if callable(trailing) else None) or ())
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

@@ -13,6 +13,10 @@ Usage::
         except NotFoundError as exc:
             print(exc.reason)                      # PROJECT_NOT_FOUND
 
+        trailers = Trailers()                      # how the server's cache served a read
+        project = await projects.get_project("projects/demo", trailers=trailers)
+        print(trailers.cache)                      # local-hit, shared-hit, miss or bypass
+
 Every method raises the `core.errors` exception for a failed call (NotFoundError,
 AlreadyExistsError, AbortedError, InvalidArgumentError with `.violations`, ...). Calls
 have a default deadline (`Resilience.deadline`, or `timeout=` per call, never more than
@@ -30,12 +34,12 @@ from typing import ClassVar
 
 from google.protobuf.field_mask_pb2 import FieldMask
 
-from clients.base import Client, Resilience
+from clients.base import Client, Resilience, Trailers
 from mesh.projects.v1 import projects_pb2 as pb
 from mesh.projects.v1 import projects_pb2_grpc
 from mesh.projects.v1.projects_pb2 import Project
 
-__all__ = ["Project", "ProjectsClient", "Resilience"]
+__all__ = ["Project", "ProjectsClient", "Resilience", "Trailers"]
 
 IDEMPOTENT = frozenset(
     {
@@ -77,18 +81,27 @@ class ProjectsClient(Client):
         response = await self._unary("CreateProject", self._stub.CreateProject, request, timeout)
         return response.project
 
-    async def get_project(self, name: str, *, timeout: float | None = None) -> Project:
+    async def get_project(
+        self, name: str, *, timeout: float | None = None, trailers: Trailers | None = None
+    ) -> Project:
+        """One project; `trailers.cache` then says how the server's cache served it."""
         request = pb.GetProjectRequest(name=name)
-        response = await self._unary("GetProject", self._stub.GetProject, request, timeout)
+        rpc = self._stub.GetProject
+        response = await self._unary("GetProject", rpc, request, timeout, trailers)
         return response.project
 
     async def batch_get_projects(
-        self, names: Sequence[str], *, timeout: float | None = None
+        self,
+        names: Sequence[str],
+        *,
+        timeout: float | None = None,
+        trailers: Trailers | None = None,
     ) -> list[Project]:
+        """The projects in the order of `names`; `trailers.cache` is "bypass" (it reads
+        the database in one query)."""
         request = pb.BatchGetProjectsRequest(names=names)
-        response = await self._unary(
-            "BatchGetProjects", self._stub.BatchGetProjects, request, timeout
-        )
+        rpc = self._stub.BatchGetProjects
+        response = await self._unary("BatchGetProjects", rpc, request, timeout, trailers)
         return list(response.projects)
 
     async def list_projects(

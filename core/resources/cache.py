@@ -7,6 +7,11 @@ other process drops its copy. Without Redis, or while it is down, the cache keep
 from the loader and reports DEGRADED. The local tier is `core.resources.lru`, the Redis
 tier with its invalidation listener `core.resources.redis_tier`.
 
+Each lookup notes how it was served (`core.telemetry.served`: local-hit, shared-hit,
+miss, bypass) for the RPC boundary to report. `clear` drops every entry, or those of one
+resource (the part of a key before its first "/"), in every process and in Redis, safely
+while reads and writes go on: a load that began before the clear stores nothing.
+
 Usage::
 
     cache = container.provide(Cache, lambda: Cache.from_settings(settings))
@@ -15,6 +20,7 @@ Usage::
     async with db.transaction() as tx:
         ...                                              # the write
         tx.after_commit(lambda: cache.invalidate(f"project:{name}"))
+    cleared = await cache.clear("projects")              # every process's, and Redis's
 """
 
 from __future__ import annotations
@@ -28,11 +34,13 @@ from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from core.config import Settings
+from core.resources._generations import resource_of
 from core.resources.lru import LocalTier
 from core.resources.redis_tier import RedisTier
 from core.runtime.health import Health
 from core.runtime.lifecycle import Component
 from core.runtime.tasks import cancel_and_wait
+from core.telemetry.served import BYPASS, LOCAL_HIT, MISS, SHARED_HIT, note_cache
 
 Loader = Callable[[], Awaitable[bytes | None]]
 """Loads one value from the source of truth; None means "no such resource"."""
@@ -68,13 +76,27 @@ _meter.create_observable_counter(
 )
 
 
+CLEAR_CONFIRM_SECONDS = 2.0  # how long `clear` waits for the other processes to confirm
+
+
 @dataclass(eq=False, slots=True)
 class _Flight:
-    """One load in progress. `stale` is set when the key is invalidated meanwhile."""
+    """One load in progress. `stale` is set when the key is invalidated meanwhile;
+    `outcome` says how it was served, for every caller that waited on it."""
 
     key: str
     stale: bool = False
+    outcome: str = MISS
     task: asyncio.Task[bytes | None] = field(init=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Cleared:
+    """What `Cache.clear` reached: `notified` processes heard it (this one included, when
+    it shares Redis), `confirmed` dropped their local copies before it returned."""
+
+    notified: int
+    confirmed: int
 
 
 class Cache(Component):
@@ -128,8 +150,11 @@ class Cache(Component):
                 prefix=prefix,
                 on_reset=self._clear_local,
                 on_invalidated=self._forget,
+                on_cleared=self._drop_resource,
             )
         )
+        self.resources: set[str] = set()
+        """The resources (key prefixes before "/") whose entries this process caches."""
         self._flights: dict[str, _Flight] = {}
         self._tasks: set[asyncio.Task[bytes | None]] = set()
         self._counts = dict.fromkeys(
@@ -192,6 +217,7 @@ class Cache(Component):
         if entry is not None:
             self._counts["hits_local"] += 1
             _TOTALS["hits_local"] += 1
+            note_cache(LOCAL_HIT)
             return entry.value
         self._counts["misses"] += 1
         _TOTALS["misses"] += 1
@@ -201,7 +227,9 @@ class Cache(Component):
             flight.task = asyncio.create_task(self._load(flight, loader), name="cache-load")
             self._tasks.add(flight.task)
             flight.task.add_done_callback(lambda task: self._landed(flight, task))
-        return await asyncio.shield(flight.task)
+        value = await asyncio.shield(flight.task)
+        note_cache(flight.outcome)
+        return value
 
     async def invalidate(self, *keys: str) -> None:
         """Drops `keys` everywhere. Call after the transaction that changed them commits.
@@ -212,6 +240,28 @@ class Cache(Component):
         self._forget(keys)
         if self._remote is not None and keys:
             await self._remote.invalidate(keys)
+
+    async def clear(self, resource: str = "") -> Cleared:
+        """Drops every entry, or those of `resource`, here, in Redis and in every process
+        that shares it; waits (a bounded while) for those processes to confirm.
+
+        Safe while reads and writes go on: values in Redis are put out of reach by one
+        atomic step, and a load that began before it stores nothing in either tier.
+
+        Raises:
+            UnavailableError: Redis is configured but did not answer (reason
+                CACHE_UNAVAILABLE); only this process's copies were dropped.
+        """
+        remote = self._remote
+        if remote is None:
+            self._drop_resource(resource)
+            return Cleared(1, 1)
+        try:
+            notified, ack = await remote.clear(resource)
+        finally:
+            self._drop_resource(resource)  # also when Redis failed: ours are dropped
+        confirmed = await remote.confirmed(ack, notified, CLEAR_CONFIRM_SECONDS)
+        return Cleared(notified, confirmed)
 
     def stats(self) -> dict[str, int]:
         """Counters since construction plus the local tier's current `entries` and `bytes`.
@@ -249,17 +299,28 @@ class Cache(Component):
         self._local.clear()
         self._forget(list(self._flights))
 
+    def _drop_resource(self, resource: str) -> None:
+        """Forgets every local entry and load of `resource` ("": of every resource)."""
+        if not resource:
+            self._clear_local()
+            return
+        self._local.drop_where(lambda key: resource_of(key) == resource)
+        self._forget([key for key in self._flights if resource_of(key) == resource])
+
     # -- loads ----------------------------------------------------------------------------
 
     async def _load(self, flight: _Flight, loader: Loader) -> bytes | None:
-        found, value = False, None
+        found, value, generation = False, None, ""
         remote = self._remote
         if remote is not None:
             await remote.flush_pending()  # invalidations owed to Redis go before any read of it
-            found, value = await remote.read(flight.key)
+            found, value, generation = await remote.read(flight.key)
+        if not self._local_trusted():
+            flight.outcome = BYPASS  # Redis unreachable: nothing below is kept
         if found:
             self._counts["hits_redis"] += 1
             _TOTALS["hits_redis"] += 1
+            flight.outcome = SHARED_HIT
         else:
             self._counts["loads"] += 1
             try:
@@ -270,7 +331,7 @@ class Cache(Component):
             if value is not None and not isinstance(value, bytes):
                 raise TypeError(f"cache loader returned {type(value).__name__}, not bytes")
             if not flight.stale and remote is not None:
-                await remote.write(flight.key, value, self._lifetime(value))
+                await remote.write(flight.key, value, self._lifetime(value), generation)
         if not flight.stale and self._local_trusted():
             self._local.store(flight.key, value, self._lifetime(value))
         return value

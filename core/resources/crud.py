@@ -50,6 +50,7 @@ from core.resources.resource import (
     precondition_etag,
 )
 from core.resources.validation import id_violations, parse_name
+from core.telemetry.served import BYPASS, note_cache
 
 M = TypeVar("M", bound=Message)
 
@@ -69,6 +70,8 @@ class Crud(Generic[M]):
         self.resource = r = resource
         self.db = database
         self.cache = cache
+        if cache is not None:
+            cache.resources.add(r.collection)
         self._upper = r.singular.upper()
         table = r.table
         by_id = table.c.id == sa.bindparam("id")
@@ -87,6 +90,7 @@ class Crud(Generic[M]):
     async def get(self, name: str) -> M:
         resource_id = parse_name(name, self.resource.collection)
         if self.cache is None:  # no bytes to share: skip the serialize-and-parse
+            note_cache(BYPASS)
             message = await self._read(resource_id)
         else:
             raw = await self._cached(resource_id)
@@ -104,6 +108,7 @@ class Crud(Generic[M]):
             )
         ids = [parse_name(n, self.resource.collection, f"names[{i}]") for i, n in enumerate(names)]
         table = self.resource.table
+        note_cache(BYPASS)  # one query for the lot, past the cache
         async with self.db.connect(autocommit=True) as conn:
             rows = (await conn.execute(sa.select(table).where(table.c.id.in_(ids)))).all()
         found = {row.id: self._message(row._mapping) for row in rows}

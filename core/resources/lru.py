@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -84,6 +85,11 @@ class LocalTier:
         entry = self._entries.pop(key, None)
         if entry is not None:
             self._bytes -= entry.size
+
+    def drop_where(self, matches: Callable[[str], bool]) -> None:
+        """Forgets every entry whose key `matches`."""
+        for key in [k for k in self._entries if matches(k)]:
+            self.drop(key)
 
     def clear(self) -> None:
         """Forgets every entry; the eviction count stays."""

@@ -7,12 +7,17 @@ confirm is owed: retried before the next read of Redis, and until then the key i
 there. The listener reconnects with backoff; while it is not subscribed, other processes'
 invalidations go unheard, so the cache must not trust its local copies.
 
+Keys live under generations (`core.resources._generations`): `clear` makes every value
+of the cache, or of one resource, unreachable in one atomic step, and announces it so
+every process drops its local copies and confirms.
+
 Usage (the cache does this)::
 
     tier = RedisTier("redis://127.0.0.1:6379/0", ttl=300.0, on_reset=local.clear,
                      on_invalidated=forget)
     await tier.start()
-    found, value = await tier.read("projects/p1")
+    found, value, generation = await tier.read("projects/p1")
+    await tier.write("projects/p1", b"...", 300.0, generation)
     await tier.invalidate(["projects/p1"])
     await tier.stop()
 """
@@ -25,23 +30,27 @@ import json
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, TypeVar
 
 import structlog
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
+from core.errors import UnavailableError
+from core.resources import _generations as generations
 from core.runtime.tasks import BackgroundTask
 
 log = structlog.get_logger()
 
 T = TypeVar("T")
 
-# Redis values carry a one-byte tag, so a cached None and a tombstone differ from any bytes.
-_VALUE, _NONE, _TOMBSTONE = b"v", b"n", b"t"
+# Redis values carry a one-byte tag, so a cached None and a tombstone ("t", written by the
+# invalidation script) differ from any bytes.
+_VALUE, _NONE = b"v", b"n"
 _REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 _KEEPALIVE = 5.0  # the listener pings after this much silence; no pong in as long: reconnect
 _MIN_RECONNECT = 0.05
@@ -67,6 +76,7 @@ class RedisTier:
         prefix: Prefix of every Redis key.
         on_reset: Called when invalidations may have been missed: forget every local copy.
         on_invalidated: Called with the keys another process invalidated.
+        on_cleared: Called with the resource ("" for every one) a clear dropped.
     """
 
     def __init__(
@@ -81,12 +91,16 @@ class RedisTier:
         prefix: str,
         on_reset: Callable[[], None],
         on_invalidated: Callable[[list[str]], None],
+        on_cleared: Callable[[str], None] = lambda resource: None,
     ) -> None:
         self._url = url
         self._ttl, self._tombstone_ttl = ttl, tombstone_ttl
         self._timeout, self._backoff = timeout, backoff
         self._channel, self._prefix = channel, prefix
         self._on_reset, self._on_invalidated = on_reset, on_invalidated
+        self._on_cleared = on_cleared
+        self._generations = prefix + "generations"
+        self._scripts: dict[str, AsyncScript] = {}
         self._id = uuid.uuid4().hex  # lets the listener skip this instance's own messages
         self._pending: set[str] = set()
         self._client: Redis | None = None
@@ -103,9 +117,11 @@ class RedisTier:
         """Connects and starts the listener. An unreachable Redis is no error: it is retried."""
         # No retries inside redis-py: our backoff decides, and a hidden reconnect would
         # resubscribe the listener without telling us that messages were lost.
-        self._client = Redis.from_url(
+        self._client = client = Redis.from_url(
             self._url, socket_connect_timeout=self._timeout, retry=Retry(NoBackoff(), 0)
         )
+        for name in ("READ", "FILL", "INVALIDATE", "CLEAR"):  # EVALSHA, loaded on first use
+            self._scripts[name] = client.register_script(getattr(generations, name))
         self._listener.start(self._listen())
         try:
             with contextlib.suppress(_UnavailableError, TimeoutError):
@@ -139,28 +155,67 @@ class RedisTier:
 
     # Races in Redis: invalidate() overwrites each key with a tombstone (SET PX, no NX) and
     # fills use SET NX, so a fill that read the database before the commit cannot replace
-    # the tombstone, however the two interleave. A tombstone reads as a miss. We chose
-    # tombstones over a generation counter: one key per resource, one round trip per fill,
-    # nothing left behind once they expire.
-    async def read(self, key: str) -> tuple[bool, bytes | None]:
-        """(True, value) when Redis holds a value for `key` (None: "no such resource")."""
+    # the tombstone, however the two interleave. A tombstone reads as a miss. A fill also
+    # stores only under the generation its read saw, so a load that began before a clear
+    # stores nothing (see core.resources._generations).
+    async def read(self, key: str) -> tuple[bool, bytes | None, str]:
+        """(True, value, generation) when Redis holds a value for `key` (None: "no such
+        resource"); the generation read under, for `write`, is "" when Redis was not read."""
         if not self._trusted(key):
-            return False, None
+            return False, None, ""
         try:
-            raw = await self._call(lambda r: r.get(self._prefix + key))
+            reply = await self._call(self._script("READ", [self._prefix, key]))
         except _UnavailableError:
-            return False, None
+            return False, None, ""
+        generation, raw = reply[0].decode(), reply[1]
         if not isinstance(raw, bytes) or raw[:1] not in (_VALUE, _NONE):
-            return False, None  # absent, tombstoned or not ours: load from the source
-        return True, (raw[1:] if raw[:1] == _VALUE else None)
+            return False, None, generation  # absent, tombstoned or not ours: load
+        return True, (raw[1:] if raw[:1] == _VALUE else None), generation
 
-    async def write(self, key: str, value: bytes | None, ttl: float) -> None:
-        """Fills `key` for `ttl` seconds unless it holds a value or a tombstone already."""
-        if not self._trusted(key):
+    async def write(self, key: str, value: bytes | None, ttl: float, generation: str) -> None:
+        """Fills `key` for `ttl` seconds unless it holds a value or a tombstone already, or
+        the cache was cleared since `generation` was read."""
+        if not generation or not self._trusted(key):
             return
         raw = _NONE if value is None else _VALUE + value
+        args: list[str | bytes | int] = [self._prefix, key, generation, raw, _ms(ttl)]
         with contextlib.suppress(_UnavailableError):
-            await self._call(lambda r: r.set(self._prefix + key, raw, nx=True, px=_ms(ttl)))
+            await self._call(self._script("FILL", args))
+
+    async def clear(self, resource: str) -> tuple[int, str]:
+        """Puts every value of `resource` ("" for all) out of reach and tells every process.
+
+        Returns how many subscribers heard it (this process's listener among them) and
+        the key where each counts its confirmation (see `confirmed`).
+
+        Raises:
+            UnavailableError: Redis did not answer; nothing was cleared there.
+        """
+        ack = f"{self._prefix}cleared:{uuid.uuid4().hex}"
+        message = json.dumps({"from": self._id, "clear": resource, "ack": ack})
+        args = [resource or generations.ALL, self._channel, message]
+        try:
+            heard = await self._call(self._script("CLEAR", args), force=True)
+        except _UnavailableError:
+            raise UnavailableError(
+                f"the shared cache is unreachable ({self._last_error}); nothing was cleared",
+                reason="CACHE_UNAVAILABLE",
+            ) from None
+        return int(heard), ack
+
+    async def confirmed(self, ack: str, expected: int, within: float) -> int:
+        """How many processes confirmed the clear at `ack`, waiting up to `within` seconds
+        for `expected` of them."""
+        count = 0
+        with contextlib.suppress(TimeoutError, _UnavailableError):
+            async with asyncio.timeout(within):
+                while True:
+                    raw = await self._call(lambda r: r.get(ack), force=True)
+                    count = int(raw or 0)
+                    if count >= expected:
+                        break
+                    await asyncio.sleep(0.01)
+        return count
 
     async def invalidate(self, keys: Iterable[str]) -> None:
         """Tombstones `keys` and announces them; what Redis does not confirm stays owed."""
@@ -188,19 +243,25 @@ class RedisTier:
     async def _send_invalidations(self, keys: Iterable[str]) -> bool:
         """Tombstones `keys` and announces them in one round trip; False if Redis failed."""
         batch = list(keys)
-
-        async def send(r: Redis) -> None:
-            async with r.pipeline(transaction=False) as pipe:
-                for key in batch:
-                    pipe.set(self._prefix + key, _TOMBSTONE, px=_ms(self._tombstone_ttl))
-                pipe.publish(self._channel, json.dumps({"from": self._id, "keys": batch}))
-                await pipe.execute()
-
+        message = json.dumps({"from": self._id, "keys": batch})
+        args: list[str | int] = [
+            self._prefix,
+            _ms(self._tombstone_ttl),
+            self._channel,
+            message,
+            *batch,
+        ]
         try:
-            await self._call(send)
+            await self._call(self._script("INVALIDATE", args))
         except _UnavailableError:
             return False
         return True
+
+    def _script(
+        self, name: str, args: Sequence[str | bytes | int]
+    ) -> Callable[[Redis], Awaitable[Any]]:
+        """An operation for `_call`: the script `name` of `core.resources._generations`."""
+        return lambda r: self._scripts[name](keys=[self._generations], args=args, client=r)
 
     def _trusted(self, key: str) -> bool:
         """Redis may hold a value we owe an invalidation for: then it is not to be read."""
@@ -281,11 +342,14 @@ class RedisTier:
                 if message["type"] == "subscribe":  # redis-py reconnected under us
                     self._on_reset()
                 elif message["type"] == "message":
-                    self._on_message(message["data"])
+                    await self._on_message(message["data"])
 
-    def _on_message(self, data: bytes) -> None:
+    async def _on_message(self, data: bytes) -> None:
         try:
             payload = json.loads(data)
+            if "clear" in payload:
+                await self._on_clear(payload["clear"], payload["ack"])
+                return
             origin, keys = payload["from"], payload["keys"]
             if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
                 raise TypeError("keys")
@@ -295,6 +359,22 @@ class RedisTier:
             return
         if origin != self._id:
             self._on_invalidated(keys)
+
+    async def _on_clear(self, resource: object, ack: object) -> None:
+        """Drops the local copies a clear names (this process's own clears too: the
+        clearer counts every subscriber), then confirms it."""
+        if not isinstance(resource, str) or not isinstance(ack, str):
+            raise TypeError("clear")
+        self._on_cleared(resource)
+        with contextlib.suppress(_UnavailableError):
+            await self._call(lambda r: _confirm(r, ack))
+
+
+async def _confirm(r: Redis, ack: str) -> None:
+    async with r.pipeline(transaction=False) as pipe:
+        pipe.incr(ack)
+        pipe.expire(ack, 60)
+        await pipe.execute()
 
 
 def _ms(seconds: float) -> int:

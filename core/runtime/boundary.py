@@ -10,6 +10,9 @@
 - Every call writes one `rpc.finished` line with method, code, duration and peer, records
   `rpc.server.duration` when metrics are on and, when tracing is, runs in a SERVER span
   that continues the caller's trace (core.telemetry).
+- A unary call whose read went to the cache (`core.telemetry.served`) says how it was
+  served in the trailing metadata `mesh-cache` (local-hit, shared-hit, miss, bypass),
+  failed calls too (a cached NOT_FOUND), and counts it in `mesh.cache.lookups`.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from structlog.contextvars import bind_contextvars
 from core.calls.deadlines import set_remaining
 from core.calls.status import DETAILS_KEY, to_status
 from core.errors import DomainError, InternalError, InvalidArgumentError
-from core.telemetry import ServerMethod
+from core.telemetry import CACHE_KEY, ServerMethod, cache_outcome
 
 log = structlog.get_logger()
 
@@ -47,7 +50,11 @@ UNDECODABLE = _Undecodable()
 async def abort_with(context: Context, exc: DomainError) -> None:
     """Ends the call with the status for `exc`, details included. Always raises AbortError."""
     status = to_status(exc)  # its message is clipped to a size any client accepts
-    await context.abort(exc.code, status.message, ((DETAILS_KEY, status.SerializeToString()),))
+    trailers: tuple[tuple[str, str | bytes], ...] = ((DETAILS_KEY, status.SerializeToString()),)
+    outcome = cache_outcome()
+    if outcome is not None:  # abort replaces the trailing metadata set before: say it again
+        trailers += ((CACHE_KEY, outcome),)
+    await context.abort(exc.code, status.message, trailers)
 
 
 class BoundaryServer:
@@ -200,6 +207,9 @@ def _unary(behavior: Any, method: str, *, unary_request: bool) -> Any:
         except BaseException as exc:
             await _failed(context, exc, started, observed, span)
             raise
+        outcome = cache_outcome()
+        if outcome is not None:
+            context.set_trailing_metadata(((CACHE_KEY, outcome),))
         _finished(context.code() or grpc.StatusCode.OK, started, observed, span)
         return response
 
@@ -257,7 +267,12 @@ def _finished(
     error: BaseException | None = None,
 ) -> None:
     ms = (time.perf_counter() - started) * 1000
-    log.info("rpc.finished", code=code.name, ms=round(ms, 3))  # inside the span: traced
+    outcome = cache_outcome()
+    if outcome is None:
+        log.info("rpc.finished", code=code.name, ms=round(ms, 3))  # inside the span: traced
+    else:
+        log.info("rpc.finished", code=code.name, ms=round(ms, 3), cache=outcome)
+        observed.looked_up(outcome, span)
     observed.end(code, ms, span, error)
 
 

@@ -7,8 +7,10 @@ durations, cache, pool and circuit breaker numbers, served as Prometheus text on
 `metrics_address` when it is set and summarised by the admin service.
 
 `calls` holds what runs on every call (core.runtime.boundary, the clients): spans and the
-duration histograms, each behind a plain flag check. `providers` sets up the SDK, with
-the switchable sampler and span processor and the library instrumentation of `tracing`.
+duration histograms, each behind a plain flag check; `served` how the cache answered the
+call's read (the `mesh-cache` trailer and the `mesh.cache.lookups` counter). `providers`
+sets up the SDK, with the switchable sampler and span processor and the library
+instrumentation of `tracing`.
 
 Usage::
 
@@ -40,16 +42,34 @@ from core.telemetry.calls import (
     client_call,
 )
 from core.telemetry.providers import Telemetry, collect, configure_telemetry
+from core.telemetry.served import (
+    BYPASS,
+    CACHE_KEY,
+    LOCAL_HIT,
+    MISS,
+    OUTCOMES,
+    SHARED_HIT,
+    cache_outcome,
+    note_cache,
+)
 
 __all__ = [
+    "BYPASS",
+    "CACHE_KEY",
     "CLIENT_DURATION",
     "DURATION_BUCKETS_MS",
+    "LOCAL_HIT",
+    "MISS",
+    "OUTCOMES",
     "SERVER_DURATION",
     "SERVER_ERRORS",
+    "SHARED_HIT",
     "ClientCall",
     "ServerMethod",
     "Telemetry",
+    "cache_outcome",
     "client_call",
     "collect",
     "configure_telemetry",
+    "note_cache",
 ]

@@ -26,6 +26,8 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.trace import Span, SpanKind, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from core.telemetry.served import lookups_of
+
 # Milliseconds. Fine below a millisecond (a cached read takes a few tenths), so the
 # admin summary's p99, interpolated within a bucket, is within a factor of 1.5 or so.
 DURATION_BUCKETS_MS: Sequence[float] = (
@@ -155,12 +157,13 @@ class ServerMethod:
         method: The full method name, `/package.Service/Method`.
     """
 
-    __slots__ = ("_attributes", "_by_code", "_ok", "span_name")
+    __slots__ = ("_attributes", "_by_code", "_lookups", "_ok", "span_name")
 
     def __init__(self, method: str) -> None:
         self.span_name, self._attributes, by_code = _names(method)
         self._by_code = {code: SERVER_DURATIONS.series(a) for code, a in by_code.items()}
         self._ok = self._by_code[grpc.StatusCode.OK]
+        self._lookups = lookups_of(self._attributes).counts
 
     def start(self, context: grpc.aio.ServicerContext[Any, Any]) -> Span | None:
         """Starts the SERVER span (the caller's trace continued) and makes it current.
@@ -188,6 +191,13 @@ class ServerMethod:
             (self._ok if code is grpc.StatusCode.OK else self._by_code[code]).record(ms)
         if span is not None:
             _end_span(span, code, code in SERVER_ERRORS, error)
+
+    def looked_up(self, outcome: str, span: Span | None) -> None:
+        """Counts how the cache served this call (`mesh.cache.lookups`); before `end`."""
+        if active.metrics:
+            self._lookups[outcome] += 1
+        if span is not None:
+            span.set_attribute("mesh.cache", outcome)
 
 
 # -- client side (called by clients/base.py) ----------------------------------------------

@@ -1,4 +1,5 @@
-"""AdminService: protobuf <-> the container's summary, the call statistics and breakers."""
+"""AdminService: protobuf <-> the container's summary, the call statistics and breakers,
+and the clearing of the process's cache."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from core import telemetry
 from core.config import Override
-from core.errors import FieldViolation, InvalidArgumentError
+from core.errors import FailedPreconditionError, FieldViolation, InvalidArgumentError
+from core.resources.cache import Cache
 from core.runtime.boundary import Context
 from core.runtime.container import ComponentSummary, Container, ContainerSummary
 from core.runtime.health import Health, HealthState
@@ -80,6 +82,33 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         now = Timestamp()
         now.GetCurrentTime()
         return admin_pb2.PingResponse(message=request.message, server_time=now)
+
+    async def ClearCache(
+        self, request: admin_pb2.ClearCacheRequest, context: Context
+    ) -> admin_pb2.ClearCacheResponse:
+        cleared = await self._cache(request.resource).clear(request.resource)
+        return admin_pb2.ClearCacheResponse(
+            notified_instances=cleared.notified, confirmed_instances=cleared.confirmed
+        )
+
+    def _cache(self, resource: str) -> Cache:
+        """This process's cache, if it caches `resource` (any resource when empty)."""
+        try:
+            cache = self._container.get(Cache)
+        except LookupError:
+            raise FailedPreconditionError(
+                "this process has no cache; ask a process that serves a cached resource",
+                reason="NO_CACHE",
+            ) from None
+        if resource and resource not in cache.resources:
+            known = ", ".join(sorted(cache.resources)) or "none"
+            raise InvalidArgumentError(
+                f"this process caches no resource {resource!r} (it caches: {known})",
+                reason="UNKNOWN_RESOURCE",
+                violations=[FieldViolation("resource", f"not one of: {known}")],
+                metadata={"resource": resource},
+            )
+        return cache
 
     def _summary(self) -> admin_pb2.ServiceSummary:
         summary = summary_to_proto(

@@ -104,9 +104,7 @@ async def _read_until(client: ProjectsClient, stop: asyncio.Event, counter: list
             pass
 
 
-async def _mixed(
-    address: str, names: list[str], rate: int, readers: int, seconds: float
-) -> Phase:
+async def _mixed(address: str, names: list[str], rate: int, readers: int, seconds: float) -> Phase:
     stop = asyncio.Event()
     reads = [0]
     async with ProjectsClient(address) as writer, ProjectsClient(address) as reader:
@@ -147,18 +145,24 @@ async def measure(seconds: float, readers: int, logs: Path) -> dict[str, object]
 
 def print_results(results: dict[str, object]) -> None:
     print("\nSQLite under mixed load (UpdateProject at a fixed rate; readers run ListProjects)")
-    print(f"{'writes/s':>9} {'readers':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
-          f"{'failed':>7} {'reads/s':>8} {'p99 vs alone':>13}")
+    print(
+        f"{'writes/s':>9} {'readers':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
+        f"{'failed':>7} {'reads/s':>8} {'p99 vs alone':>13}"
+    )
     for phase in results["phases"]:  # type: ignore[attr-defined]
         alone, mixed = phase["alone"], phase["mixed"]
         for row, label in ((alone, "alone"), (mixed, "mixed")):
             ratio = ""
             if label == "mixed" and alone["p99_ms"]:
                 ratio = f"{row['p99_ms'] / alone['p99_ms']:.2f}x"
-            print(f"{row['rate']:>9} {row['readers']:>8} {row['p50_ms']:>8} {row['p99_ms']:>8} "
-                  f"{row['max_ms']:>8} {row['failed']:>7} {row['reads_per_s']:>8} {ratio:>13}")
-    print(f"sustainable write rate beside the readers (p99 <= {SUSTAINABLE_P99_MS:g} ms, "
-          f"no failures): {results['sustainable_writes_per_s']} writes/s")
+            print(
+                f"{row['rate']:>9} {row['readers']:>8} {row['p50_ms']:>8} {row['p99_ms']:>8} "
+                f"{row['max_ms']:>8} {row['failed']:>7} {row['reads_per_s']:>8} {ratio:>13}"
+            )
+    print(
+        f"sustainable write rate beside the readers (p99 <= {SUSTAINABLE_P99_MS:g} ms, "
+        f"no failures): {results['sustainable_writes_per_s']} writes/s"
+    )
 
 
 def main() -> None:

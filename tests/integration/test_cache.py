@@ -15,8 +15,10 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from core.resources.cache import Cache
+from core.errors import UnavailableError
+from core.resources.cache import Cache, Cleared
 from core.runtime.health import HealthState
+from core.telemetry import cache_outcome
 from tests.conftest import make_container
 
 SHARED_URL = "redis://127.0.0.1:6379/0"
@@ -193,7 +195,7 @@ async def test_redis_entries_carry_a_jittered_ttl(
     await cache.start()
     await cache.get("k", Source().load)
 
-    ttl_ms = await shared.pttl(names["prefix"] + "k")
+    ttl_ms = await shared.pttl(names["prefix"] + "0.0:k")
 
     assert 89_000 <= ttl_ms <= 110_000
 
@@ -250,11 +252,11 @@ async def test_missing_resource_is_cached_briefly(
     assert await cache.get("gone", source.load) is None
     assert await cache.get("gone", source.load) is None
     assert source.calls == 1
-    assert 0 < await shared.pttl(names["prefix"] + "gone") <= 220
+    assert 0 < await shared.pttl(names["prefix"] + "0.0:gone") <= 220
 
     await until(lambda: "gone" not in cache)
     source.value = b"created"
-    await until(lambda: _absent(shared, names["prefix"] + "gone"))
+    await until(lambda: _absent(shared, names["prefix"] + "0.0:gone"))
     assert await cache.get("gone", source.load) == b"created"
 
 
@@ -365,7 +367,7 @@ async def test_fill_racing_an_invalidation_does_not_resurrect_old_data(
     source.gate.set()
     assert await racing == b"old"  # the reader's own caller still sees what it read
 
-    assert await shared.get(names["prefix"] + "k") == b"t"  # the fill did not replace it
+    assert await shared.get(names["prefix"] + "0.0:k") == b"t"  # the fill did not replace it
     assert await fresh.get("k", source.load) == b"new"
 
 
@@ -518,7 +520,7 @@ async def test_invalidation_during_an_outage_is_retried(
     await private_redis.start()
     client = Redis.from_url(private_redis.url)
     try:
-        await until(lambda: _tombstoned(client, a, names["prefix"] + "k"))
+        await until(lambda: _tombstoned(client, a, names["prefix"] + "0.0:k"))
     finally:
         await client.aclose()
 
@@ -526,3 +528,151 @@ async def test_invalidation_during_an_outage_is_retried(
 async def _tombstoned(client: Redis, cache: Cache, redis_key: str) -> bool:
     await cache.check_health()  # a healthy check retries what is pending
     return await client.get(redis_key) == b"t"
+
+
+# -- how each lookup was served ------------------------------------------------------------
+
+
+async def outcome_of(cache: Cache, key: str, source: Source) -> tuple[bytes | None, str | None]:
+    """The value and the outcome the lookup noted, in a task of its own as a call has."""
+
+    async def lookup() -> tuple[bytes | None, str | None]:
+        return await cache.get(key, source.load), cache_outcome()
+
+    return await asyncio.create_task(lookup())
+
+
+async def test_each_lookup_notes_how_it_was_served(caches: Callable[..., Cache]) -> None:
+    a, b = caches(), caches()
+    await a.start()
+    await b.start()
+    source = Source(b"v")
+
+    assert await outcome_of(a, "k", source) == (b"v", "miss")
+    assert await outcome_of(a, "k", source) == (b"v", "local-hit")
+    assert await outcome_of(b, "k", source) == (b"v", "shared-hit")
+
+
+async def test_a_lookup_redis_cannot_vouch_for_is_a_bypass(
+    caches: Callable[..., Cache], private_redis: RedisProcess
+) -> None:
+    cache = caches(private_redis.url, backoff=0.1)  # never started: Redis unreachable
+    await cache.start()
+    source = Source(b"v")
+
+    assert await outcome_of(cache, "k", source) == (b"v", "bypass")
+    assert await outcome_of(cache, "k", source) == (b"v", "bypass")  # nothing was kept
+    assert source.calls == 2
+
+
+# -- clear ---------------------------------------------------------------------------------
+
+
+async def test_clear_drops_every_instance_and_redis(caches: Callable[..., Cache]) -> None:
+    a, b = caches(), caches()
+    await a.start()
+    await b.start()
+    source = Source(b"old")
+    for cache in (a, b):
+        await cache.get("projects/p1", source.load)
+    source.value = b"new"  # changed behind the cache
+
+    cleared = await a.clear()
+
+    assert (cleared.notified, cleared.confirmed) == (2, 2)
+    assert "projects/p1" not in a
+    assert "projects/p1" not in b  # confirmed before clear returned
+    assert await b.get("projects/p1", source.load) == b"new"  # not from Redis
+    assert source.calls == 2
+
+
+async def test_clear_of_one_resource_keeps_the_others(caches: Callable[..., Cache]) -> None:
+    a, b = caches(), caches()
+    await a.start()
+    await b.start()
+    source = Source(b"v")
+    for key in ("projects/p1", "notes/n1"):
+        await a.get(key, source.load)
+        await b.get(key, source.load)
+
+    await a.clear("projects")
+
+    assert "projects/p1" not in b
+    assert "notes/n1" in b
+    assert await outcome_of(a, "notes/n1", source) == (b"v", "local-hit")
+    c = caches()
+    await c.start()
+    assert await outcome_of(c, "notes/n1", source) == (b"v", "shared-hit")  # kept in Redis
+    assert await outcome_of(c, "projects/p1", source) == (b"v", "miss")
+
+
+async def test_a_load_racing_a_clear_stores_nothing(
+    caches: Callable[..., Cache], shared: Redis, names: dict[str, str]
+) -> None:
+    # The reader listens on another channel, so only Redis's generations protect it: its
+    # load read the database before the clear and finishes after it.
+    clearer = caches()
+    reader = caches(channel=names["channel"] + ":late")
+    fresh = caches()
+    for cache in (clearer, reader, fresh):
+        await cache.start()
+    source = Source(b"old")
+    source.gate = asyncio.Event()
+    racing = asyncio.create_task(reader.get("projects/p1", source.load))
+    await source.entered.wait()
+
+    source.value = b"new"  # changed behind the cache, then cleared
+    await clearer.clear("projects")
+    source.gate.set()
+    assert await racing == b"old"  # its own caller still gets what it read
+
+    keys = [k async for k in shared.scan_iter(match=names["prefix"] + "*:projects/p1")]
+    assert keys == []  # the fill under the old generation was refused
+    source.gate = None
+    assert await fresh.get("projects/p1", source.load) == b"new"
+
+
+async def test_a_local_load_racing_a_clear_is_not_kept(caches: Callable[..., Cache]) -> None:
+    cache = caches(None)
+    source = Source(b"old")
+    source.gate = asyncio.Event()
+    racing = asyncio.create_task(cache.get("projects/p1", source.load))
+    await source.entered.wait()
+
+    source.value = b"new"
+    assert await cache.clear() == Cleared(1, 1)
+    source.gate.set()
+    assert await racing == b"old"
+
+    assert "projects/p1" not in cache
+    source.gate = None
+    assert await cache.get("projects/p1", source.load) == b"new"
+
+
+async def test_clear_with_redis_unreachable_is_unavailable_and_drops_local_copies(
+    caches: Callable[..., Cache], private_redis: RedisProcess
+) -> None:
+    cache = caches(private_redis.url, backoff=0.1)
+    await cache.start()
+    cache._local.store("projects/p1", b"v", 60.0)  # as if filled before Redis went away
+
+    with pytest.raises(UnavailableError) as caught:
+        await cache.clear("projects")
+
+    assert caught.value.reason == "CACHE_UNAVAILABLE"
+    assert "projects/p1" not in cache
+
+
+async def test_invalidation_also_tombstones_the_key_older_versions_read(
+    caches: Callable[..., Cache], shared: Redis, names: dict[str, str]
+) -> None:
+    # An instance of a version before generations reads `{prefix}{key}`: during a rolling
+    # upgrade it must not read back a value the new instances' writes made old.
+    await shared.set(names["prefix"] + "projects/p1", b"vold", px=60_000)
+    cache = caches()
+    await cache.start()
+
+    await cache.invalidate("projects/p1")
+
+    assert await shared.get(names["prefix"] + "projects/p1") == b"t"
+    assert await shared.get(names["prefix"] + "0.0:projects/p1") == b"t"

@@ -409,7 +409,7 @@ async def redis_answers_again(projects: ProjectsClient, peek: Redis, namespace: 
             absent = f"projects/absent-{i}"
             with pytest.raises(NotFoundError):
                 await projects.get_project(absent)
-            if await peek.exists(f"{namespace}:cache:{absent}"):
+            if await peek.exists(f"{namespace}:cache:0.0:{absent}"):
                 return
             await asyncio.sleep(0.05)
 
@@ -437,7 +437,7 @@ async def test_an_invalidation_missed_while_redis_hung_is_not_read_back(
         ):
             created = await projects.create_project(new_project(), project_id="hung-redis")
             name = created.name
-            key = f"{namespace}:cache:{name}"
+            key = f"{namespace}:cache:0.0:{name}"
             # The create left a tombstone that refuses fills for 10 s; it expires (deleted
             # here rather than waited out) and a read fills Redis with revision 1.
             await peek.delete(key)

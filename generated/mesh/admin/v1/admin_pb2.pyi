@@ -592,3 +592,51 @@ class SettingOverride(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SettingOverride: _TypeAlias = SettingOverride  # noqa: Y015
+
+@_typing.final
+class ClearCacheRequest(_message.Message):
+    """Request for ClearCache."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESOURCE_FIELD_NUMBER: _builtins.int
+    resource: _builtins.str
+    """The resource collection whose entries to drop, e.g. "projects"; empty drops all."""
+    def __init__(
+        self,
+        *,
+        resource: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["resource", b"resource"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClearCacheRequest: _TypeAlias = ClearCacheRequest  # noqa: Y015
+
+@_typing.final
+class ClearCacheResponse(_message.Message):
+    """Response for ClearCache."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NOTIFIED_INSTANCES_FIELD_NUMBER: _builtins.int
+    CONFIRMED_INSTANCES_FIELD_NUMBER: _builtins.int
+    notified_instances: _builtins.int
+    """Processes that heard the clear, this one included (1 without Redis)."""
+    confirmed_instances: _builtins.int
+    """Processes that dropped their in-process copies before this answer."""
+    def __init__(
+        self,
+        *,
+        notified_instances: _builtins.int = ...,
+        confirmed_instances: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["confirmed_instances", b"confirmed_instances", "notified_instances", b"notified_instances"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClearCacheResponse: _TypeAlias = ClearCacheResponse  # noqa: Y015

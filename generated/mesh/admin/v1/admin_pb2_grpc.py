@@ -51,6 +51,11 @@ class AdminServiceStub:
                 request_serializer=mesh_dot_admin_dot_v1_dot_admin__pb2.PingRequest.SerializeToString,
                 response_deserializer=mesh_dot_admin_dot_v1_dot_admin__pb2.PingResponse.FromString,
                 _registered_method=True)
+        self.ClearCache = channel.unary_unary(
+                '/mesh.admin.v1.AdminService/ClearCache',
+                request_serializer=mesh_dot_admin_dot_v1_dot_admin__pb2.ClearCacheRequest.SerializeToString,
+                response_deserializer=mesh_dot_admin_dot_v1_dot_admin__pb2.ClearCacheResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -84,6 +89,21 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ClearCache(self, request, context):
+        """Drops the cached reads of every resource, or of `resource`, in the shared tier
+        (Redis) and in the in-process tier of every process that shares it, safely while
+        traffic flows: a read that began before the clear stores nothing. Answers once the
+        other processes confirmed, or after 2 seconds (compare `confirmed_instances` with
+        `notified_instances`). Safe to repeat.
+        INVALID_ARGUMENT (UNKNOWN_RESOURCE) if this process caches no such resource;
+        FAILED_PRECONDITION (NO_CACHE) if this process has no cache; UNAVAILABLE
+        (CACHE_UNAVAILABLE) if Redis did not answer (then only this process's copies were
+        dropped: try again).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -101,6 +121,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.Ping,
                     request_deserializer=mesh_dot_admin_dot_v1_dot_admin__pb2.PingRequest.FromString,
                     response_serializer=mesh_dot_admin_dot_v1_dot_admin__pb2.PingResponse.SerializeToString,
+            ),
+            'ClearCache': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClearCache,
+                    request_deserializer=mesh_dot_admin_dot_v1_dot_admin__pb2.ClearCacheRequest.FromString,
+                    response_serializer=mesh_dot_admin_dot_v1_dot_admin__pb2.ClearCacheResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -186,6 +211,33 @@ class AdminService:
             '/mesh.admin.v1.AdminService/Ping',
             mesh_dot_admin_dot_v1_dot_admin__pb2.PingRequest.SerializeToString,
             mesh_dot_admin_dot_v1_dot_admin__pb2.PingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClearCache(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mesh.admin.v1.AdminService/ClearCache',
+            mesh_dot_admin_dot_v1_dot_admin__pb2.ClearCacheRequest.SerializeToString,
+            mesh_dot_admin_dot_v1_dot_admin__pb2.ClearCacheResponse.FromString,
             options,
             channel_credentials,
             insecure,

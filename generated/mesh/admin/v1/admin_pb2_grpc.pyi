@@ -49,6 +49,17 @@ class AdminServiceStub:
     draining. INVALID_ARGUMENT if delay is negative or longer than 60 seconds;
     DEADLINE_EXCEEDED or CANCELLED if the caller gives up first.
     """
+    ClearCache: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ClearCacheRequest, _admin_pb2.ClearCacheResponse]
+    """Drops the cached reads of every resource, or of `resource`, in the shared tier
+    (Redis) and in the in-process tier of every process that shares it, safely while
+    traffic flows: a read that began before the clear stores nothing. Answers once the
+    other processes confirmed, or after 2 seconds (compare `confirmed_instances` with
+    `notified_instances`). Safe to repeat.
+    INVALID_ARGUMENT (UNKNOWN_RESOURCE) if this process caches no such resource;
+    FAILED_PRECONDITION (NO_CACHE) if this process has no cache; UNAVAILABLE
+    (CACHE_UNAVAILABLE) if Redis did not answer (then only this process's copies were
+    dropped: try again).
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -70,6 +81,17 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """Echoes the message back after `delay`, a diagnostic for deadlines, retries and
     draining. INVALID_ARGUMENT if delay is negative or longer than 60 seconds;
     DEADLINE_EXCEEDED or CANCELLED if the caller gives up first.
+    """
+    ClearCache: _aio.UnaryUnaryMultiCallable[_admin_pb2.ClearCacheRequest, _admin_pb2.ClearCacheResponse]  # type: ignore[assignment]
+    """Drops the cached reads of every resource, or of `resource`, in the shared tier
+    (Redis) and in the in-process tier of every process that shares it, safely while
+    traffic flows: a read that began before the clear stores nothing. Answers once the
+    other processes confirmed, or after 2 seconds (compare `confirmed_instances` with
+    `notified_instances`). Safe to repeat.
+    INVALID_ARGUMENT (UNKNOWN_RESOURCE) if this process caches no such resource;
+    FAILED_PRECONDITION (NO_CACHE) if this process has no cache; UNAVAILABLE
+    (CACHE_UNAVAILABLE) if Redis did not answer (then only this process's copies were
+    dropped: try again).
     """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -107,6 +129,23 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         """Echoes the message back after `delay`, a diagnostic for deadlines, retries and
         draining. INVALID_ARGUMENT if delay is negative or longer than 60 seconds;
         DEADLINE_EXCEEDED or CANCELLED if the caller gives up first.
+        """
+
+    @_abc_1.abstractmethod
+    def ClearCache(
+        self,
+        request: _admin_pb2.ClearCacheRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ClearCacheResponse, _abc.Awaitable[_admin_pb2.ClearCacheResponse]]:
+        """Drops the cached reads of every resource, or of `resource`, in the shared tier
+        (Redis) and in the in-process tier of every process that shares it, safely while
+        traffic flows: a read that began before the clear stores nothing. Answers once the
+        other processes confirmed, or after 2 seconds (compare `confirmed_instances` with
+        `notified_instances`). Safe to repeat.
+        INVALID_ARGUMENT (UNKNOWN_RESOURCE) if this process caches no such resource;
+        FAILED_PRECONDITION (NO_CACHE) if this process has no cache; UNAVAILABLE
+        (CACHE_UNAVAILABLE) if Redis did not answer (then only this process's copies were
+        dropped: try again).
         """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -33,6 +33,13 @@ class ProjectServiceStub:
     PROJECT_NOT_FOUND, ETAG_MISMATCH, INVALID_FILTER); INVALID_ARGUMENT errors also carry
     a google.rpc.BadRequest naming each bad field. Any RPC may also return UNAVAILABLE
     when the database cannot be reached, DEADLINE_EXCEEDED or CANCELLED.
+
+    A read that can be served from the cache (GetProject, BatchGetProjects) says how it was
+    served in the trailing metadata `mesh-cache`, on success and on failure alike (a
+    NOT_FOUND can be cached too): `local-hit` (the server's in-process tier), `shared-hit`
+    (the shared tier, Redis), `miss` (read from the database and cached) or `bypass` (read
+    from the database past the cache: BatchGetProjects always, and GetProject while the
+    cache cannot be trusted, as when Redis is unreachable). Other RPCs send no `mesh-cache`.
     """
 
     def __init__(self, channel):
@@ -91,6 +98,13 @@ class ProjectServiceServicer:
     PROJECT_NOT_FOUND, ETAG_MISMATCH, INVALID_FILTER); INVALID_ARGUMENT errors also carry
     a google.rpc.BadRequest naming each bad field. Any RPC may also return UNAVAILABLE
     when the database cannot be reached, DEADLINE_EXCEEDED or CANCELLED.
+
+    A read that can be served from the cache (GetProject, BatchGetProjects) says how it was
+    served in the trailing metadata `mesh-cache`, on success and on failure alike (a
+    NOT_FOUND can be cached too): `local-hit` (the server's in-process tier), `shared-hit`
+    (the shared tier, Redis), `miss` (read from the database and cached) or `bypass` (read
+    from the database past the cache: BatchGetProjects always, and GetProject while the
+    cache cannot be trusted, as when Redis is unreachable). Other RPCs send no `mesh-cache`.
     """
 
     def CreateProject(self, request, context):
@@ -222,6 +236,13 @@ class ProjectService:
     PROJECT_NOT_FOUND, ETAG_MISMATCH, INVALID_FILTER); INVALID_ARGUMENT errors also carry
     a google.rpc.BadRequest naming each bad field. Any RPC may also return UNAVAILABLE
     when the database cannot be reached, DEADLINE_EXCEEDED or CANCELLED.
+
+    A read that can be served from the cache (GetProject, BatchGetProjects) says how it was
+    served in the trailing metadata `mesh-cache`, on success and on failure alike (a
+    NOT_FOUND can be cached too): `local-hit` (the server's in-process tier), `shared-hit`
+    (the shared tier, Redis), `miss` (read from the database and cached) or `bypass` (read
+    from the database past the cache: BatchGetProjects always, and GetProject while the
+    cache cannot be trusted, as when Redis is unreachable). Other RPCs send no `mesh-cache`.
     """
 
     @staticmethod

@@ -34,6 +34,13 @@ class ProjectServiceStub:
     PROJECT_NOT_FOUND, ETAG_MISMATCH, INVALID_FILTER); INVALID_ARGUMENT errors also carry
     a google.rpc.BadRequest naming each bad field. Any RPC may also return UNAVAILABLE
     when the database cannot be reached, DEADLINE_EXCEEDED or CANCELLED.
+
+    A read that can be served from the cache (GetProject, BatchGetProjects) says how it was
+    served in the trailing metadata `mesh-cache`, on success and on failure alike (a
+    NOT_FOUND can be cached too): `local-hit` (the server's in-process tier), `shared-hit`
+    (the shared tier, Redis), `miss` (read from the database and cached) or `bypass` (read
+    from the database past the cache: BatchGetProjects always, and GetProject while the
+    cache cannot be trusted, as when Redis is unreachable). Other RPCs send no `mesh-cache`.
     """
 
     @_typing.overload
@@ -87,6 +94,13 @@ class ProjectServiceAsyncStub(ProjectServiceStub):
     PROJECT_NOT_FOUND, ETAG_MISMATCH, INVALID_FILTER); INVALID_ARGUMENT errors also carry
     a google.rpc.BadRequest naming each bad field. Any RPC may also return UNAVAILABLE
     when the database cannot be reached, DEADLINE_EXCEEDED or CANCELLED.
+
+    A read that can be served from the cache (GetProject, BatchGetProjects) says how it was
+    served in the trailing metadata `mesh-cache`, on success and on failure alike (a
+    NOT_FOUND can be cached too): `local-hit` (the server's in-process tier), `shared-hit`
+    (the shared tier, Redis), `miss` (read from the database and cached) or `bypass` (read
+    from the database past the cache: BatchGetProjects always, and GetProject while the
+    cache cannot be trusted, as when Redis is unreachable). Other RPCs send no `mesh-cache`.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -136,6 +150,13 @@ class ProjectServiceServicer(metaclass=_abc_1.ABCMeta):
     PROJECT_NOT_FOUND, ETAG_MISMATCH, INVALID_FILTER); INVALID_ARGUMENT errors also carry
     a google.rpc.BadRequest naming each bad field. Any RPC may also return UNAVAILABLE
     when the database cannot be reached, DEADLINE_EXCEEDED or CANCELLED.
+
+    A read that can be served from the cache (GetProject, BatchGetProjects) says how it was
+    served in the trailing metadata `mesh-cache`, on success and on failure alike (a
+    NOT_FOUND can be cached too): `local-hit` (the server's in-process tier), `shared-hit`
+    (the shared tier, Redis), `miss` (read from the database and cached) or `bypass` (read
+    from the database past the cache: BatchGetProjects always, and GetProject while the
+    cache cannot be trusted, as when Redis is unreachable). Other RPCs send no `mesh-cache`.
     """
 
     @_abc_1.abstractmethod
