@@ -107,12 +107,15 @@ async def _read_until(client: ProjectsClient, stop: asyncio.Event, counter: list
 async def _mixed(address: str, names: list[str], rate: int, readers: int, seconds: float) -> Phase:
     stop = asyncio.Event()
     reads = [0]
-    async with ProjectsClient(address) as writer, ProjectsClient(address) as reader:
-        async with asyncio.TaskGroup() as tg:
-            for _ in range(readers):
-                tg.create_task(_read_until(reader, stop, reads))
-            phase = await _writes(writer, names, rate, seconds)
-            stop.set()
+    async with (
+        ProjectsClient(address) as writer,
+        ProjectsClient(address) as reader,
+        asyncio.TaskGroup() as tg,
+    ):
+        for _ in range(readers):
+            tg.create_task(_read_until(reader, stop, reads))
+        phase = await _writes(writer, names, rate, seconds)
+        stop.set()
     phase.readers = readers
     phase.reads_per_s = round(reads[0] / seconds, 1)
     return phase
