@@ -24,13 +24,15 @@ from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health_pb2_grpc
 
 from core.calls.channel import server_credentials
-from core.config import Settings, TlsSettings
+from core.config import AuthSettings, Settings, TlsSettings
 from core.runtime.boundary import BoundaryServer
 from core.runtime.container import Container, StartError, StopError
 from core.runtime.health_service import HealthPublisher, HealthServicer
 from core.runtime.lifecycle import Component, FatalStartError
 from core.runtime.reflection import enable_reflection
 from core.runtime.tasks import BackgroundTask, cancel_and_wait
+from core.security.access import access_rules
+from core.security.guard import Guard
 
 log = structlog.get_logger()
 
@@ -64,7 +66,12 @@ class Service:
 
 
 class GrpcServer(Component):
-    """Serves the given services plus health and reflection through the error boundary."""
+    """Serves the given services plus health and reflection through the error boundary.
+
+    Every method of `services` must declare its access rule in its contract
+    (`mesh.access.v1.access`): building the server raises ConfigError naming the methods
+    that do not. Unless `auth.mode` is "off", a `Guard` checks every call against them.
+    """
 
     name = "grpc-server"
 
@@ -79,8 +86,11 @@ class GrpcServer(Component):
         depends_on: tuple[str, ...] = (),
         keepalive: float = 30.0,
         tls: TlsSettings | None = None,
+        auth: AuthSettings | None = None,
     ) -> None:
         self.services = list(services)
+        rules = access_rules(s.descriptor for s in self.services)  # deny by default
+        auth = auth or AuthSettings()
         self.address = address
         self.grace = grace
         self.stop_timeout = grace + 5.0  # the drain must never be cut off by the stop bound
@@ -104,6 +114,12 @@ class GrpcServer(Component):
             ("grpc.keepalive_time_ms", int(keepalive * 1000)),
         ]
         self._tls = tls or TlsSettings()
+        self._guard = (
+            None
+            if auth.mode == "off"
+            else Guard(auth, rules, certificates=self._tls.serves_tls and self._tls.client_auth)
+        )
+        self._auth_mode = auth.mode
         self._server: grpc.aio.Server | None = None
         self._publishing = BackgroundTask("health-publisher")
 
@@ -121,6 +137,7 @@ class GrpcServer(Component):
             depends_on=tuple(c.name for c in container.components),
             keepalive=settings.keepalive,
             tls=settings.tls,
+            auth=settings.auth,
         )
         container.register(server)
         return server
@@ -131,9 +148,8 @@ class GrpcServer(Component):
 
     async def start(self) -> None:
         server = grpc.aio.server(options=self._options)
-        bounded = BoundaryServer(
-            server
-        )  # every handler passes through the RPC boundary (core.runtime.boundary)
+        # Every handler passes through the RPC boundary (core.runtime.boundary) and its guard.
+        bounded = BoundaryServer(server, self._guard)
         for service in self.services:
             service.add_to_server(service.servicer, bounded)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, bounded)
@@ -163,6 +179,7 @@ class GrpcServer(Component):
             address=f"{host}:{self.port}",
             services=self.service_names,
             tls=self._tls.serves_tls,
+            auth=self._auth_mode,
         )
 
     async def stop(self) -> None:

@@ -33,6 +33,10 @@ class ProjectServiceStub:
     PROJECT_NOT_FOUND, ETAG_MISMATCH, INVALID_FILTER); INVALID_ARGUMENT errors also carry
     a google.rpc.BadRequest naming each bad field. Any RPC may also return UNAVAILABLE
     when the database cannot be reached, DEADLINE_EXCEEDED or CANCELLED.
+
+    Any RPC may return UNAUTHENTICATED (one message, whatever was wrong with the credentials)
+    and PERMISSION_DENIED (ErrorInfo reason MISSING_SCOPE, metadata `scope`) when the caller
+    lacks the scope its (mesh.access.v1.access) option names.
     """
 
     def __init__(self, channel):
@@ -91,6 +95,10 @@ class ProjectServiceServicer:
     PROJECT_NOT_FOUND, ETAG_MISMATCH, INVALID_FILTER); INVALID_ARGUMENT errors also carry
     a google.rpc.BadRequest naming each bad field. Any RPC may also return UNAVAILABLE
     when the database cannot be reached, DEADLINE_EXCEEDED or CANCELLED.
+
+    Any RPC may return UNAUTHENTICATED (one message, whatever was wrong with the credentials)
+    and PERMISSION_DENIED (ErrorInfo reason MISSING_SCOPE, metadata `scope`) when the caller
+    lacks the scope its (mesh.access.v1.access) option names.
     """
 
     def CreateProject(self, request, context):
@@ -222,6 +230,10 @@ class ProjectService:
     PROJECT_NOT_FOUND, ETAG_MISMATCH, INVALID_FILTER); INVALID_ARGUMENT errors also carry
     a google.rpc.BadRequest naming each bad field. Any RPC may also return UNAVAILABLE
     when the database cannot be reached, DEADLINE_EXCEEDED or CANCELLED.
+
+    Any RPC may return UNAUTHENTICATED (one message, whatever was wrong with the credentials)
+    and PERMISSION_DENIED (ErrorInfo reason MISSING_SCOPE, metadata `scope`) when the caller
+    lacks the scope its (mesh.access.v1.access) option names.
     """
 
     @staticmethod

@@ -34,6 +34,10 @@ class ProjectServiceStub:
     PROJECT_NOT_FOUND, ETAG_MISMATCH, INVALID_FILTER); INVALID_ARGUMENT errors also carry
     a google.rpc.BadRequest naming each bad field. Any RPC may also return UNAVAILABLE
     when the database cannot be reached, DEADLINE_EXCEEDED or CANCELLED.
+
+    Any RPC may return UNAUTHENTICATED (one message, whatever was wrong with the credentials)
+    and PERMISSION_DENIED (ErrorInfo reason MISSING_SCOPE, metadata `scope`) when the caller
+    lacks the scope its (mesh.access.v1.access) option names.
     """
 
     @_typing.overload
@@ -87,6 +91,10 @@ class ProjectServiceAsyncStub(ProjectServiceStub):
     PROJECT_NOT_FOUND, ETAG_MISMATCH, INVALID_FILTER); INVALID_ARGUMENT errors also carry
     a google.rpc.BadRequest naming each bad field. Any RPC may also return UNAVAILABLE
     when the database cannot be reached, DEADLINE_EXCEEDED or CANCELLED.
+
+    Any RPC may return UNAUTHENTICATED (one message, whatever was wrong with the credentials)
+    and PERMISSION_DENIED (ErrorInfo reason MISSING_SCOPE, metadata `scope`) when the caller
+    lacks the scope its (mesh.access.v1.access) option names.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -136,6 +144,10 @@ class ProjectServiceServicer(metaclass=_abc_1.ABCMeta):
     PROJECT_NOT_FOUND, ETAG_MISMATCH, INVALID_FILTER); INVALID_ARGUMENT errors also carry
     a google.rpc.BadRequest naming each bad field. Any RPC may also return UNAVAILABLE
     when the database cannot be reached, DEADLINE_EXCEEDED or CANCELLED.
+
+    Any RPC may return UNAUTHENTICATED (one message, whatever was wrong with the credentials)
+    and PERMISSION_DENIED (ErrorInfo reason MISSING_SCOPE, metadata `scope`) when the caller
+    lacks the scope its (mesh.access.v1.access) option names.
     """
 
     @_abc_1.abstractmethod
