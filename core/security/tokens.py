@@ -10,7 +10,8 @@ A verified token is remembered until it expires (at most `REMEMBER_SECONDS`), so
 client that sends the same token on every call costs one dictionary lookup per call,
 not a signature check. The JWKS is fetched by PyJWT's client, whose urllib calls block:
 they run in a worker thread, bounded by `JWKS_TIMEOUT`, and the keys are kept for
-`JWKS_LIFESPAN` seconds; an unknown `kid` refetches the set (at most every 30 s).
+`JWKS_LIFESPAN` seconds; an unknown `kid` refetches the set, at most once per
+`JWKS_COOLDOWN` seconds (tokens with made-up key ids must not hammer the provider).
 
 Usage::
 
@@ -37,6 +38,7 @@ REMEMBER_SECONDS = 300.0  # longest a verified token is trusted without a new ch
 REMEMBERED_TOKENS = 10_000  # the oldest is forgotten beyond this many
 JWKS_TIMEOUT = 5.0  # seconds one fetch of the key set may take
 JWKS_LIFESPAN = 300.0  # seconds the fetched keys are used before a refetch
+JWKS_COOLDOWN = 10.0  # least seconds between two refetches for unknown key ids
 ASYMMETRIC = ("RS256", "ES256")
 
 
@@ -45,9 +47,14 @@ class TokenRejectedError(Exception):
 
 
 class TokenVerifier:
-    """Checks bearer tokens against the configured keys, issuer, audience and times."""
+    """Checks bearer tokens against the configured keys, issuer, audience and times.
 
-    def __init__(self, settings: AuthSettings) -> None:
+    Args:
+        settings: The keys, issuer, audience and leeway.
+        jwks_cooldown: Least seconds between two refetches of the JWKS.
+    """
+
+    def __init__(self, settings: AuthSettings, *, jwks_cooldown: float = JWKS_COOLDOWN) -> None:
         self._settings = settings
         self._audience = settings.audience or None
         self._issuer = settings.issuer or None
@@ -58,6 +65,7 @@ class TokenVerifier:
                 cache_jwk_set=True,
                 lifespan=JWKS_LIFESPAN,
                 timeout=JWKS_TIMEOUT,
+                cooldown_duration=jwks_cooldown,
             )
             if settings.jwks_url
             else None
