@@ -6,7 +6,8 @@ stay open). It authenticates the caller, checks the method's declared scopes, an
 the principal current for the handler (`act_as`):
 
 - a bearer token in the `authorization` metadata decides the principal when present,
-  and must be valid in every mode;
+  and must be valid in every mode (a server with no token key configured, which
+  MESH_AUTH=required does not allow, checks no tokens and ignores them);
 - otherwise, when the server requires client certificates, the verified certificate
   does: its SPIFFE ID (or first URI SAN), else its subject, with `MESH_AUTH_CERT_SCOPES`;
 - otherwise, with MESH_AUTH=required the call is refused, and with optional it runs as
@@ -25,7 +26,7 @@ from typing import Any
 import structlog
 
 from core.config import AuthSettings
-from core.errors import PermissionDeniedError, UnauthenticatedError
+from core.errors import ConfigError, PermissionDeniedError, UnauthenticatedError
 from core.security.access import UNDECLARED, AccessRule, is_exempt
 from core.security.principal import UNAUTHENTICATED, Principal, act_as
 from core.security.tokens import TokenRejectedError, TokenVerifier
@@ -54,6 +55,12 @@ class Guard:
     ) -> None:
         self._required = settings.mode == "required"
         self._tokens = TokenVerifier(settings) if settings.verifies_tokens else None
+        if self._required and self._tokens is None and not certificates:
+            raise ConfigError(
+                "MESH_AUTH=required needs a token key (MESH_AUTH_JWT_SECRET, "
+                "MESH_AUTH_JWT_PUBLIC_KEY_FILE or MESH_AUTH_JWKS_URL) or client certificates "
+                "(MESH_TLS_CLIENT_AUTH with MESH_TLS_CERT_FILE/KEY_FILE/CA_FILE)"
+            )
         self._certificates = certificates
         self._cert_scopes = frozenset(settings.cert_scopes)
         self._rules = rules
@@ -82,13 +89,12 @@ class Guard:
 
     async def _authenticate(self, context: Any) -> Principal | None:
         """The caller's principal, None without credentials; UnauthenticatedError if bad."""
-        header = _authorization(context.invocation_metadata())
+        # Without a token key (optional mode), this server does not check tokens at all.
+        header = None if self._tokens is None else _authorization(context.invocation_metadata())
         if header is not None:
             scheme, _, token = header.partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
                 raise _rejected("the authorization metadata is not `Bearer <token>`")
-            if self._tokens is None:
-                raise _rejected("a token came but no token key is configured")
             try:
                 return await self._tokens.verify(token.strip())
             except TokenRejectedError as exc:

@@ -246,3 +246,14 @@ async def test_without_required_auth_a_call_without_token_runs(tmp_path: Path, m
             else:
                 with pytest.raises(NotFoundError):
                     await client.get_project("projects/absent")
+
+
+async def test_an_optional_server_without_a_token_key_ignores_tokens(tmp_path: Path) -> None:
+    """A client configured with a token may call a server that checks none."""
+    settings = settings_for(f"sqlite+aiosqlite:///{tmp_path / 'p.db'}")  # optional, no key
+    async with (
+        serving(PROJECTS, settings=settings) as running,
+        ProjectsClient(running.address, channel=ChannelSettings(token="opaque")) as client,
+    ):
+        with pytest.raises(NotFoundError):
+            await client.get_project("projects/absent")

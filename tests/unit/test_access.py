@@ -12,7 +12,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool
 from google.protobuf.descriptor import ServiceDescriptor
 
 from core.calls.tokens import BearerToken
-from core.config import Settings
+from core.config import AuthSettings, Settings
 from core.errors import ConfigError
 from core.runtime.container import Container
 from core.runtime.server import GrpcServer, Service
@@ -144,3 +144,10 @@ def test_a_token_wins_over_a_token_file_and_none_sends_nothing(tmp_path: Path) -
     path.write_text("from-file")
     assert BearerToken("direct", str(path)).metadata() == (("authorization", "Bearer direct"),)
     assert BearerToken().metadata() == ()
+
+
+def test_required_auth_without_a_way_to_identify_callers_is_refused() -> None:
+    service = Service(OURS[0], object(), lambda servicer, server: None)
+    settings = Settings(address="127.0.0.1:0", auth=AuthSettings(mode="required"))
+    with pytest.raises(ConfigError, match="MESH_AUTH=required needs"):
+        GrpcServer.for_container(Container(), [service], settings)
