@@ -89,16 +89,17 @@ class Guard:
 
     async def _authenticate(self, context: Any) -> Principal | None:
         """The caller's principal, None without credentials; UnauthenticatedError if bad."""
-        # Without a token key (optional mode), this server does not check tokens at all.
-        header = None if self._tokens is None else _authorization(context.invocation_metadata())
-        if header is not None:
-            scheme, _, token = header.partition(" ")
-            if scheme.lower() != "bearer" or not token.strip():
-                raise _rejected("the authorization metadata is not `Bearer <token>`")
-            try:
-                return await self._tokens.verify(token.strip())
-            except TokenRejectedError as exc:
-                raise _rejected(str(exc)) from None
+        tokens = self._tokens  # None: no token key (optional mode), tokens are not checked
+        if tokens is not None:
+            header = _authorization(context.invocation_metadata())
+            if header is not None:
+                scheme, _, token = header.partition(" ")
+                if scheme.lower() != "bearer" or not token.strip():
+                    raise _rejected("the authorization metadata is not `Bearer <token>`")
+                try:
+                    return await tokens.verify(token.strip())
+                except TokenRejectedError as exc:
+                    raise _rejected(str(exc)) from None
         if self._certificates:
             return certificate_principal(context.auth_context(), self._cert_scopes)
         return None
