@@ -28,7 +28,7 @@ import structlog
 from core.config import AuthSettings
 from core.errors import ConfigError, PermissionDeniedError, UnauthenticatedError
 from core.security.access import UNDECLARED, AccessRule, is_exempt
-from core.security.principal import UNAUTHENTICATED, Principal, act_as
+from core.security.principal import ADMIN_SCOPE, UNAUTHENTICATED, Principal, act_as
 from core.security.tokens import TokenRejectedError, TokenVerifier
 
 log = structlog.get_logger()
@@ -70,39 +70,52 @@ class Guard:
         if is_exempt(method):
             return None
         rule = self._rules.get(method, UNDECLARED)
+        needed = frozenset(rule.scopes)
+        tokens = self._tokens  # None: no token key (optional mode), tokens are not checked
 
         async def admit(context: Any) -> Principal:
-            principal = await self._authenticate(context)
+            # The common case inline, a token verified before: every call pays for this.
+            principal = None
+            if tokens is not None:
+                for key, value in context.invocation_metadata() or ():
+                    if key == "authorization":
+                        if value[:7] == "Bearer ":
+                            principal = tokens.remembered(value[7:])
+                        if principal is None:
+                            principal = await self._from_header(tokens, value)
+                        break
             if principal is None:
-                if rule.public:
-                    principal = ANONYMOUS if self._required else UNAUTHENTICATED
-                elif self._required:
-                    raise _rejected("no credentials", level="info")
-                else:
-                    principal = UNAUTHENTICATED
-            if not rule.public:
-                _authorize(principal, rule.scopes, method)
+                principal = self._without_token(context, rule)
+            if not (rule.public or needed <= principal.scopes or ADMIN_SCOPE in principal.scopes):
+                _deny(principal, rule.scopes, method)
             act_as(principal)
             return principal
 
         return admit
 
-    async def _authenticate(self, context: Any) -> Principal | None:
-        """The caller's principal, None without credentials; UnauthenticatedError if bad."""
-        tokens = self._tokens  # None: no token key (optional mode), tokens are not checked
-        if tokens is not None:
-            header = _authorization(context.invocation_metadata())
-            if header is not None:
-                scheme, _, token = header.partition(" ")
-                if scheme.lower() != "bearer" or not token.strip():
-                    raise _rejected("the authorization metadata is not `Bearer <token>`")
-                try:
-                    return await tokens.verify(token.strip())
-                except TokenRejectedError as exc:
-                    raise _rejected(str(exc)) from None
+    def _without_token(self, context: Any, rule: AccessRule) -> Principal:
+        """The certificate's principal, or the unauthenticated one when that is allowed."""
         if self._certificates:
-            return certificate_principal(context.auth_context(), self._cert_scopes)
-        return None
+            principal = certificate_principal(context.auth_context(), self._cert_scopes)
+            if principal is not None:
+                return principal
+        if rule.public:
+            return ANONYMOUS if self._required else UNAUTHENTICATED
+        if self._required:
+            raise _rejected("no credentials", level="info")
+        return UNAUTHENTICATED
+
+    @staticmethod
+    async def _from_header(tokens: TokenVerifier, header: str | bytes) -> Principal:
+        if isinstance(header, bytes):
+            header = header.decode(errors="replace")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise _rejected("the authorization metadata is not `Bearer <token>`")
+        try:
+            return await tokens.verify(token.strip())
+        except TokenRejectedError as exc:
+            raise _rejected(str(exc)) from None
 
 
 def certificate_principal(
@@ -120,22 +133,14 @@ def certificate_principal(
     return None
 
 
-def _authorization(metadata: Sequence[tuple[str, str | bytes]] | None) -> str | None:
-    for key, value in metadata or ():
-        if key == "authorization":
-            return value if isinstance(value, str) else value.decode(errors="replace")
-    return None
-
-
-def _authorize(principal: Principal, scopes: Sequence[str], method: str) -> None:
+def _deny(principal: Principal, scopes: Sequence[str], method: str) -> None:
     missing = [scope for scope in scopes if not principal.holds(scope)]
-    if missing:
-        log.info("auth.denied", subject=principal.subject, missing=missing)
-        raise PermissionDeniedError(
-            f"the caller lacks the scope {' '.join(missing)} that {method} needs",
-            reason="MISSING_SCOPE",
-            metadata={"scope": " ".join(missing), "method": method},
-        )
+    log.info("auth.denied", subject=principal.subject, missing=missing)
+    raise PermissionDeniedError(
+        f"the caller lacks the scope {' '.join(missing)} that {method} needs",
+        reason="MISSING_SCOPE",
+        metadata={"scope": " ".join(missing), "method": method},
+    )
 
 
 def _rejected(cause: str, *, level: str = "warning") -> UnauthenticatedError:

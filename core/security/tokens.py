@@ -81,10 +81,10 @@ class TokenVerifier:
             TokenRejectedError: The token is malformed, its signature or a claim is wrong, or
                 its key cannot be found.
         """
+        remembered = self.remembered(token)
+        if remembered is not None:
+            return remembered
         now = time.time()
-        remembered = self._verified.get(token)
-        if remembered is not None and now < remembered[1]:
-            return remembered[0]
         try:
             header = jwt.get_unverified_header(token)
             key, algorithms = await self._key_for(header)
@@ -104,6 +104,11 @@ class TokenVerifier:
             token, principal, min(payload["exp"] + self._settings.leeway, now + REMEMBER_SECONDS)
         )
         return principal
+
+    def remembered(self, token: str) -> Principal | None:
+        """The principal of `token` if it was verified and has not expired since; no check."""
+        hit = self._verified.get(token)
+        return hit[0] if hit is not None and time.time() < hit[1] else None
 
     async def _key_for(self, header: dict[str, Any]) -> tuple[Any, list[str]]:
         algorithm = header.get("alg")
