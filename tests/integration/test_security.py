@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -257,3 +258,15 @@ async def test_an_optional_server_without_a_token_key_ignores_tokens(tmp_path: P
     ):
         with pytest.raises(NotFoundError):
             await client.get_project("projects/absent")
+
+
+async def test_a_client_stream_sends_the_token_and_fails_without_it(secured: Running) -> None:
+    reader = ChannelSettings(token=good(scope="admin.read"))
+    async with AdminClient(secured.address, channel=reader) as admin:
+        async with aclosing(admin.watch_service_status()) as stream:
+            summary = await anext(stream)
+    assert summary.components
+    async with AdminClient(secured.address) as anonymous:
+        with pytest.raises(UnauthenticatedError):
+            async with aclosing(anonymous.watch_service_status()) as stream:
+                await anext(stream)
