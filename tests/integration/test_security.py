@@ -262,9 +262,11 @@ async def test_an_optional_server_without_a_token_key_ignores_tokens(tmp_path: P
 
 async def test_a_client_stream_sends_the_token_and_fails_without_it(secured: Running) -> None:
     reader = ChannelSettings(token=good(scope="admin.read"))
-    async with AdminClient(secured.address, channel=reader) as admin:
-        async with aclosing(admin.watch_service_status()) as stream:
-            summary = await anext(stream)
+    async with (
+        AdminClient(secured.address, channel=reader) as admin,
+        aclosing(admin.watch_service_status()) as stream,
+    ):
+        summary = await anext(stream)
     assert summary.components
     async with AdminClient(secured.address) as anonymous:
         with pytest.raises(UnauthenticatedError):
