@@ -36,6 +36,7 @@ from core.calls.breaker import CircuitBreaker, breaker_for
 from core.calls.channel import Resilience, channel_target, open_channel, service_config
 from core.calls.deadlines import remaining
 from core.calls.status import DETAILS_KEY, from_rpc_error
+from core.calls.tokens import BearerToken
 from core.config import ChannelSettings
 from core.errors import DeadlineExceededError, DomainError, UnavailableError
 from core.telemetry import CACHE_KEY
@@ -85,7 +86,8 @@ class Client:
     Args:
         address: HOST:PORT, a comma-separated list of IP:PORT, or dns:///NAME:PORT.
         resilience: Default deadline, retries of idempotent calls and circuit breaker.
-        channel: Keepalive, message size and TLS; `Settings.channel()` in a server.
+        channel: Keepalive, message size, TLS and the bearer token (`token`,
+            `token_file`); `Settings.channel()` in a server.
         deadline: Shorthand for `resilience.deadline`.
         attempts: Shorthand for `resilience.attempts`.
         health_checked: Send calls only to servers whose readiness is SERVING (default:
@@ -116,6 +118,8 @@ class Client:
         self.target = channel_target(address)  # raises ConfigError for a bad address
         self.resilience = resilience
         self.channel_settings = channel or ChannelSettings()
+        # Sent with every call: MESH_TOKEN, or MESH_TOKEN_FILE re-read when it changes.
+        self.token = BearerToken(self.channel_settings.token, self.channel_settings.token_file)
         self._health_checked = self.health_checked if health_checked is None else health_checked
         self._channel: grpc.aio.Channel | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -243,9 +247,10 @@ class Client:
             raise
         code = outcome = grpc.StatusCode.OK  # outcome: what the breaker counts
         try:
+            metadata = call.metadata + self.token.metadata()
             if trailers is None:
-                return await rpc(request, timeout=seconds, metadata=call.metadata)
-            sent = rpc(request, timeout=seconds, metadata=call.metadata)
+                return await rpc(request, timeout=seconds, metadata=metadata)
+            sent = rpc(request, timeout=seconds, metadata=metadata)
             response = await sent
             trailers.metadata = tuple(await sent.trailing_metadata() or ())
             return response
@@ -290,7 +295,7 @@ class Client:
         except DomainError as exc:
             call.end(exc.code)
             raise
-        stream = rpc(request, timeout=seconds, metadata=call.metadata)
+        stream = rpc(request, timeout=seconds, metadata=call.metadata + self.token.metadata())
         if on_call is not None:
             on_call(stream)
         code = grpc.StatusCode.OK

@@ -150,6 +150,9 @@ class AuthSettings:
     issuer: str = ""
     audience: str = ""
     leeway: float = 30.0  # seconds of clock skew allowed on exp and nbf
+    # The scopes of a caller identified by its client certificate (mutual TLS): the
+    # services of one mesh, trusted alike by default.
+    cert_scopes: tuple[str, ...] = ("admin",)
 
     @property
     def verifies_tokens(self) -> bool:
@@ -314,6 +317,7 @@ class Settings:
                 issuer=reader.get("MESH_AUTH_ISSUER", str, ""),
                 audience=reader.get("MESH_AUTH_AUDIENCE", str, ""),
                 leeway=reader.get("MESH_AUTH_LEEWAY_SECONDS", _non_negative, 30.0),
+                cert_scopes=reader.get("MESH_AUTH_CERT_SCOPES", _scopes, ("admin",)),
             ),
             token=reader.get("MESH_TOKEN", str, "", secret=True),
             token_file=reader.get("MESH_TOKEN_FILE", _file, ""),
@@ -335,10 +339,22 @@ class Settings:
                 "MESH_TLS_CLIENT_AUTH needs MESH_TLS_CA_FILE, MESH_TLS_CERT_FILE and "
                 "MESH_TLS_KEY_FILE"
             )
+        reader.errors += _auth_errors(settings.auth)
         if reader.errors:
             raise ConfigError("invalid configuration: " + "; ".join(reader.errors))
         by_name = sorted(reader.overrides, key=lambda o: o.name)
         return replace(settings, overrides=tuple(by_name))
+
+
+def _auth_errors(auth: AuthSettings) -> list[str]:
+    # Required authentication without identities is refused where a server starts
+    # (Settings.check_serving, GrpcServer), not here: a client or `mesh db` needs none.
+    errors = []
+    if auth.jwt_secret and len(auth.jwt_secret.encode()) < 32:
+        errors.append("MESH_AUTH_JWT_SECRET must be at least 32 bytes (RFC 7518 3.2)")
+    if auth.jwks_url and not auth.jwks_url.startswith(("https://", "http://")):
+        errors.append("MESH_AUTH_JWKS_URL must be an https:// (or http://) URL")
+    return errors
 
 
 class _Reader:
@@ -430,6 +446,13 @@ def _namespace(raw: str) -> str:
     if not raw.replace("-", "").replace("_", "").isalnum():
         raise ValueError("must be letters, digits, '-' or '_'")
     return raw
+
+
+def _scopes(raw: str) -> tuple[str, ...]:
+    scopes = tuple(raw.replace(",", " ").split())
+    if not scopes:
+        raise ValueError("must name scopes, e.g. admin or 'projects.read events.publish'")
+    return scopes
 
 
 def _file(raw: str) -> str:

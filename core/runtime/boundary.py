@@ -7,6 +7,10 @@
   trace id when the call is traced), also on the log line: no class name, text, path or
   URL leaks, in every profile (MESH_ENV).
 - A request whose bytes do not decode is INVALID_ARGUMENT, not UNKNOWN.
+- With a `Guard` (core.security), every call of our services is authenticated and
+  authorized before its handler runs, or before a stream sends anything; the principal
+  is current (`current_principal()`) while the handler runs. Health and reflection are
+  not guarded.
 - Every call writes one `rpc.finished` line with method, code, duration and peer, records
   `rpc.server.duration` when metrics are on and, when tracing is, runs in a SERVER span
   that continues the caller's trace (core.telemetry).
@@ -33,6 +37,7 @@ from structlog.contextvars import bind_contextvars
 from core.calls.deadlines import set_remaining
 from core.calls.status import DETAILS_KEY, to_status
 from core.errors import DomainError, InternalError, InvalidArgumentError
+from core.security.guard import Admission, Guard
 from core.telemetry import CACHE_KEY, ServerMethod, cache_outcome
 
 log = structlog.get_logger()
@@ -72,8 +77,9 @@ class BoundaryServer:
     a fifth more instructions per cached read; a dict lookup per call costs next to nothing.
     """
 
-    def __init__(self, server: grpc.aio.Server) -> None:
+    def __init__(self, server: grpc.aio.Server, guard: Guard | None = None) -> None:
         self._server = server
+        self._guard = guard
         self._methods = _MethodTable()
         # First, so it answers before the generated generic handlers of the same methods.
         server.add_generic_rpc_handlers((self._methods,))
@@ -83,10 +89,13 @@ class BoundaryServer:
     ) -> None:
         for name, handler in handlers.items():
             method = f"/{service}/{name}"
-            self._methods.handlers[method] = _wrap(handler, method)
+            self._methods.handlers[method] = _wrap(handler, method, self._admission(method))
 
     def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
-        self._server.add_generic_rpc_handlers(tuple(_Wrapped(h) for h in handlers))
+        self._server.add_generic_rpc_handlers(tuple(_Wrapped(h, self._admission) for h in handlers))
+
+    def _admission(self, method: str) -> Admission | None:
+        return None if self._guard is None else self._guard.admission(method)
 
 
 class _MethodTable(grpc.GenericRpcHandler):
@@ -104,8 +113,11 @@ class _MethodTable(grpc.GenericRpcHandler):
 class _Wrapped(grpc.GenericRpcHandler):
     """A generic handler whose method handlers pass through the boundary."""
 
-    def __init__(self, inner: grpc.GenericRpcHandler) -> None:
+    def __init__(
+        self, inner: grpc.GenericRpcHandler, admission: Callable[[str], Admission | None]
+    ) -> None:
         self._inner = inner
+        self._admission = admission
         self._wrapped: dict[str, tuple[Any, grpc.RpcMethodHandler[Any, Any]]] = {}
 
     def service(
@@ -117,22 +129,29 @@ class _Wrapped(grpc.GenericRpcHandler):
         method = handler_call_details.method
         cached = self._wrapped.get(method)
         if cached is None or cached[0] is not handler:
-            cached = self._wrapped[method] = (handler, _wrap(handler, method))
+            wrapped = _wrap(handler, method, self._admission(method))
+            cached = self._wrapped[method] = (handler, wrapped)
         return cached[1]
 
 
-def _wrap(handler: grpc.RpcMethodHandler[Any, Any], method: str) -> grpc.RpcMethodHandler[Any, Any]:
+def _wrap(
+    handler: grpc.RpcMethodHandler[Any, Any], method: str, admit: Admission | None
+) -> grpc.RpcMethodHandler[Any, Any]:
     # grpc's stubs describe the synchronous handler shape; the aio server stores
     # coroutine functions and async generators in the same attributes, hence Any.
     h = cast(Any, handler)
     decode = _safe_decoder(h.request_deserializer)
     if h.unary_unary:
         return grpc.unary_unary_rpc_method_handler(
-            _unary(h.unary_unary, method, unary_request=True), decode, h.response_serializer
+            _unary(h.unary_unary, method, admit, unary_request=True),
+            decode,
+            h.response_serializer,
         )
     if h.stream_unary:
         return grpc.stream_unary_rpc_method_handler(
-            _unary(h.stream_unary, method, unary_request=False), decode, h.response_serializer
+            _unary(h.stream_unary, method, admit, unary_request=False),
+            decode,
+            h.response_serializer,
         )
     behavior = h.unary_stream or h.stream_stream
     wrap = _streaming_gen if inspect.isasyncgenfunction(behavior) else _streaming_coro
@@ -142,7 +161,7 @@ def _wrap(handler: grpc.RpcMethodHandler[Any, Any], method: str) -> grpc.RpcMeth
         else grpc.stream_stream_rpc_method_handler
     )
     return build(
-        wrap(behavior, method, unary_request=bool(h.unary_stream)),
+        wrap(behavior, method, admit, unary_request=bool(h.unary_stream)),
         decode,
         _passing_bytes(h.response_serializer),
     )
@@ -196,13 +215,15 @@ def _checked(request: Any, unary_request: bool) -> Any:
     return messages()
 
 
-def _unary(behavior: Any, method: str, *, unary_request: bool) -> Any:
+def _unary(behavior: Any, method: str, admit: Admission | None, *, unary_request: bool) -> Any:
     observed = ServerMethod(method)  # names and metric attributes, built once
 
     async def handle(request: Any, context: Context) -> Any:
         started = _begin(method, context)
         span = observed.start(context)
         try:
+            if admit is not None:  # authenticated and authorized before the handler runs
+                await admit(context)
             response = await behavior(_checked(request, unary_request), context)
         except BaseException as exc:
             await _failed(context, exc, started, observed, span)
@@ -216,13 +237,17 @@ def _unary(behavior: Any, method: str, *, unary_request: bool) -> Any:
     return handle
 
 
-def _streaming_gen(behavior: Any, method: str, *, unary_request: bool) -> Any:
+def _streaming_gen(
+    behavior: Any, method: str, admit: Admission | None, *, unary_request: bool
+) -> Any:
     observed = ServerMethod(method)
 
     async def handle(request: Any, context: Context) -> AsyncIterator[Any]:
         started = _begin(method, context)
         span = observed.start(context)
         try:
+            if admit is not None:  # before the stream sends anything
+                await admit(context)
             async for response in behavior(_checked(request, unary_request), context):
                 yield response
         except BaseException as exc:
@@ -233,13 +258,17 @@ def _streaming_gen(behavior: Any, method: str, *, unary_request: bool) -> Any:
     return handle
 
 
-def _streaming_coro(behavior: Any, method: str, *, unary_request: bool) -> Any:
+def _streaming_coro(
+    behavior: Any, method: str, admit: Admission | None, *, unary_request: bool
+) -> Any:
     observed = ServerMethod(method)
 
     async def handle(request: Any, context: Context) -> None:
         started = _begin(method, context)
         span = observed.start(context)
         try:
+            if admit is not None:
+                await admit(context)
             await behavior(_checked(request, unary_request), context)
         except BaseException as exc:
             await _failed(context, exc, started, observed, span)

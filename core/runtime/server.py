@@ -24,13 +24,15 @@ from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health_pb2_grpc
 
 from core.calls.channel import keepalive_timeout_options, server_credentials
-from core.config import Settings, TlsSettings
+from core.config import AuthSettings, Settings, TlsSettings
 from core.runtime.boundary import BoundaryServer
 from core.runtime.container import Container, StartError, StopError
 from core.runtime.health_service import HealthPublisher, HealthServicer
 from core.runtime.lifecycle import Component, FatalStartError
 from core.runtime.reflection import enable_reflection
 from core.runtime.tasks import BackgroundTask, cancel_and_wait
+from core.security.access import access_rules
+from core.security.guard import Guard
 
 log = structlog.get_logger()
 
@@ -67,6 +69,10 @@ class GrpcServer(Component):
     """Serves the given services plus health and (unless turned off) reflection through the
     error boundary, and health alone on a plaintext probe port when one is given.
 
+    Every method of `services` must declare its access rule in its contract
+    (`mesh.access.v1.access`): building the server raises ConfigError naming the methods
+    that do not. Unless `auth.mode` is "off", a `Guard` checks every call against them.
+
     The probe port answers the same `grpc.health.v1.Health` (one HealthServicer, so the
     same statuses) and nothing else: for kubelet gRPC probes, which can neither use TLS
     nor send credentials, when the main port requires them.
@@ -90,8 +96,11 @@ class GrpcServer(Component):
         reflection: bool = True,
         probe_address: str = "",
         warn_plaintext: bool = False,
+        auth: AuthSettings | None = None,
     ) -> None:
         self.services = list(services)
+        rules = access_rules(s.descriptor for s in self.services)  # deny by default
+        auth = auth or AuthSettings()
         self.address = address
         self.grace = grace
         self.drain_delay = drain_delay
@@ -122,6 +131,12 @@ class GrpcServer(Component):
             *keepalive_timeout_options(keepalive_timeout),
         ]
         self._tls = tls or TlsSettings()
+        self._guard = (
+            None
+            if auth.mode == "off"
+            else Guard(auth, rules, certificates=self._tls.serves_tls and self._tls.client_auth)
+        )
+        self._auth_mode = auth.mode
         self._server: grpc.aio.Server | None = None
         self._probe: grpc.aio.Server | None = None
         self._publishing = BackgroundTask("health-publisher")
@@ -145,6 +160,7 @@ class GrpcServer(Component):
             reflection=settings.reflection,
             probe_address=settings.probe_address,
             warn_plaintext=settings.production,
+            auth=settings.auth,
         )
         container.register(server)
         return server
@@ -155,9 +171,8 @@ class GrpcServer(Component):
 
     async def start(self) -> None:
         server = grpc.aio.server(options=self._options)
-        bounded = BoundaryServer(
-            server
-        )  # every handler passes through the RPC boundary (core.runtime.boundary)
+        # Every handler passes through the RPC boundary (core.runtime.boundary) and its guard.
+        bounded = BoundaryServer(server, self._guard)
         for service in self.services:
             service.add_to_server(service.servicer, bounded)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, bounded)
@@ -204,6 +219,7 @@ class GrpcServer(Component):
             tls=self._tls.serves_tls,
             reflection=self.reflection,
             probe_address=probe or None,
+            auth=self._auth_mode,
         )
         if self._warn_plaintext and not self._tls.serves_tls:
             log.warning(

@@ -40,6 +40,7 @@ class Target:
     method: str  # /mesh.projects.v1.ProjectService/GetProject
     request: bytes  # a serialized request message
     min_response: int  # the smallest serialized response message an OK call returns
+    headers: tuple[tuple[str, str], ...] = ()  # metadata sent with every call (a token)
 
 
 @dataclass
@@ -110,6 +111,8 @@ class H2Load:
             "-m", str(self.streams), "-t", "1", "-d", str(body),
             "-H", "content-type: application/grpc", "-H", "te: trailers",
         ]  # fmt: skip
+        for key, value in target.headers:
+            args += ["-H", f"{key}: {value}"]
         if log is not None:
             _remove(log)
             args.append(f"--log-file={log}")
@@ -193,6 +196,7 @@ class PythonDriver:
                 str(each),
                 str(start),
                 str(end),
+                json.dumps(target.headers),
                 stdout=asyncio.subprocess.PIPE,
             )
             for _ in range(WORKERS)
@@ -226,6 +230,7 @@ async def _worker(args: argparse.Namespace) -> dict[str, Any]:
 
     request = bytes.fromhex(args.request)
     start, end = float(args.start), float(args.end)
+    metadata = tuple((key, value) for key, value in json.loads(args.headers)) or None
     report: dict[str, Any] = {"ok": 0, "total_ok": 0, "errors": 0, "first_error": ""}
     latencies: list[float] = []
     async with grpc.aio.insecure_channel(args.address) as channel:
@@ -235,7 +240,7 @@ async def _worker(args: argparse.Namespace) -> dict[str, Any]:
             while time.time() < end:
                 t0 = time.perf_counter()
                 try:
-                    await call(request, timeout=10)
+                    await call(request, timeout=10, metadata=metadata)
                 except grpc.RpcError as exc:
                     report["errors"] += 1
                     report["first_error"] = report["first_error"] or str(exc.code())
@@ -265,7 +270,7 @@ def generator(
 def main() -> None:
     parser = argparse.ArgumentParser(description="one process of the Python load driver")
     parser.add_argument("role", choices=["worker"])
-    for name in ("address", "method", "request", "concurrency", "start", "end"):
+    for name in ("address", "method", "request", "concurrency", "start", "end", "headers"):
         parser.add_argument(name)
     print(json.dumps(asyncio.run(_worker(parser.parse_args()))))
 

@@ -13,7 +13,9 @@ same load generator, interleaved round by round so machine noise hits both sides
 4. the cost of telemetry: cached GetProject on the service as configured by default
    (metrics on, tracing off) and with tracing on too (every call sampled, spans exported
    over OTLP to tests/bench/otlp_sink.py), each against the same service with both off,
-   each in a process of its own.
+   each in a process of its own;
+5. the cost of authentication: cached GetProject with a valid HS256 bearer token on the
+   service with MESH_AUTH=required, against the same service with MESH_AUTH=off.
 
 It prints calls/s, latency and CPU per call of each server process, and the ratios
 against their targets, and writes the same as JSON (default /tmp/mesh-bench-results.json).
@@ -21,6 +23,7 @@ A missed target is reported, not failed: the exit status is non-zero only when a
 does not start or calls fail.
 
     .venv/bin/python tests/bench/run.py [--driver auto|h2load|python] [--seconds 5] ...
+    .venv/bin/python tests/bench/run.py --suite projects --only auth   # one pair
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from typing import Any
 import asyncpg
 import events
 import grpc
+import jwt
 import load
 import procs
 from google.protobuf.message import Message
@@ -57,6 +61,13 @@ CREATE = "/mesh.projects.v1.ProjectService/CreateProject"
 SEED_NAME = "projects/bench-project"
 BASELINE_TABLE = "bench_projects"
 SPAN_COUNT_FILE = "otlp-spans"  # in the run's log folder, written by otlp_sink.py
+AUTH_SECRET = "bench-secret-of-at-least-thirty-two-bytes"
+BENCH_TOKEN = jwt.encode(
+    {"sub": "bench", "scope": "projects.read", "exp": int(time.time()) + 24 * 3600},
+    AUTH_SECRET,
+    algorithm="HS256",
+)
+AUTH_HEADERS = (("authorization", f"Bearer {BENCH_TOKEN}"),)
 
 
 def sample_project() -> pb.Project:
@@ -102,10 +113,14 @@ async def fetch_counts(dsn: str) -> dict[str, int]:
         await conn.close()
 
 
-async def call_raw(address: str, method: str, request: Message) -> bytes:
+async def call_raw(
+    address: str, method: str, request: Message, headers: tuple[tuple[str, str], ...] = ()
+) -> bytes:
     """One call with a real grpc.aio client; raises grpc.RpcError unless it is OK."""
     async with grpc.aio.insecure_channel(address) as channel:
-        response: bytes = await channel.unary_unary(method)(request.SerializeToString(), timeout=10)
+        response: bytes = await channel.unary_unary(method)(
+            request.SerializeToString(), timeout=10, metadata=headers or None
+        )
         return response
 
 
@@ -167,6 +182,8 @@ async def start_servers(stack: AsyncExitStack, dsn: str, logs: Path) -> dict[str
         ("metrics", service_env),
         ("quiet", service_env | {"MESH_METRICS": "false"}),
         ("traced", traced_env),
+        ("secured", service_env | {"MESH_AUTH": "required", "MESH_AUTH_JWT_SECRET": AUTH_SECRET}),
+        ("open", service_env | {"MESH_AUTH": "off"}),
     ]:
         server = procs.Server(key, [mesh, "serve", "projects"], env, logs)
         await started(key, server, server.start_on_free_port)
@@ -192,13 +209,20 @@ async def build_pairs(servers: dict[str, procs.Server]) -> list[Pair]:
         await call_raw(servers["service"].address, GET, get)
     )
     check(expected.project.name == SEED_NAME, f"seeded project reads back as {expected}")
-    for key in ("service", "metrics", "quiet", "traced", "canned", "uncached", "select"):
+    for key in ("service", "metrics", "quiet", "traced", "open", "canned", "uncached", "select"):
         for _ in range(3):
             raw = await call_raw(servers[key].address, GET, get)
             check(
                 pb.GetProjectResponse.FromString(raw) == expected,
                 f"{key}: GetProject returned another message than the service",
             )
+    raw = await call_raw(servers["secured"].address, GET, get, AUTH_HEADERS)
+    check(pb.GetProjectResponse.FromString(raw) == expected, "secured: GetProject differs")
+    try:
+        await call_raw(servers["secured"].address, GET, get)
+        check(False, "secured: GetProject without a token was answered")
+    except grpc.RpcError as exc:
+        check(exc.code() is grpc.StatusCode.UNAUTHENTICATED, f"secured: {exc.code()}")
     get_size = len(expected.SerializeToString())
 
     created = {}
@@ -212,8 +236,17 @@ async def build_pairs(servers: dict[str, procs.Server]) -> list[Pair]:
     check(created["service"][0] == created["insert"][0], f"CreateProject answers differ: {created}")
     create_size = min(size for _, size in created.values()) - 8  # timestamps vary in length
 
-    def side(label: str, key: str, method: str, request: Message, size: int) -> Side:
-        target = load.Target(servers[key].address, method, request.SerializeToString(), size)
+    def side(
+        label: str,
+        key: str,
+        method: str,
+        request: Message,
+        size: int,
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> Side:
+        target = load.Target(
+            servers[key].address, method, request.SerializeToString(), size, headers
+        )
         return Side(label, servers[key], target)
 
     return [
@@ -255,6 +288,14 @@ async def build_pairs(servers: dict[str, procs.Server]) -> list[Pair]:
             None,
             side("traced", "traced", GET, get, get_size),
             side("off", "quiet", GET, get, get_size),
+            on_postgres=False,
+        ),
+        Pair(
+            "GetProject auth",
+            "cached, MESH_AUTH=required + a valid HS256 token | cached, MESH_AUTH=off",
+            0.9,
+            side("token", "secured", GET, get, get_size, AUTH_HEADERS),
+            side("off", "open", GET, get, get_size),
             on_postgres=False,
         ),
     ]
@@ -302,7 +343,7 @@ async def run(args: argparse.Namespace) -> int:
     async with bench_database() as dsn, AsyncExitStack() as stack:
         try:
             servers = await start_servers(stack, dsn, logs)
-            pairs = await build_pairs(servers)
+            pairs = [p for p in await build_pairs(servers) if args.only.lower() in p.name.lower()]
         except (procs.StartFailedError, BenchError, grpc.RpcError) as exc:
             print(f"bench: {exc}\n(server logs in {logs})", file=sys.stderr)
             return 1
@@ -342,8 +383,10 @@ async def check_writes(dsn: str, before: dict[str, int], pairs: list[Pair]) -> l
     """Every OK create wrote its row (and the service its outbox row), checked in the tables."""
     after = await fetch_counts(dsn)
     created = {t: after[t] - before[t] for t in after}
-    pair = next(p for p in pairs if p.name == "CreateProject")
-    problems = []
+    pair = next((p for p in pairs if p.name == "CreateProject"), None)
+    problems: list[str] = []
+    if pair is None:  # not measured in this run (--only)
+        return problems
     if created["projects"] < pair.service.total_ok:
         problems.append(f"service: {pair.service.total_ok} OK creates, {created['projects']} rows")
     if created["mesh_outbox"] != created["projects"]:
@@ -390,6 +433,9 @@ def main() -> None:
         "--json", type=Path, default=Path(tempfile.gettempdir()) / "mesh-bench-results.json"
     )
     parser.add_argument("--suite", choices=["projects", "events", "all"], default="all")
+    parser.add_argument(
+        "--only", default="", help="measure only the pairs whose name contains this, e.g. auth"
+    )
     events.add_arguments(parser)
     sys.exit(asyncio.run(run_suites(parser.parse_args())))
 

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from notes.client import NotesClient
 
 EXAMPLE = Path(__file__).parents[1] / "notes_service"
+MESHKIT_PROTO = Path(__file__).parents[2] / "proto"
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,9 @@ def notes_installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     package = tmp_path_factory.mktemp("src") / "notes_service"
     shutil.copytree(EXAMPLE, package)
     # 1. Generate the stubs of the contract into the package (notes/v1/notes_pb2*.py).
-    protoc = ["-I", "proto", "--python_out=.", "--grpc_python_out=.", "notes/v1/notes.proto"]
+    # Its contract imports meshkit's mesh/access/v1/access.proto (each RPC's access rule).
+    protoc = ["-I", "proto", "-I", str(MESHKIT_PROTO), "--python_out=.", "--grpc_python_out=."]
+    protoc.append("notes/v1/notes.proto")
     _run([sys.executable, "-m", "grpc_tools.protoc", *protoc], cwd=package)
     # 2. Install it beside meshkit (offline: the build uses this environment's setuptools).
     site = tmp_path_factory.mktemp("site")

@@ -77,7 +77,7 @@ def test_secrets_are_overrides_by_name_only() -> None:
     settings = Settings.from_env(
         {
             "MESH_TOKEN": "tok-hunter2",
-            "MESH_AUTH_JWT_SECRET": "jwt-hunter2",
+            "MESH_AUTH_JWT_SECRET": "jwt-hunter2" * 4,
             "MESH_DATABASE_URL": "postgresql+asyncpg://app:pw-hunter2@db/app",
             "MESH_REDIS_URL": "redis://:redis-hunter2@cache:6379/0",
         }
@@ -113,7 +113,7 @@ def test_production_refuses_to_serve_without_an_identity_configuration() -> None
 @pytest.mark.parametrize(
     "env",
     [
-        {"MESH_AUTH_JWT_SECRET": "s"},
+        {"MESH_AUTH_JWT_SECRET": "s" * 32},
         {"MESH_AUTH_JWKS_URL": "https://id.example/.well-known/jwks.json"},
         {"MESH_AUTH": "off"},
         {"MESH_AUTH": "optional"},

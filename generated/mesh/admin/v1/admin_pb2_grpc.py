@@ -28,6 +28,10 @@ if _version_not_supported:
 class AdminServiceStub:
     """Operates a running meshkit process: what it runs and how healthy each part is.
     Every server process hosts this service beside its own services.
+
+    Any RPC may return UNAUTHENTICATED (one message, whatever was wrong with the credentials)
+    and PERMISSION_DENIED (ErrorInfo reason MISSING_SCOPE, metadata `scope`) when the caller
+    lacks the scope its (mesh.access.v1.access) option names.
     """
 
     def __init__(self, channel):
@@ -61,6 +65,10 @@ class AdminServiceStub:
 class AdminServiceServicer:
     """Operates a running meshkit process: what it runs and how healthy each part is.
     Every server process hosts this service beside its own services.
+
+    Any RPC may return UNAUTHENTICATED (one message, whatever was wrong with the credentials)
+    and PERMISSION_DENIED (ErrorInfo reason MISSING_SCOPE, metadata `scope`) when the caller
+    lacks the scope its (mesh.access.v1.access) option names.
     """
 
     def GetServiceSummary(self, request, context):
@@ -138,6 +146,10 @@ def add_AdminServiceServicer_to_server(servicer, server):
 class AdminService:
     """Operates a running meshkit process: what it runs and how healthy each part is.
     Every server process hosts this service beside its own services.
+
+    Any RPC may return UNAUTHENTICATED (one message, whatever was wrong with the credentials)
+    and PERMISSION_DENIED (ErrorInfo reason MISSING_SCOPE, metadata `scope`) when the caller
+    lacks the scope its (mesh.access.v1.access) option names.
     """
 
     @staticmethod

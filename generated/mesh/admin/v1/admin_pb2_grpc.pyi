@@ -29,6 +29,10 @@ GRPC_VERSION: str
 class AdminServiceStub:
     """Operates a running meshkit process: what it runs and how healthy each part is.
     Every server process hosts this service beside its own services.
+
+    Any RPC may return UNAUTHENTICATED (one message, whatever was wrong with the credentials)
+    and PERMISSION_DENIED (ErrorInfo reason MISSING_SCOPE, metadata `scope`) when the caller
+    lacks the scope its (mesh.access.v1.access) option names.
     """
 
     @_typing.overload
@@ -65,6 +69,10 @@ class AdminServiceStub:
 class AdminServiceAsyncStub(AdminServiceStub):
     """Operates a running meshkit process: what it runs and how healthy each part is.
     Every server process hosts this service beside its own services.
+
+    Any RPC may return UNAUTHENTICATED (one message, whatever was wrong with the credentials)
+    and PERMISSION_DENIED (ErrorInfo reason MISSING_SCOPE, metadata `scope`) when the caller
+    lacks the scope its (mesh.access.v1.access) option names.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -97,6 +105,10 @@ class AdminServiceAsyncStub(AdminServiceStub):
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """Operates a running meshkit process: what it runs and how healthy each part is.
     Every server process hosts this service beside its own services.
+
+    Any RPC may return UNAUTHENTICATED (one message, whatever was wrong with the credentials)
+    and PERMISSION_DENIED (ErrorInfo reason MISSING_SCOPE, metadata `scope`) when the caller
+    lacks the scope its (mesh.access.v1.access) option names.
     """
 
     @_abc_1.abstractmethod

@@ -37,6 +37,10 @@ class EventServiceStub:
     errors also carry a google.rpc.BadRequest naming each bad field. Any RPC may also
     return UNAVAILABLE when the event store cannot be reached, DEADLINE_EXCEEDED or
     CANCELLED.
+
+    Any RPC may return UNAUTHENTICATED (one message, whatever was wrong with the credentials)
+    and PERMISSION_DENIED (ErrorInfo reason MISSING_SCOPE, metadata `scope`) when the caller
+    lacks the scope its (mesh.access.v1.access) option names.
     """
 
     def __init__(self, channel):
@@ -104,6 +108,10 @@ class EventServiceServicer:
     errors also carry a google.rpc.BadRequest naming each bad field. Any RPC may also
     return UNAVAILABLE when the event store cannot be reached, DEADLINE_EXCEEDED or
     CANCELLED.
+
+    Any RPC may return UNAUTHENTICATED (one message, whatever was wrong with the credentials)
+    and PERMISSION_DENIED (ErrorInfo reason MISSING_SCOPE, metadata `scope`) when the caller
+    lacks the scope its (mesh.access.v1.access) option names.
     """
 
     def Publish(self, request, context):
@@ -260,6 +268,10 @@ class EventService:
     errors also carry a google.rpc.BadRequest naming each bad field. Any RPC may also
     return UNAVAILABLE when the event store cannot be reached, DEADLINE_EXCEEDED or
     CANCELLED.
+
+    Any RPC may return UNAUTHENTICATED (one message, whatever was wrong with the credentials)
+    and PERMISSION_DENIED (ErrorInfo reason MISSING_SCOPE, metadata `scope`) when the caller
+    lacks the scope its (mesh.access.v1.access) option names.
     """
 
     @staticmethod

@@ -38,6 +38,10 @@ class EventServiceStub:
     errors also carry a google.rpc.BadRequest naming each bad field. Any RPC may also
     return UNAVAILABLE when the event store cannot be reached, DEADLINE_EXCEEDED or
     CANCELLED.
+
+    Any RPC may return UNAUTHENTICATED (one message, whatever was wrong with the credentials)
+    and PERMISSION_DENIED (ErrorInfo reason MISSING_SCOPE, metadata `scope`) when the caller
+    lacks the scope its (mesh.access.v1.access) option names.
     """
 
     @_typing.overload
@@ -108,6 +112,10 @@ class EventServiceAsyncStub(EventServiceStub):
     errors also carry a google.rpc.BadRequest naming each bad field. Any RPC may also
     return UNAVAILABLE when the event store cannot be reached, DEADLINE_EXCEEDED or
     CANCELLED.
+
+    Any RPC may return UNAUTHENTICATED (one message, whatever was wrong with the credentials)
+    and PERMISSION_DENIED (ErrorInfo reason MISSING_SCOPE, metadata `scope`) when the caller
+    lacks the scope its (mesh.access.v1.access) option names.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -174,6 +182,10 @@ class EventServiceServicer(metaclass=_abc_1.ABCMeta):
     errors also carry a google.rpc.BadRequest naming each bad field. Any RPC may also
     return UNAVAILABLE when the event store cannot be reached, DEADLINE_EXCEEDED or
     CANCELLED.
+
+    Any RPC may return UNAUTHENTICATED (one message, whatever was wrong with the credentials)
+    and PERMISSION_DENIED (ErrorInfo reason MISSING_SCOPE, metadata `scope`) when the caller
+    lacks the scope its (mesh.access.v1.access) option names.
     """
 
     @_abc_1.abstractmethod

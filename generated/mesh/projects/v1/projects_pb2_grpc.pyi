@@ -35,6 +35,10 @@ class ProjectServiceStub:
     a google.rpc.BadRequest naming each bad field. Any RPC may also return UNAVAILABLE
     when the database cannot be reached, DEADLINE_EXCEEDED or CANCELLED.
 
+    Any RPC may return UNAUTHENTICATED (one message, whatever was wrong with the credentials)
+    and PERMISSION_DENIED (ErrorInfo reason MISSING_SCOPE, metadata `scope`) when the caller
+    lacks the scope its (mesh.access.v1.access) option names.
+
     A read that can be served from the cache (GetProject, BatchGetProjects) says how it was
     served in the trailing metadata `mesh-cache`, on success and on failure alike (a
     NOT_FOUND can be cached too): `local-hit` (the server's in-process tier), `shared-hit`
@@ -95,6 +99,10 @@ class ProjectServiceAsyncStub(ProjectServiceStub):
     a google.rpc.BadRequest naming each bad field. Any RPC may also return UNAVAILABLE
     when the database cannot be reached, DEADLINE_EXCEEDED or CANCELLED.
 
+    Any RPC may return UNAUTHENTICATED (one message, whatever was wrong with the credentials)
+    and PERMISSION_DENIED (ErrorInfo reason MISSING_SCOPE, metadata `scope`) when the caller
+    lacks the scope its (mesh.access.v1.access) option names.
+
     A read that can be served from the cache (GetProject, BatchGetProjects) says how it was
     served in the trailing metadata `mesh-cache`, on success and on failure alike (a
     NOT_FOUND can be cached too): `local-hit` (the server's in-process tier), `shared-hit`
@@ -150,6 +158,10 @@ class ProjectServiceServicer(metaclass=_abc_1.ABCMeta):
     PROJECT_NOT_FOUND, ETAG_MISMATCH, INVALID_FILTER); INVALID_ARGUMENT errors also carry
     a google.rpc.BadRequest naming each bad field. Any RPC may also return UNAVAILABLE
     when the database cannot be reached, DEADLINE_EXCEEDED or CANCELLED.
+
+    Any RPC may return UNAUTHENTICATED (one message, whatever was wrong with the credentials)
+    and PERMISSION_DENIED (ErrorInfo reason MISSING_SCOPE, metadata `scope`) when the caller
+    lacks the scope its (mesh.access.v1.access) option names.
 
     A read that can be served from the cache (GetProject, BatchGetProjects) says how it was
     served in the trailing metadata `mesh-cache`, on success and on failure alike (a
