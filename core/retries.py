@@ -88,7 +88,15 @@ class Retry:
             return await inventory.reserve(item)
     """
 
-    __slots__ = ("attempts", "on", "operation", "timeout", "wait_initial", "wait_jitter", "wait_max")
+    __slots__ = (
+        "attempts",
+        "on",
+        "operation",
+        "timeout",
+        "wait_initial",
+        "wait_jitter",
+        "wait_max",
+    )
 
     def __init__(
         self,
