@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
@@ -30,10 +29,11 @@ from typing import TypeVar
 
 import structlog
 from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
+from redis.asyncio.retry import Retry as RedisRetry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from core.retries import Retry
 from core.runtime.tasks import BackgroundTask
 
 log = structlog.get_logger()
@@ -104,7 +104,7 @@ class RedisTier:
         # No retries inside redis-py: our backoff decides, and a hidden reconnect would
         # resubscribe the listener without telling us that messages were lost.
         self._client = Redis.from_url(
-            self._url, socket_connect_timeout=self._timeout, retry=Retry(NoBackoff(), 0)
+            self._url, socket_connect_timeout=self._timeout, retry=RedisRetry(NoBackoff(), 0)
         )
         self._listener.start(self._listen())
         try:
@@ -237,21 +237,40 @@ class RedisTier:
     # -- invalidation listener ------------------------------------------------------------
 
     async def _listen(self) -> None:
-        """Reconnects with backoff until `stop` cancels it."""
-        delay = _MIN_RECONNECT
+        """Reconnects with backoff until `stop` cancels it.
+
+        Reconnect n waits _MIN_RECONNECT * 2**(n-1) / 2 plus up to _MIN_RECONNECT / 2 of
+        jitter, at most `backoff` (core.retries: each logs `retry.scheduled` as
+        `cache.listen`); a subscription that worked and was lost starts over at once.
+        """
+        reconnects = Retry(
+            "cache.listen",
+            on=Exception,
+            attempts=None,
+            timeout=None,
+            wait_initial=_MIN_RECONNECT / 2,
+            wait_max=self._backoff,
+            wait_jitter=_MIN_RECONNECT / 2,
+        )
         while True:
             try:
-                await self._listen_once()
-            except _REDIS_ERRORS as exc:
+                await reconnects.call(self._session)
+            except Exception:  # only when stamina's test mode or off switch caps the tries
+                await asyncio.sleep(self._backoff)
+
+    async def _session(self) -> None:
+        """Listens until the connection fails; raises if it never got subscribed."""
+        try:
+            await self._listen_once()
+        except Exception as exc:
+            if isinstance(exc, _REDIS_ERRORS):
                 self._mark_down(exc)
-            except Exception:
+            else:
                 log.exception("cache.listener_failed")
-            if self.subscribed.is_set():
-                self.subscribed.clear()
-                self._on_reset()  # from now until resubscribed, other writers go unheard
-                delay = _MIN_RECONNECT
-            await asyncio.sleep(random.uniform(delay / 2, delay))
-            delay = min(delay * 2, self._backoff)
+            if not self.subscribed.is_set():
+                raise
+            self.subscribed.clear()
+            self._on_reset()  # from now until resubscribed, other writers go unheard
 
     async def _listen_once(self) -> None:
         assert self._client is not None
