@@ -135,27 +135,35 @@ class Retry:
 
         return retried
 
-    async def call(self, work: Callable[[], Awaitable[T]], **fields: object) -> T:
+    async def call(
+        self, work: Callable[[], Awaitable[T]], *, after: Exception | None = None, **fields: object
+    ) -> T:
         """Awaits `work()` until it succeeds, retrying the errors of `on` within the bounds.
 
-        `fields` are added to each `retry.scheduled` line (a component's name, say).
+        Args:
+            work: The operation, a coroutine function of no arguments.
+            after: An error the caller just had doing the same thing elsewhere (a stream
+                that broke, say): the first try is then already a retry, after the
+                first wait, logged and counted like any (`after` counts as the first try).
+            fields: Added to each `retry.scheduled` line (a component's name, say).
 
         Raises:
             Exception: The last error `work` raised, once the bounds are reached, or
                 at once when `on` does not cover it.
         """
         started = time.monotonic()
-        try:  # the first try runs bare: stamina's machinery costs only when a try fails
-            return await work()
-        except Exception as exc:
-            if not self._covers(exc):
-                raise
-            failed = exc
+        if after is None:
+            try:  # the first try runs bare: stamina's machinery costs only when one fails
+                return await work()
+            except Exception as exc:
+                after = exc
+        if not self._covers(after):
+            raise after
         timeout = self.timeout
         if timeout is not None:
             timeout -= time.monotonic() - started
             if timeout <= 0:
-                raise failed
+                raise after
         retrying = stamina.retry(
             on=self.on,
             attempts=self.attempts,
@@ -164,8 +172,8 @@ class Retry:
             wait_max=self.wait_max,
             wait_jitter=self.wait_jitter,
         )(_attempt)
-        # stamina's first try re-raises the failure above, so its hooks and backoff apply
-        return await retrying(work, [failed], operation=self.operation, fields=fields)
+        # stamina's first try re-raises that failure, so its hooks and backoff apply
+        return await retrying(work, [after], operation=self.operation, fields=fields)
 
     def _covers(self, exc: Exception) -> bool:
         on = self.on

@@ -241,7 +241,7 @@ class RedisTier:
 
         Reconnect n waits _MIN_RECONNECT * 2**(n-1) / 2 plus up to _MIN_RECONNECT / 2 of
         jitter, at most `backoff` (core.retries: each logs `retry.scheduled` as
-        `cache.listen`); a subscription that worked and was lost starts over at once.
+        `cache.listen`); the count starts over when a subscription that worked is lost.
         """
         reconnects = Retry(
             "cache.listen",
@@ -252,14 +252,16 @@ class RedisTier:
             wait_max=self._backoff,
             wait_jitter=_MIN_RECONNECT / 2,
         )
+        lost: Exception | None = None
         while True:
             try:
-                await reconnects.call(self._session)
+                lost = await reconnects.call(self._session, after=lost)
             except Exception:  # only when stamina's test mode or off switch caps the tries
                 await asyncio.sleep(self._backoff)
 
-    async def _session(self) -> None:
-        """Listens until the connection fails; raises if it never got subscribed."""
+    async def _session(self) -> Exception:
+        """Listens until the connection fails; returns that error if it was subscribed by
+        then, else raises it."""
         try:
             await self._listen_once()
         except Exception as exc:
@@ -271,6 +273,8 @@ class RedisTier:
                 raise
             self.subscribed.clear()
             self._on_reset()  # from now until resubscribed, other writers go unheard
+            return exc
+        raise AssertionError("unreachable: the listener only ends by an error")
 
     async def _listen_once(self) -> None:
         assert self._client is not None

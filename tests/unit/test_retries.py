@@ -89,6 +89,27 @@ async def test_giving_up_raises_the_original_error() -> None:
     assert len([e for e in logs if e["event"] == "retry.scheduled"]) == 2
 
 
+async def test_after_an_error_elsewhere_the_first_try_is_a_retry() -> None:
+    flaky = Flaky(failures=0)
+    broke = UnavailableError("the stream broke")
+
+    with capture_logs() as logs:
+        result = await Retry("thing.watch", on=UnavailableError, **QUICK).call(flaky, after=broke)
+
+    assert (result, flaky.calls) == (1, 1)
+    [scheduled] = [e for e in logs if e["event"] == "retry.scheduled"]
+    assert (scheduled["attempt"], scheduled["cause"]) == (1, "UnavailableError: the stream broke")
+
+
+async def test_after_an_error_it_is_not_for_nothing_is_tried() -> None:
+    flaky = Flaky(failures=0)
+
+    with pytest.raises(NotFoundError):
+        await Retry("thing.watch", on=UnavailableError).call(flaky, after=NotFoundError("gone"))
+
+    assert flaky.calls == 0
+
+
 async def test_an_error_it_is_not_for_is_raised_at_once() -> None:
     flaky = Flaky(failures=1, error=NotFoundError("no such thing"))
 
