@@ -177,7 +177,7 @@ class Retry:
 
     def _covers(self, exc: Exception) -> bool:
         on = self.on
-        if isinstance(on, tuple) or (isinstance(on, type) and issubclass(on, BaseException)):
+        if isinstance(on, tuple | type):  # as stamina: a type is what to catch, not a predicate
             return isinstance(exc, on)
         return bool(on(exc))
 
