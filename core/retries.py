@@ -208,15 +208,14 @@ def _on_retry(details: RetryDetails) -> None:
     error = details.caused_by
     kind = type(error).__name__
     text = str(error)
-    log.warning(
-        "retry.scheduled",
-        operation=operation,
-        attempt=details.retry_num,
-        delay_s=round(details.wait_for, 3),
-        error=kind,
-        cause=f"{kind}: {text}"[:300] if text else kind,
-        **fields,
-    )
+    line = {k: v for k, v in fields.items() if k != "event"} | {
+        "operation": operation,
+        "attempt": details.retry_num,
+        "delay_s": round(details.wait_for, 3),
+        "error": kind,
+        "cause": f"{kind}: {text}"[:300] if text else kind,
+    }
+    log.warning("retry.scheduled", **line)
     _retries.add(1, {"operation": operation, "error.type": kind})
 
 

@@ -212,3 +212,11 @@ def test_bounds_must_make_sense() -> None:
         Retry("thing.fetch", on=ValueError, attempts=0)
     with pytest.raises(ValueError, match="timeout"):
         Retry("thing.fetch", on=ValueError, timeout=0)
+
+
+async def test_a_field_named_like_the_log_event_does_not_break_the_retry() -> None:
+    with capture_logs() as logs:
+        await Retry("thing.fetch", on=UnavailableError, **QUICK).call(Flaky(1), event="e1")
+
+    [scheduled] = [e for e in logs if e["event"] == "retry.scheduled"]
+    assert scheduled["operation"] == "thing.fetch"
