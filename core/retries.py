@@ -13,7 +13,9 @@ cause and the call's own fields) and adds one to the counter `mesh.retries` (att
 `operation` and `error.type`), which the process's metrics report when they are on. The
 hook is stamina's (`stamina.instrumentation.set_on_retry_hooks`), installed when this module
 is imported, so functions decorated with `stamina.retry` directly are logged and counted
-the same way, under their qualified name.
+the same way, under their qualified name. It replaces stamina's default hooks: their
+Prometheus counter would bypass the OpenTelemetry reader (the admin summary, the
+MESH_METRICS switch), and their `stamina.retry_scheduled` line names no operation.
 
 Usage::
 
