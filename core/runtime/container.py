@@ -17,16 +17,12 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TypeVar, overload
 
-import structlog
-
 from core.config import StartPolicy
 from core.retries import Retry
 from core.runtime.health import Health, HealthState
 from core.runtime.lifecycle import Component, FatalStartError, Lifecycle, Status, Transition
 from core.runtime.monitor import ChangeFeed, HealthMonitor
 from core.runtime.tasks import BackgroundTask
-
-log = structlog.get_logger()
 
 C = TypeVar("C", bound=Component)
 
@@ -286,12 +282,12 @@ class Container:
                     reason = f"start timed out after {policy.start_timeout:g}s"
                 await component.lifecycle.move(Status.ERROR, reason)
                 raise
-            await component.lifecycle.move(Status.RUNNING, "started")
 
         try:
             await _start_retry(policy).call(start, component=component.name)
         except Exception as exc:
             raise StartError(f"{component.name}: {reason}") from exc
+        await component.lifecycle.move(Status.RUNNING, "started")
 
     async def _stop_levels(self) -> list[str]:
         """Stops the running components level by level in reverse; returns the failures."""
