@@ -160,11 +160,12 @@ async def _messages(
     """
     broken: UnavailableError | None = None  # how the last call that got messages ended
     while not cursor.closed:
+        give_up = client.give_up_after
         reconnects = Retry(
             "events.subscribe",
             on=lambda exc: isinstance(exc, UnavailableError) and not cursor.closed,
-            attempts=None,
-            timeout=client.give_up_after,
+            attempts=1 if give_up is not None and give_up <= 0 else None,  # 0: never retry
+            timeout=give_up if give_up is not None and give_up > 0 else None,
             wait_initial=0.05,
             wait_max=client.max_backoff,
             wait_jitter=0.05,
