@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
-import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from functools import partial
@@ -21,6 +19,7 @@ from typing import Protocol, Self
 import grpc
 
 from core.errors import UnavailableError
+from core.retries import Retry
 from mesh.events.v1 import events_pb2 as pb
 from mesh.events.v1.events_pb2 import SubscribeResponse
 
@@ -152,39 +151,82 @@ class _Cursor:
 async def _messages(
     client: Subscriber, template: pb.SubscribeRequest, cursor: _Cursor, markers: bool
 ) -> AsyncGenerator[SubscribeResponse, None]:
-    """One call after another: a call that fails with UNAVAILABLE (or ends) opens the next."""
-    failures = 0
-    outage_since: float | None = None  # when the server was first found unavailable
+    """One call after another: a call that fails with UNAVAILABLE (or ends) opens the next.
+
+    The next call follows after a backoff (core.retries, `retry.scheduled` as
+    `events.subscribe`): 0.05 s plus up to 0.05 s of jitter, doubling up to the client's
+    `max_backoff`, the count starting over once a call gets a message. An outage longer
+    than `give_up_after` raises its last error.
+    """
+    broken: UnavailableError | None = None  # how the last call that got messages ended
     while not cursor.closed:
-        request = cursor.request(template)
-        error: UnavailableError | None = None
-        stream = client._open_subscribe(request, cursor.opened)
+        give_up = client.give_up_after
+        reconnects = Retry(
+            "events.subscribe",
+            on=lambda exc: isinstance(exc, UnavailableError) and not cursor.closed,
+            attempts=1 if give_up is not None and give_up <= 0 else None,  # 0: never retry
+            timeout=give_up if give_up is not None and give_up > 0 else None,
+            wait_initial=0.05,
+            wait_max=client.max_backoff,
+            wait_jitter=0.05,
+        )
+        try:
+            stream, first = await reconnects.call(
+                partial(_open, client, template, cursor), after=broken
+            )
+        except asyncio.CancelledError:
+            if _closed_from_elsewhere(cursor):
+                return
+            raise
+        except UnavailableError:
+            if cursor.closed:
+                return
+            raise
         # aclosing: a consumer that breaks out or is cancelled lands here too, and closing
         # the stream ends the call on the server at once (a group member's unacked events
         # go back).
         try:
             async with contextlib.aclosing(stream) as messages:
+                cursor.advance(first)
+                if markers or first.HasField("event"):
+                    yield first
                 async for message in messages:
-                    failures, outage_since = 0, None
                     cursor.advance(message)
                     if markers or message.HasField("event"):
                         yield message
             # The contract says a subscription never ends on its own; if one does anyway,
             # resuming is what the caller wants, as after UNAVAILABLE.
+            broken = UnavailableError("the subscription keeps ending")
         except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if cursor.closed and task is not None and not task.cancelling():
-                return  # aclose() from another task cancelled the call, not this task
+            if _closed_from_elsewhere(cursor):
+                return
             raise
         except UnavailableError as exc:  # also a circuit breaker that is open
-            error = exc
-            cursor.stopped(error)
-        failures += 1
-        outage_since = outage_since or time.monotonic()
-        if client.give_up_after is not None and (
-            time.monotonic() - outage_since > client.give_up_after
-        ):
-            raise error or UnavailableError("the subscription keeps ending") from None
-        # Exponential from 0.1 s up to max_backoff, with jitter so clients spread out.
-        ceiling = min(client.max_backoff, 0.05 * 2.0**failures)
-        await asyncio.sleep(ceiling * random.uniform(0.5, 1.0))
+            cursor.stopped(exc)
+            broken = exc
+
+
+async def _open(
+    client: Subscriber, template: pb.SubscribeRequest, cursor: _Cursor
+) -> tuple[AsyncGenerator[SubscribeResponse, None], SubscribeResponse]:
+    """Opens the next call and waits for its first message; raises UnavailableError if
+    the call fails (or ends) before one."""
+    if cursor.closed:  # closed during the backoff
+        raise UnavailableError("the subscription is closed")
+    stream = client._open_subscribe(cursor.request(template), cursor.opened)
+    try:
+        first = await anext(stream)
+    except BaseException as exc:
+        await stream.aclose()
+        if isinstance(exc, StopAsyncIteration):
+            raise UnavailableError("the subscription keeps ending") from None
+        if isinstance(exc, UnavailableError):
+            cursor.stopped(exc)
+        raise
+    return stream, first
+
+
+def _closed_from_elsewhere(cursor: _Cursor) -> bool:
+    """aclose() from another task cancelled the call, not a cancellation of this task."""
+    task = asyncio.current_task()
+    return cursor.closed and task is not None and not task.cancelling()

@@ -8,7 +8,7 @@
   tasks, and the service declarations that `host` assembles into a process
 - `calls` and `telemetry`: what a client needs (channels, deadlines, the breaker, errors
   on the wire); traces and metrics
-- `config`, `errors`, `logging`: used by every layer
+- `config`, `errors`, `logging`, `retries`: used by every layer
 
 `core` imports nothing from `servers` or `clients`; both build on it. The layers contract
 in pyproject.toml (import-linter) keeps the order.

@@ -16,7 +16,6 @@ Usage::
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -42,6 +41,7 @@ from core.data.pool import (
 )
 from core.data.revisions import CORE_MIGRATIONS, at_heads
 from core.errors import DeadlineExceededError, UnavailableError
+from core.retries import Retry
 from core.runtime.health import Health
 from core.runtime.lifecycle import Component
 from core.runtime.tasks import BackgroundTask, ShieldedWork
@@ -350,26 +350,41 @@ class Database(Component):
         write: bool = True,
     ) -> T:
         """Runs `work` in a transaction, again (with backoff) after a serialization failure
-        or deadlock, up to `attempts` times. Other errors propagate at once."""
-        for attempt in range(1, attempts + 1):
-            try:
-                async with self.transaction(
-                    isolation=isolation, timeout=timeout, write=write
-                ) as tx:
-                    return await work(tx)
-            except DBAPIError as exc:
-                if not self._retryable(exc) or attempt == attempts:
-                    if self._retryable(exc):
-                        raise UnavailableError(
-                            "the database is busy; try again", reason="TRANSACTION_CONFLICT"
-                        ) from exc
-                    raise
-                delay = min(1.0, 0.01 * 2**attempt) * random.uniform(0.5, 1.0)
-                log.info("transaction.retry", attempt=attempt, delay_s=round(delay, 3))
-                await asyncio.sleep(delay)
-        raise AssertionError("unreachable")  # pragma: no cover
+        or deadlock, up to `attempts` times. Other errors propagate at once.
 
-    def _retryable(self, exc: DBAPIError) -> bool:
+        Retry n waits 0.01 * 2**(n-1) seconds plus up to 0.01 of jitter, at most 1 second
+        (core.retries: each logs `retry.scheduled` as `database.transaction`).
+
+        Raises:
+            UnavailableError: TRANSACTION_CONFLICT, when the last try still conflicted.
+        """
+
+        async def once() -> T:
+            async with self.transaction(isolation=isolation, timeout=timeout, write=write) as tx:
+                return await work(tx)
+
+        conflicts = Retry(
+            "database.transaction",
+            on=self._retryable,
+            attempts=attempts,
+            timeout=None,
+            wait_initial=0.01,
+            wait_max=1.0,
+            wait_jitter=0.01,
+        )
+        try:
+            return await conflicts.call(once)
+        except DBAPIError as exc:
+            if self._retryable(exc):
+                raise UnavailableError(
+                    "the database is busy; try again", reason="TRANSACTION_CONFLICT"
+                ) from exc
+            raise
+
+    def _retryable(self, exc: Exception) -> bool:
+        """A serialization failure or deadlock (PostgreSQL), or a locked database (SQLite)."""
+        if not isinstance(exc, DBAPIError):
+            return False
         sqlstate = getattr(exc.orig, "sqlstate", None)
         if sqlstate in _RETRYABLE_SQLSTATES:
             return True

@@ -41,6 +41,7 @@ from opentelemetry import metrics, trace
 from core.events.bus import EventBus
 from core.events.model import Delivery, EndReason, Event, Selector
 from core.events.tracing import consumer_span
+from core.retries import Retry
 from core.runtime.health import Health
 from core.runtime.lifecycle import Component
 from core.runtime.tasks import cancel_and_wait
@@ -184,18 +185,31 @@ class EventHandler(Component):
         return error
 
     async def _process(self, event: Event) -> BaseException | None:
-        """Tries `process` up to `attempts` times; returns the last error, or None."""
-        delay = self.backoff
-        for attempt in range(1, self.attempts + 1):
+        """Tries `process` up to `attempts` times; returns the last error, or None.
+
+        Try n+1 follows try n after `backoff * 2**(n-1)` seconds, at most `max_backoff`
+        (core.retries: each logs `retry.scheduled` as `event.process`).
+        """
+
+        async def once() -> None:
             try:
                 async with asyncio.timeout(self.timeout):
                     await self.process(event)
-                return None
-            except Exception as exc:
+            except Exception:
                 _handled.add(1, self._outcomes["failed"])
-                if attempt == self.attempts:
-                    return exc
-                log.info("event.retry", group=self.group, id=event.id, attempt=attempt)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.max_backoff)
-        return None  # pragma: no cover  (attempts >= 1)
+                raise
+
+        tries = Retry(
+            "event.process",
+            on=Exception,
+            attempts=self.attempts,
+            timeout=None,
+            wait_initial=self.backoff,
+            wait_max=self.max_backoff,
+            wait_jitter=0.0,
+        )
+        try:
+            await tries.call(once, group=self.group, id=event.id)
+        except Exception as exc:
+            return exc
+        return None

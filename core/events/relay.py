@@ -41,6 +41,7 @@ from core.errors import InvalidArgumentError
 from core.events.model import Event
 from core.events.outbox import outbox
 from core.events.tracing import publish_span
+from core.retries import Retry
 from core.runtime.health import Health
 from core.runtime.lifecycle import Component
 from core.runtime.tasks import BackgroundTask
@@ -52,6 +53,16 @@ Publish = Callable[[Sequence[Event]], Awaitable[Any]]
 LEASE_SECONDS = 10.0
 SENT_RETENTION_SECONDS = 3600.0  # sent rows are kept this long for inspection, then deleted
 BACKLOG_SECONDS = 5.0  # how often a leader that is behind or failing counts its backlog
+# A failed round is tried again after 0.2 s, doubling up to 5 s, until one succeeds.
+_ROUNDS = Retry(
+    "outbox.relay",
+    on=Exception,
+    attempts=None,
+    timeout=None,
+    wait_initial=0.2,
+    wait_max=5.0,
+    wait_jitter=0.0,
+)
 
 _meter = metrics.get_meter("meshkit.events")
 _relayed = _meter.create_counter(
@@ -121,6 +132,7 @@ class OutboxRelay(Component):
         self.rejected = 0  # rows the event service refused on their own (logged)
         self.last_backlog: int | None = None  # unsent rows when last known; None: unknown
         self._counted = 0.0  # time.monotonic() of the last count
+        self._cleaned = 0.0  # time.monotonic() of the last deletion of old sent rows
 
     async def start(self) -> None:
         self._task.start(self._run())
@@ -161,30 +173,35 @@ class OutboxRelay(Component):
             return int(await conn.scalar(query) or 0)
 
     async def _run(self) -> None:
-        failures = 0
-        last_cleanup = 0.0
+        """Rounds until stopped; a failed round is retried with backoff, never given up."""
         while True:
             try:
-                moved = 0
-                if await self._hold_lease():
-                    moved = await self.relay_once()
-                    if moved < self._batch:
-                        self.last_backlog = 0  # as of the read: it found them all
-                    else:
-                        await self._count_backlog()
-                    if time.monotonic() - last_cleanup > 60:
-                        last_cleanup = time.monotonic()
-                        await self._delete_sent()
-                failures, self._last_error = 0, ""
-            except Exception as exc:
-                failures += 1
-                self._last_error = type(exc).__name__
-                log.warning("relay.failed", error=self._last_error, failures=failures)
-                await self._count_backlog()
-                await asyncio.sleep(min(5.0, 0.1 * 2**failures))
+                moved = await _ROUNDS.call(self._round)
+            except Exception:  # only when stamina's test mode or off switch caps the tries
+                await asyncio.sleep(_ROUNDS.wait_max)
                 continue
             if moved < self._batch:  # a full batch means more may wait: go on at once
                 await asyncio.sleep(self._interval if self.leader else 1.0)
+
+    async def _round(self) -> int:
+        """Takes or renews the lease and, as the leader, relays one batch; returns how many."""
+        try:
+            moved = 0
+            if await self._hold_lease():
+                moved = await self.relay_once()
+                if moved < self._batch:
+                    self.last_backlog = 0  # as of the read: it found them all
+                else:
+                    await self._count_backlog()
+                if time.monotonic() - self._cleaned > 60:
+                    self._cleaned = time.monotonic()
+                    await self._delete_sent()
+        except Exception as exc:
+            self._last_error = type(exc).__name__  # health says so until a round succeeds
+            await self._count_backlog()
+            raise
+        self._last_error = ""
+        return moved
 
     async def _count_backlog(self) -> None:
         """Counts unsent rows for the gauge, at most every BACKLOG_SECONDS; never raises."""

@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -35,13 +34,14 @@ from typing import Any, TypeVar
 
 import structlog
 from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
+from redis.asyncio.retry import Retry as RedisRetry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from core.errors import UnavailableError
 from core.resources import _generations as generations
+from core.retries import Retry
 from core.runtime.tasks import BackgroundTask
 
 log = structlog.get_logger()
@@ -118,7 +118,7 @@ class RedisTier:
         # No retries inside redis-py: our backoff decides, and a hidden reconnect would
         # resubscribe the listener without telling us that messages were lost.
         self._client = client = Redis.from_url(
-            self._url, socket_connect_timeout=self._timeout, retry=Retry(NoBackoff(), 0)
+            self._url, socket_connect_timeout=self._timeout, retry=RedisRetry(NoBackoff(), 0)
         )
         for name in ("READ", "FILL", "INVALIDATE", "CLEAR"):  # EVALSHA, loaded on first use
             self._scripts[name] = client.register_script(getattr(generations, name))
@@ -298,21 +298,44 @@ class RedisTier:
     # -- invalidation listener ------------------------------------------------------------
 
     async def _listen(self) -> None:
-        """Reconnects with backoff until `stop` cancels it."""
-        delay = _MIN_RECONNECT
+        """Reconnects with backoff until `stop` cancels it.
+
+        Reconnect n waits _MIN_RECONNECT * 2**(n-1) / 2 plus up to _MIN_RECONNECT / 2 of
+        jitter, at most `backoff` (core.retries: each logs `retry.scheduled` as
+        `cache.listen`); the count starts over when a subscription that worked is lost.
+        """
+        reconnects = Retry(
+            "cache.listen",
+            on=Exception,
+            attempts=None,
+            timeout=None,
+            wait_initial=_MIN_RECONNECT / 2,
+            wait_max=self._backoff,
+            wait_jitter=_MIN_RECONNECT / 2,
+        )
+        lost: Exception | None = None
         while True:
             try:
-                await self._listen_once()
-            except _REDIS_ERRORS as exc:
+                lost = await reconnects.call(self._session, after=lost)
+            except Exception:  # only when stamina's test mode or off switch caps the tries
+                await asyncio.sleep(self._backoff)
+
+    async def _session(self) -> Exception:
+        """Listens until the connection fails; returns that error if it was subscribed by
+        then, else raises it."""
+        try:
+            await self._listen_once()
+        except Exception as exc:
+            if isinstance(exc, _REDIS_ERRORS):
                 self._mark_down(exc)
-            except Exception:
+            else:
                 log.exception("cache.listener_failed")
-            if self.subscribed.is_set():
-                self.subscribed.clear()
-                self._on_reset()  # from now until resubscribed, other writers go unheard
-                delay = _MIN_RECONNECT
-            await asyncio.sleep(random.uniform(delay / 2, delay))
-            delay = min(delay * 2, self._backoff)
+            if not self.subscribed.is_set():
+                raise
+            self.subscribed.clear()
+            self._on_reset()  # from now until resubscribed, other writers go unheard
+            return exc
+        raise AssertionError("unreachable: the listener only ends by an error")
 
     async def _listen_once(self) -> None:
         assert self._client is not None

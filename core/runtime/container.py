@@ -12,21 +12,17 @@ Usage::
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TypeVar, overload
 
-import structlog
-
 from core.config import StartPolicy
+from core.retries import Retry
 from core.runtime.health import Health, HealthState
 from core.runtime.lifecycle import Component, FatalStartError, Lifecycle, Status, Transition
 from core.runtime.monitor import ChangeFeed, HealthMonitor
 from core.runtime.tasks import BackgroundTask
-
-log = structlog.get_logger()
 
 C = TypeVar("C", bound=Component)
 
@@ -266,8 +262,12 @@ class Container:
 
     async def _start_one(self, component: Component) -> None:
         policy = self.policy
-        for attempt in range(1, policy.attempts + 1):
-            cause = "start requested" if attempt == 1 else f"retry {attempt}/{policy.attempts}"
+        tries, reason = 0, ""
+
+        async def start() -> None:
+            nonlocal tries, reason
+            tries += 1
+            cause = "start requested" if tries == 1 else f"retry {tries}/{policy.attempts}"
             await component.lifecycle.move(Status.STARTING, cause)
             deadline = asyncio.timeout(policy.start_timeout)
             try:
@@ -281,20 +281,13 @@ class Container:
                 if deadline.expired():  # ours, not a TimeoutError of the component's own
                     reason = f"start timed out after {policy.start_timeout:g}s"
                 await component.lifecycle.move(Status.ERROR, reason)
-                if isinstance(exc, FatalStartError) or attempt == policy.attempts:
-                    raise StartError(f"{component.name}: {reason}") from exc
-                delay = _backoff(attempt, policy)
-                log.warning(
-                    "component.start_retry",
-                    component=component.name,
-                    attempt=attempt,
-                    delay_s=round(delay, 3),
-                    cause=reason,
-                )
-                await asyncio.sleep(delay)
-            else:
-                await component.lifecycle.move(Status.RUNNING, "started")
-                return
+                raise
+
+        try:
+            await _start_retry(policy).call(start, component=component.name)
+        except Exception as exc:
+            raise StartError(f"{component.name}: {reason}") from exc
+        await component.lifecycle.move(Status.RUNNING, "started")
 
     async def _stop_levels(self) -> list[str]:
         """Stops the running components level by level in reverse; returns the failures."""
@@ -321,10 +314,25 @@ class Container:
         return ""
 
 
-def _backoff(attempt: int, policy: StartPolicy) -> float:
-    """Exponential backoff with jitter: half the delay is fixed, half random."""
-    delay = min(policy.max_delay, policy.base_delay * 2.0 ** (attempt - 1))
-    return delay / 2 + random.uniform(0, delay / 2)
+def _start_retry(policy: StartPolicy) -> Retry:
+    """Starts retried `policy.attempts` times, FatalStartError never.
+
+    Retry n waits base_delay * 2**(n-1) / 2 plus up to base_delay / 2 of jitter, at most
+    max_delay: the first wait lies between base_delay / 2 and base_delay.
+    """
+    return Retry(
+        "component.start",
+        on=_transient,
+        attempts=policy.attempts,
+        timeout=None,
+        wait_initial=policy.base_delay / 2,
+        wait_max=policy.max_delay,
+        wait_jitter=policy.base_delay / 2,
+    )
+
+
+def _transient(exc: Exception) -> bool:
+    return not isinstance(exc, FatalStartError)
 
 
 def _describe(exc: BaseException) -> str:

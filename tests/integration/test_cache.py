@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+from structlog.testing import capture_logs
 
 from core.errors import UnavailableError
 from core.resources.cache import Cache, Cleared
@@ -469,16 +470,19 @@ async def test_redis_lost_during_traffic_degrades_then_recovers(
     source = Source(b"v")
     await b.get("cached", source.load)
 
-    await private_redis.stop()
-    async with asyncio.timeout(2.0):  # every request answered without waiting for Redis
-        for i in range(20):
-            assert await a.get(f"during-{i}", source.load) == b"v"
-    assert (await a.check_health()).state is HealthState.DEGRADED
-    assert a.stats()["errors"] >= 1
+    with capture_logs() as logs:
+        await private_redis.stop()
+        async with asyncio.timeout(2.0):  # every request answered without waiting for Redis
+            for i in range(20):
+                assert await a.get(f"during-{i}", source.load) == b"v"
+        assert (await a.check_health()).state is HealthState.DEGRADED
+        assert a.stats()["errors"] >= 1
 
-    await private_redis.start()
-    await until(lambda: healthy(a))
-    await until(lambda: healthy(b))
+        await private_redis.start()
+        await until(lambda: healthy(a))
+        await until(lambda: healthy(b))
+    retries = [e for e in logs if e["event"] == "retry.scheduled"]
+    assert "cache.listen" in {e["operation"] for e in retries}  # the listeners reconnected
     assert "cached" not in b  # invalidations may have been missed: local tier cleared
     await b.get("k", source.load)
     await a.invalidate("k")

@@ -5,21 +5,25 @@ from __future__ import annotations
 import asyncio
 import shutil
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.exc import DBAPIError
+from structlog.testing import capture_logs
 
 from core.data.database import Database, Transaction
 from core.data.migrate import require_current
 from core.data.revisions import CORE_MIGRATIONS, at_heads
-from core.errors import DeadlineExceededError, NotFoundError
+from core.errors import DeadlineExceededError, NotFoundError, UnavailableError
 from core.runtime.container import StartError
 from core.runtime.health import HealthState
 from core.runtime.lifecycle import FatalStartError
 from servers.projects import MIGRATIONS
 from tests.conftest import make_container
+
+Work = Callable[[Transaction], Awaitable[None]]
 
 counters = sa.Table(
     "counters",
@@ -109,6 +113,51 @@ async def test_concurrent_serializable_increments_are_retried_not_lost(db: Datab
         *(db.run(increment, isolation="SERIALIZABLE", attempts=20) for _ in range(5))
     )
     assert await _value(db) == 5
+
+
+def _conflicting(db: Database, conflicts: int) -> tuple[list[int], Work]:
+    """An increment that another writer overtakes in its first `conflicts` tries."""
+    tries: list[int] = []
+
+    async def increment(tx: Transaction) -> None:
+        tries.append(len(tries) + 1)
+        value = (await tx.conn.execute(sa.select(counters.c.value))).scalar_one()
+        if len(tries) <= conflicts:  # committed after our read: we cannot serialize
+            async with db.transaction() as other:
+                await other.conn.execute(counters.update().values(value=counters.c.value + 10))
+        await tx.conn.execute(counters.update().values(value=value + 1))
+
+    return tries, increment
+
+
+async def test_a_serialization_failure_is_retried_and_logged(db: Database) -> None:
+    if db.dialect != "postgresql":
+        pytest.skip("SQLite takes the write lock at BEGIN: its writers never conflict")
+    tries, increment = _conflicting(db, conflicts=1)
+
+    with capture_logs() as logs:
+        await db.run(increment, isolation="SERIALIZABLE")
+
+    assert tries == [1, 2]
+    assert await _value(db) == 11
+    scheduled = [e for e in logs if e["event"] == "retry.scheduled"]
+    assert [(e["operation"], e["attempt"]) for e in scheduled] == [("database.transaction", 1)]
+
+
+async def test_a_conflict_on_every_try_is_unavailable_with_the_driver_error_as_cause(
+    db: Database,
+) -> None:
+    if db.dialect != "postgresql":
+        pytest.skip("SQLite takes the write lock at BEGIN: its writers never conflict")
+    tries, increment = _conflicting(db, conflicts=99)
+
+    with pytest.raises(UnavailableError) as raised:
+        await db.run(increment, isolation="SERIALIZABLE", attempts=2)
+
+    assert raised.value.reason == "TRANSACTION_CONFLICT"
+    assert isinstance(raised.value.__cause__, DBAPIError)
+    assert tries == [1, 2]
+    assert await _value(db) == 20
 
 
 async def test_health_details_name_the_pool_figures(database_url: str) -> None:

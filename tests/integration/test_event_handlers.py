@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from core.data.database import Database
 from core.data.revisions import CORE_MIGRATIONS
@@ -108,14 +109,26 @@ async def test_a_failing_event_is_retried_then_dead_lettered(bus: EventBus) -> N
     handler = Recorder(bus, fail={"flaky": 2, "broken": 99})
     await handler.start()
     try:
-        await bus.publish(
-            [event(id="flaky"), event(id="broken"), event(id="bad", attributes={"bad": "1"})]
-        )
+        with capture_logs() as logs:
+            await bus.publish(
+                [event(id="flaky"), event(id="broken"), event(id="bad", attributes={"bad": "1"})]
+            )
 
-        async def settled() -> None:
-            assert {i for i, _ in handler.cleaned} == {"flaky", "broken", "bad"}
+            async def settled() -> None:
+                assert {i for i, _ in handler.cleaned} == {"flaky", "broken", "bad"}
 
-        await eventually(settled)
+            await eventually(settled)
+        retries = [
+            (e["operation"], e["group"], e["id"], e["attempt"])
+            for e in logs
+            if e["event"] == "retry.scheduled"
+        ]
+        assert sorted(retries) == [  # three tries each, the third not followed by a retry
+            ("event.process", "recorder", "broken", 1),
+            ("event.process", "recorder", "broken", 2),
+            ("event.process", "recorder", "flaky", 1),
+            ("event.process", "recorder", "flaky", 2),
+        ]
         assert dict(handler.cleaned) == {
             "flaky": "",
             "broken": "RuntimeError",

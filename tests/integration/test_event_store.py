@@ -605,29 +605,32 @@ async def test_a_redis_restart_without_persistence_is_detected(tmp_path: Path) -
         store = opened.store
         await store.open(opened.listen, opened.lost.append)
         try:
-            await store.join("workers", EVERYTHING, "")
-            await store.append([an_event(id="before")])
-            await opened.wait_seen(1)
+            with capture_logs() as logs:
+                await store.join("workers", EVERYTHING, "")
+                await store.append([an_event(id="before")])
+                await opened.wait_seen(1)
 
-            await server.kill()
-            with pytest.raises(UnavailableError) as caught:
-                await store.head()
-            assert caught.value.reason == "EVENTS_UNAVAILABLE"
-            with pytest.raises(UnavailableError):
-                await store.check()
+                await server.kill()
+                with pytest.raises(UnavailableError) as caught:
+                    await store.head()
+                assert caught.value.reason == "EVENTS_UNAVAILABLE"
+                with pytest.raises(UnavailableError):
+                    await store.check()
 
-            await server.start()  # empty: it had no persistence
+                await server.start()  # empty: it had no persistence
 
-            async def problem() -> str:
-                with contextlib.suppress(UnavailableError):
-                    return await store.check()
-                return ""
+                async def problem() -> str:
+                    with contextlib.suppress(UnavailableError):
+                        return await store.check()
+                    return ""
 
-            assert "lost" in await until(problem)
-            await store.append([an_event(id="after")])
-            seen = await opened.wait_seen(2)
-            assert [e.id for e in seen] == ["before", "after"]
-            [delivery] = await until(lambda: store.claim("workers", "m", 10, SLOW))
-            assert delivery.event.id == "after"
+                assert "lost" in await until(problem)
+                await store.append([an_event(id="after")])
+                seen = await opened.wait_seen(2)
+                assert [e.id for e in seen] == ["before", "after"]
+                [delivery] = await until(lambda: store.claim("workers", "m", 10, SLOW))
+                assert delivery.event.id == "after"
+            retries = [e for e in logs if e["event"] == "retry.scheduled"]
+            assert {e["operation"] for e in retries} >= {"event.read"}  # the reader's, logged
         finally:
             await store.close()

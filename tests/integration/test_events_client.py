@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from google.protobuf.struct_pb2 import Struct
+from structlog.testing import capture_logs
 
 from clients.events import EventsClient, Subscription, make_event
 from core.config import Settings
@@ -213,27 +214,44 @@ async def test_a_malformed_selector_fails_the_subscription_without_retrying(
 async def test_subscription_resumes_after_a_restart_with_no_gap_and_no_repeat(
     settings: Settings,
 ) -> None:
-    async with AsyncExitStack() as first:
-        server = await first.enter_async_context(events_running(settings))
-        async with (
-            EventsClient(server.address, max_backoff=0.2) as events,
-            events.subscribe(beginning=True) as stream,
-        ):
-            before = [await events.publish(an_event(subject=f"n/{i}")) for i in range(3)]
-            seen = [m.event.id for m in await take(stream, 3)]
-            await first.aclose()  # the stream ends with UNAVAILABLE (SERVER_STOPPING)
+    with capture_logs() as logs:
+        async with AsyncExitStack() as first:
+            server = await first.enter_async_context(events_running(settings))
+            async with (
+                EventsClient(server.address, max_backoff=0.2) as events,
+                events.subscribe(beginning=True) as stream,
+            ):
+                before = [await events.publish(an_event(subject=f"n/{i}")) for i in range(3)]
+                seen = [m.event.id for m in await take(stream, 3)]
+                await first.aclose()  # the stream ends with UNAVAILABLE (SERVER_STOPPING)
 
-            # Stored while no server listens: only a resume from the last position finds
-            # these; a subscription that started again at "now" would miss them.
-            await publish_offline(settings, [an_event(subject=f"n/{i}") for i in (3, 4)])
-            again = settings_for(settings.database_url, address=f"127.0.0.1:{server.server.port}")
-            async with events_running(again):
-                after = await events.publish(an_event(subject="n/5"))
-                seen += [m.event.id for m in await take(stream, 3)]
+                # Stored while no server listens: only a resume from the last position finds
+                # these; a subscription that started again at "now" would miss them.
+                await publish_offline(settings, [an_event(subject=f"n/{i}") for i in (3, 4)])
+                again = settings_for(
+                    settings.database_url, address=f"127.0.0.1:{server.server.port}"
+                )
+                async with events_running(again):
+                    after = await events.publish(an_event(subject="n/5"))
+                    seen += [m.event.id for m in await take(stream, 3)]
 
     assert len(seen) == len(set(seen)) == 6
     assert seen[:3] == [p.id for p in before]
     assert seen[-1] == after.id
+    retries = [e for e in logs if e["event"] == "retry.scheduled"]
+    assert retries[0]["operation"] == "events.subscribe"  # the end of the stopped server's
+    assert retries[0]["error"] == "UnavailableError"  # stream, then each refused reconnect
+
+
+async def test_a_subscription_gives_up_after_an_outage_longer_than_give_up_after() -> None:
+    async with EventsClient("127.0.0.1:1", give_up_after=0.2, max_backoff=0.05) as events:
+        with capture_logs() as logs, pytest.raises(UnavailableError):
+            async with asyncio.timeout(WITHIN):
+                await anext(events.subscribe())
+
+    retries = [e for e in logs if e["event"] == "retry.scheduled"]
+    assert retries
+    assert {e["operation"] for e in retries} == {"events.subscribe"}
 
 
 async def publish_offline(settings: Settings, batch: list[pb.Event]) -> None:

@@ -14,11 +14,12 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 import sqlalchemy as sa
 from google.protobuf.wrappers_pb2 import StringValue
+from structlog.testing import capture_logs
 
 from core.data.database import Database
 from core.data.revisions import CORE_MIGRATIONS
@@ -392,6 +393,35 @@ async def test_health_is_degraded_with_the_backlog_while_publishing_fails_then_r
         assert (await relay.check_health()).details["relayed"] == "3"
 
     assert await outbox_rows(db) == [(event_id, True) for event_id in expected]
+
+
+async def test_a_failed_round_is_retried_with_backoff_and_logged(
+    db: Database, bus: EventBus, arrivals: Arrivals
+) -> None:
+    publish = FlakyPublish(bus.publish)
+    relay = relay_of(db, publish)
+
+    def retries() -> list[dict[str, Any]]:
+        return [e for e in logs if e["event"] == "retry.scheduled"]
+
+    async def retried_twice() -> bool:
+        return len(retries()) >= 2
+
+    with capture_logs() as logs:
+        async with started(relay):
+            expected = await commit(db, 1)
+            await until(retried_twice, "the relay retries its failed round")
+            publish.failing = False
+            assert await arrivals.wait_for(1) == expected
+
+    first, second = retries()[:2]
+    assert (first["operation"], first["attempt"], first["error"]) == (
+        "outbox.relay",
+        1,
+        "UnavailableError",
+    )
+    assert second["attempt"] == 2
+    assert (first["delay_s"], second["delay_s"]) == (0.2, 0.4)  # doubling, no jitter
 
 
 async def test_a_backlog_above_the_bus_batch_limit_is_still_relayed(db: Database) -> None:

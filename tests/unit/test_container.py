@@ -325,10 +325,10 @@ async def test_a_failing_start_is_retried_until_it_succeeds() -> None:
         (Status.STARTING, "retry 3/3"),
         (Status.RUNNING, "started"),
     ]
-    retries = [e for e in logs if e["event"] == "component.start_retry"]
-    assert [(e["component"], e["attempt"], e["log_level"]) for e in retries] == [
-        ("db", 1, "warning"),
-        ("db", 2, "warning"),
+    retries = [e for e in logs if e["event"] == "retry.scheduled"]
+    assert [(e["operation"], e["component"], e["attempt"], e["log_level"]) for e in retries] == [
+        ("component.start", "db", 1, "warning"),
+        ("component.start", "db", 2, "warning"),
     ]
     assert all(0 < e["delay_s"] <= 0.02 for e in retries)
     await container.stop()

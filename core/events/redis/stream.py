@@ -26,6 +26,7 @@ from core.events.redis.replies import (
     parse_events,
     selector_json,
 )
+from core.retries import Retry
 from core.runtime.tasks import BackgroundTask
 
 log = structlog.get_logger()
@@ -56,6 +57,7 @@ class RedisStream(StoreConnection):
         self._chunk = max(1, min(1_000, retention // 100))  # trimmed at a time
         self._reader = BackgroundTask("event-reader")
         self._reader_error = ""
+        self._verified = 0.0  # time.monotonic() of the reader's last check of the sentinel
         self._closing = False
 
     async def append(self, batch: Sequence[Event]) -> list[Appended]:
@@ -114,23 +116,24 @@ class RedisStream(StoreConnection):
 
     async def _read_live(self, on_append: AppendListener) -> None:
         """The one reader of this store: every new entry, in order, to `on_append`."""
-        delay, verified = BACKOFF[0], 0.0
+        reads = Retry(
+            "event.read",
+            on=lambda _: not self._closing,  # logged and retried, until closing
+            attempts=None,
+            timeout=None,
+            wait_initial=BACKOFF[0],
+            wait_max=BACKOFF[1],
+            wait_jitter=0.0,
+        )
+        self._verified = 0.0  # check the sentinel first
         while not self._closing:
             try:
-                if time.monotonic() - verified >= VERIFY_EVERY:
-                    await self._verify()
-                    verified = time.monotonic()
-                cursor = self._cursor
-                events = await self._read_after(cursor)
-            except Exception as exc:  # logged, retried after a bounded backoff
+                cursor, events = await reads.call(self._read_next)
+            except Exception:  # closing, or stamina's test mode or off switch capped the tries
                 if self._closing:
                     return
-                self._reader_error = type(exc).__name__
-                log.warning("event.reader_failed", error=self._reader_error, retry_s=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, BACKOFF[1])
+                await asyncio.sleep(BACKOFF[1])
                 continue
-            self._reader_error, delay = "", BACKOFF[0]
             if not events or self._cursor != cursor:
                 continue  # nothing new, or a gap moved the cursor while this read was out
             self._cursor = events[-1].position
@@ -139,6 +142,21 @@ class RedisStream(StoreConnection):
             except Exception:
                 log.exception("event.listener_failed", count=len(events))
             await asyncio.sleep(GATHER)  # busy: let the next XREAD carry several events
+
+    async def _read_next(self) -> tuple[str, list[Event]]:
+        """Checks the sentinel when due, then reads after the cursor; returns both."""
+        try:
+            if time.monotonic() - self._verified >= VERIFY_EVERY:
+                await self._verify()
+                self._verified = time.monotonic()
+            cursor = self._cursor
+            events = await self._read_after(cursor)
+        except Exception as exc:
+            if not self._closing:
+                self._reader_error = type(exc).__name__  # health says so until a read works
+            raise
+        self._reader_error = ""
+        return cursor, events
 
     async def _read_after(self, cursor: str) -> list[Event]:
         stream, block = self._prefix + "stream", int(BLOCK * 1000)
