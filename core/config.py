@@ -160,6 +160,18 @@ class AuthSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class LimitSettings:
+    """What one server process takes on at once (core.runtime.limits), and the sizes it
+    accepts. Past a limit a call fails at once with RESOURCE_EXHAUSTED and a reason."""
+
+    max_calls: int = 1000  # unary calls in progress; beyond: OVERLOADED with RetryInfo
+    max_streams: int = 1000  # open streaming calls; beyond: TOO_MANY_STREAMS
+    streams_per_connection: int = 100  # HTTP/2 MAX_CONCURRENT_STREAMS: more wait client-side
+    default_deadline: float = 30.0  # for unary calls sent without one; 0: none
+    max_metadata_bytes: int = 16 * 1024  # request headers; beyond: RESOURCE_EXHAUSTED
+
+
+@dataclass(frozen=True, slots=True)
 class ChannelSettings:
     """How a client's channel connects: keepalive, message size limit and TLS.
 
@@ -188,6 +200,7 @@ class Settings:
     reflection: bool = True
     # A plaintext health-only port for probes that can neither use TLS nor send credentials.
     probe_address: str = ""
+    limits: LimitSettings = field(default_factory=lambda: LimitSettings())
     data_dir: Path = Path("var")
     grace_seconds: float = 10.0
     # After SIGTERM: readiness NOT_SERVING at once, new calls still served this long.
@@ -268,6 +281,15 @@ class Settings:
             profile=profile,
             reflection=reader.get("MESH_REFLECTION", _bool, True),
             probe_address=reader.get("MESH_PROBE_ADDRESS", _address, ""),
+            limits=LimitSettings(
+                max_calls=reader.get("MESH_MAX_CONCURRENT_CALLS", _positive_int, 1000),
+                max_streams=reader.get("MESH_MAX_STREAMS", _positive_int, 1000),
+                streams_per_connection=reader.get(
+                    "MESH_MAX_STREAMS_PER_CONNECTION", _positive_int, 100
+                ),
+                default_deadline=reader.get("MESH_DEFAULT_DEADLINE_SECONDS", _non_negative, 30.0),
+                max_metadata_bytes=reader.get("MESH_MAX_METADATA_BYTES", _positive_int, 16384),
+            ),
             data_dir=Path(reader.get("MESH_DATA_DIR", str, "var")),
             grace_seconds=reader.get("MESH_GRACE_SECONDS", _non_negative, 10.0),
             drain_delay=reader.get("MESH_DRAIN_DELAY_SECONDS", _non_negative, 0.0),

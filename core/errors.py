@@ -56,6 +56,7 @@ class DomainError(Exception):
         message: Human readable and free of secrets and internals.
         reason: A stable UPPER_SNAKE identifier for machines; defaults per class.
         metadata: Extra machine-readable facts, e.g. {"resource": "projects/demo"}.
+        retry_after: Seconds after which a retry may succeed (sent as `google.rpc.RetryInfo`).
     """
 
     status: ClassVar[str] = "UNKNOWN"  # a grpc.StatusCode's name
@@ -69,12 +70,14 @@ class DomainError(Exception):
         reason: str | None = None,
         metadata: Mapping[str, str] | None = None,
         domain: str = ERROR_DOMAIN,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.reason = reason or self.default_reason
         self.metadata = dict(metadata or {})
         self.domain = domain
+        self.retry_after = retry_after
 
 
 class InvalidArgumentError(DomainError):

@@ -85,6 +85,10 @@ def to_status(exc: DomainError) -> status_pb2.Status:
             ]
         )
         status.details.add().Pack(bad)
+    if exc.retry_after is not None:
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromNanoseconds(int(exc.retry_after * 1e9))
+        status.details.add().Pack(retry)
     return status
 
 
@@ -99,6 +103,7 @@ def from_rpc_error(error: grpc.RpcError) -> DomainError:
     cls = ERROR_FOR_CODE.get(code, DomainError)
     info = error_details_pb2.ErrorInfo()
     violations: list[FieldViolation] = []
+    retry_after: float | None = None
     status = _status_of(error)
     if status is not None:
         message = status.message or message
@@ -109,6 +114,10 @@ def from_rpc_error(error: grpc.RpcError) -> DomainError:
                 bad = error_details_pb2.BadRequest()
                 detail.Unpack(bad)
                 violations += [FieldViolation(v.field, v.description) for v in bad.field_violations]
+            elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                retry = error_details_pb2.RetryInfo()
+                detail.Unpack(retry)
+                retry_after = retry.retry_delay.ToNanoseconds() / 1e9
     reason = info.reason or cls.default_reason
     metadata = dict(info.metadata)
     domain = info.domain or ERROR_DOMAIN
@@ -116,7 +125,7 @@ def from_rpc_error(error: grpc.RpcError) -> DomainError:
         return InvalidArgumentError(
             message, violations=violations, reason=reason, metadata=metadata, domain=domain
         )
-    return cls(message, reason=reason, metadata=metadata, domain=domain)
+    return cls(message, reason=reason, metadata=metadata, domain=domain, retry_after=retry_after)
 
 
 def _code_of(error: grpc.RpcError) -> grpc.StatusCode:

@@ -25,7 +25,7 @@ import asyncio
 import inspect
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, cast
 
 import grpc
@@ -36,7 +36,9 @@ from structlog.contextvars import bind_contextvars
 
 from core.calls.deadlines import set_remaining
 from core.calls.status import DETAILS_KEY, to_status
-from core.errors import DomainError, InternalError, InvalidArgumentError
+from core.errors import DeadlineExceededError, DomainError, InternalError, InvalidArgumentError
+from core.runtime.limits import UNLIMITED, CallLimits
+from core.security.access import is_exempt
 from core.security.guard import Admission, Guard
 from core.telemetry import CACHE_KEY, ServerMethod, cache_outcome
 
@@ -77,9 +79,15 @@ class BoundaryServer:
     a fifth more instructions per cached read; a dict lookup per call costs next to nothing.
     """
 
-    def __init__(self, server: grpc.aio.Server, guard: Guard | None = None) -> None:
+    def __init__(
+        self,
+        server: grpc.aio.Server,
+        guard: Guard | None = None,
+        limits: CallLimits | None = None,
+    ) -> None:
         self._server = server
         self._guard = guard
+        self._limits = limits or UNLIMITED
         self._methods = _MethodTable()
         # First, so it answers before the generated generic handlers of the same methods.
         server.add_generic_rpc_handlers((self._methods,))
@@ -89,13 +97,17 @@ class BoundaryServer:
     ) -> None:
         for name, handler in handlers.items():
             method = f"/{service}/{name}"
-            self._methods.handlers[method] = _wrap(handler, method, self._admission(method))
+            self._methods.handlers[method] = _wrap(handler, method, *self._policy(method))
 
     def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
-        self._server.add_generic_rpc_handlers(tuple(_Wrapped(h, self._admission) for h in handlers))
+        self._server.add_generic_rpc_handlers(tuple(_Wrapped(h, self._policy) for h in handlers))
 
-    def _admission(self, method: str) -> Admission | None:
-        return None if self._guard is None else self._guard.admission(method)
+    def _policy(self, method: str) -> tuple[Admission | None, CallLimits]:
+        """Who may call `method`, and the limits it counts against: none for health and
+        reflection, which probes and operators need most when the process is full."""
+        if is_exempt(method):
+            return None, UNLIMITED
+        return (None if self._guard is None else self._guard.admission(method)), self._limits
 
 
 class _MethodTable(grpc.GenericRpcHandler):
@@ -114,10 +126,12 @@ class _Wrapped(grpc.GenericRpcHandler):
     """A generic handler whose method handlers pass through the boundary."""
 
     def __init__(
-        self, inner: grpc.GenericRpcHandler, admission: Callable[[str], Admission | None]
+        self,
+        inner: grpc.GenericRpcHandler,
+        policy: Callable[[str], tuple[Admission | None, CallLimits]],
     ) -> None:
         self._inner = inner
-        self._admission = admission
+        self._policy = policy
         self._wrapped: dict[str, tuple[Any, grpc.RpcMethodHandler[Any, Any]]] = {}
 
     def service(
@@ -129,13 +143,16 @@ class _Wrapped(grpc.GenericRpcHandler):
         method = handler_call_details.method
         cached = self._wrapped.get(method)
         if cached is None or cached[0] is not handler:
-            wrapped = _wrap(handler, method, self._admission(method))
+            wrapped = _wrap(handler, method, *self._policy(method))
             cached = self._wrapped[method] = (handler, wrapped)
         return cached[1]
 
 
 def _wrap(
-    handler: grpc.RpcMethodHandler[Any, Any], method: str, admit: Admission | None
+    handler: grpc.RpcMethodHandler[Any, Any],
+    method: str,
+    admit: Admission | None,
+    limits: CallLimits,
 ) -> grpc.RpcMethodHandler[Any, Any]:
     # grpc's stubs describe the synchronous handler shape; the aio server stores
     # coroutine functions and async generators in the same attributes, hence Any.
@@ -143,13 +160,13 @@ def _wrap(
     decode = _safe_decoder(h.request_deserializer)
     if h.unary_unary:
         return grpc.unary_unary_rpc_method_handler(
-            _unary(h.unary_unary, method, admit, unary_request=True),
+            _unary(h.unary_unary, method, admit, limits, unary_request=True),
             decode,
             h.response_serializer,
         )
     if h.stream_unary:
         return grpc.stream_unary_rpc_method_handler(
-            _unary(h.stream_unary, method, admit, unary_request=False),
+            _unary(h.stream_unary, method, admit, limits, unary_request=False),
             decode,
             h.response_serializer,
         )
@@ -161,7 +178,7 @@ def _wrap(
         else grpc.stream_stream_rpc_method_handler
     )
     return build(
-        wrap(behavior, method, admit, unary_request=bool(h.unary_stream)),
+        wrap(behavior, method, admit, limits, unary_request=bool(h.unary_stream)),
         decode,
         _passing_bytes(h.response_serializer),
     )
@@ -215,16 +232,26 @@ def _checked(request: Any, unary_request: bool) -> Any:
     return messages()
 
 
-def _unary(behavior: Any, method: str, admit: Admission | None, *, unary_request: bool) -> Any:
+def _unary(
+    behavior: Any,
+    method: str,
+    admit: Admission | None,
+    limits: CallLimits,
+    *,
+    unary_request: bool,
+) -> Any:
     observed = ServerMethod(method)  # names and metric attributes, built once
+    default = limits.default_deadline
 
     async def handle(request: Any, context: Context) -> Any:
-        started = _begin(method, context)
+        started, unbounded = _begin(method, context, default)
         span = observed.start(context)
         try:
-            if admit is not None:  # authenticated and authorized before the handler runs
-                await admit(context)
-            response = await behavior(_checked(request, unary_request), context)
+            with limits.calls:  # refused at once when the process is full
+                if admit is not None:  # authenticated and authorized before the handler runs
+                    await admit(context)
+                call = behavior(_checked(request, unary_request), context)
+                response = await (_within(call, default) if unbounded else call)
         except BaseException as exc:
             await _failed(context, exc, started, observed, span)
             raise
@@ -238,18 +265,24 @@ def _unary(behavior: Any, method: str, admit: Admission | None, *, unary_request
 
 
 def _streaming_gen(
-    behavior: Any, method: str, admit: Admission | None, *, unary_request: bool
+    behavior: Any,
+    method: str,
+    admit: Admission | None,
+    limits: CallLimits,
+    *,
+    unary_request: bool,
 ) -> Any:
     observed = ServerMethod(method)
 
     async def handle(request: Any, context: Context) -> AsyncIterator[Any]:
-        started = _begin(method, context)
+        started, _ = _begin(method, context, 0.0)  # a stream lasts as long as its caller wants
         span = observed.start(context)
         try:
-            if admit is not None:  # before the stream sends anything
-                await admit(context)
-            async for response in behavior(_checked(request, unary_request), context):
-                yield response
+            with limits.streams:
+                if admit is not None:  # before the stream sends anything
+                    await admit(context)
+                async for response in behavior(_checked(request, unary_request), context):
+                    yield response
         except BaseException as exc:
             await _failed(context, exc, started, observed, span)
             raise
@@ -259,17 +292,23 @@ def _streaming_gen(
 
 
 def _streaming_coro(
-    behavior: Any, method: str, admit: Admission | None, *, unary_request: bool
+    behavior: Any,
+    method: str,
+    admit: Admission | None,
+    limits: CallLimits,
+    *,
+    unary_request: bool,
 ) -> Any:
     observed = ServerMethod(method)
 
     async def handle(request: Any, context: Context) -> None:
-        started = _begin(method, context)
+        started, _ = _begin(method, context, 0.0)
         span = observed.start(context)
         try:
-            if admit is not None:
-                await admit(context)
-            await behavior(_checked(request, unary_request), context)
+            with limits.streams:
+                if admit is not None:
+                    await admit(context)
+                await behavior(_checked(request, unary_request), context)
         except BaseException as exc:
             await _failed(context, exc, started, observed, span)
             raise
@@ -278,14 +317,33 @@ def _streaming_coro(
     return handle
 
 
-def _begin(method: str, context: Context) -> float:
+def _begin(method: str, context: Context, default_deadline: float) -> tuple[float, bool]:
+    """Binds the call's log fields and deadline; returns its start time and whether it
+    came without a deadline and runs under the server's default."""
     # grpc.aio runs every call in a task of its own, with its own copy of the context
     # variables: what we bind here is seen by the handler's logs and needs no unbinding.
     bind_contextvars(rpc=method, peer=context.peer())
     left = context.time_remaining()
-    if left is not None:
-        set_remaining(left)
-    return time.perf_counter()
+    unbounded = left is None and default_deadline > 0
+    if left is not None or unbounded:
+        set_remaining(default_deadline if left is None else left)
+    return time.perf_counter(), unbounded
+
+
+async def _within(call: Awaitable[Any], seconds: float) -> Any:
+    """Awaits a call that came without a deadline, bounded by the server's default."""
+    bound = asyncio.timeout(seconds)
+    try:
+        async with bound:
+            return await call
+    except TimeoutError:
+        if not bound.expired():  # the handler's own timeout, not ours
+            raise
+        raise DeadlineExceededError(
+            f"the call came without a deadline and ran past the server's default of "
+            f"{seconds:g}s (MESH_DEFAULT_DEADLINE_SECONDS); send a deadline to choose",
+            reason="SERVER_DEADLINE_EXCEEDED",
+        ) from None
 
 
 def _finished(

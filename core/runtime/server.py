@@ -24,11 +24,12 @@ from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health_pb2_grpc
 
 from core.calls.channel import keepalive_timeout_options, server_credentials
-from core.config import AuthSettings, Settings, TlsSettings
+from core.config import AuthSettings, LimitSettings, Settings, TlsSettings
 from core.runtime.boundary import BoundaryServer
 from core.runtime.container import Container, StartError, StopError
 from core.runtime.health_service import HealthPublisher, HealthServicer
 from core.runtime.lifecycle import Component, FatalStartError
+from core.runtime.limits import CallLimits
 from core.runtime.reflection import enable_reflection
 from core.runtime.tasks import BackgroundTask, cancel_and_wait
 from core.security.access import access_rules
@@ -97,6 +98,7 @@ class GrpcServer(Component):
         probe_address: str = "",
         warn_plaintext: bool = False,
         auth: AuthSettings | None = None,
+        limits: LimitSettings | None = None,
     ) -> None:
         self.services = list(services)
         rules = access_rules(s.descriptor for s in self.services)  # deny by default
@@ -116,8 +118,16 @@ class GrpcServer(Component):
         self._publisher = HealthPublisher(
             self.health, container, {s.name: s.needs for s in self.services}
         )
+        limits = limits or LimitSettings()
+        self._limits = CallLimits.of(
+            max_calls=limits.max_calls,
+            max_streams=limits.max_streams,
+            default_deadline=limits.default_deadline,
+        )
         self._options = [
             ("grpc.so_reuseport", 0),  # a taken port must fail, not be shared
+            ("grpc.max_concurrent_streams", limits.streams_per_connection),
+            ("grpc.max_metadata_size", limits.max_metadata_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
             # Clients configured alike ping every `keepalive` seconds, also while idle
@@ -161,6 +171,7 @@ class GrpcServer(Component):
             probe_address=settings.probe_address,
             warn_plaintext=settings.production,
             auth=settings.auth,
+            limits=settings.limits,
         )
         container.register(server)
         return server
@@ -172,7 +183,7 @@ class GrpcServer(Component):
     async def start(self) -> None:
         server = grpc.aio.server(options=self._options)
         # Every handler passes through the RPC boundary (core.runtime.boundary) and its guard.
-        bounded = BoundaryServer(server, self._guard)
+        bounded = BoundaryServer(server, self._guard, self._limits)
         for service in self.services:
             service.add_to_server(service.servicer, bounded)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, bounded)

@@ -1,0 +1,89 @@
+"""Load shedding: bounds on the calls and streams one process works on at once, and a
+deadline for calls that arrive without one.
+
+A process past its capacity that keeps accepting calls only queues them: every call gets
+slower until all of them miss their deadlines. Beyond `max_calls` unary calls (or
+`max_streams` open streams) a call is refused at once with RESOURCE_EXHAUSTED, reason
+OVERLOADED (or TOO_MANY_STREAMS), and a `google.rpc.RetryInfo` saying when to try again,
+before any of its work is done. Health checks are never counted or refused, so probes
+keep answering while the process sheds.
+
+Usage (the boundary does this around every handler)::
+
+    limits = CallLimits(max_calls=1000, max_streams=1000, default_deadline=30.0)
+    with limits.calls:
+        ...
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from types import TracebackType
+
+from opentelemetry import metrics
+
+from core.errors import ResourceExhaustedError
+
+_shed = metrics.get_meter("meshkit.rpc").create_counter(
+    "mesh.rpc.shed", unit="{call}", description="Calls refused because the process was full"
+)
+
+
+class Slots:
+    """A counter with a ceiling, entered once per call (`with slots:`)."""
+
+    __slots__ = ("ceiling", "in_use", "reason", "retry_after", "what")
+
+    def __init__(self, ceiling: int, what: str, reason: str, retry_after: float) -> None:
+        self.ceiling = ceiling
+        self.in_use = 0
+        self.what = what
+        self.reason = reason
+        self.retry_after = retry_after
+
+    def __enter__(self) -> None:
+        if self.in_use >= self.ceiling:
+            _shed.add(1, {"reason": self.reason})
+            raise ResourceExhaustedError(
+                f"the server is at its limit of {self.ceiling} {self.what}; retry later",
+                reason=self.reason,
+                retry_after=self.retry_after,
+            )
+        self.in_use += 1
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.in_use -= 1
+
+
+@dataclass(frozen=True, slots=True)
+class CallLimits:
+    """The process's bounds; one instance is shared by every method's handler."""
+
+    calls: Slots
+    streams: Slots
+    default_deadline: float  # seconds, for a unary call that came without a deadline
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        max_calls: int = 1000,
+        max_streams: int = 1000,
+        default_deadline: float = 30.0,
+        retry_after: float = 1.0,
+    ) -> CallLimits:
+        return cls(
+            calls=Slots(max_calls, "calls in progress", "OVERLOADED", retry_after),
+            streams=Slots(max_streams, "open streams", "TOO_MANY_STREAMS", retry_after),
+            default_deadline=default_deadline,
+        )
+
+
+# For health and reflection, and servers built without limits: nothing is ever refused.
+UNLIMITED = CallLimits.of(max_calls=sys.maxsize, max_streams=sys.maxsize, default_deadline=0.0)

@@ -1,0 +1,102 @@
+"""Load shedding and limits: past its capacity a server refuses at once, with the code and
+reason the README documents, and health keeps answering."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import grpc
+import pytest
+
+from clients.admin import AdminClient
+from clients.health import HealthClient
+from core.calls.status import from_rpc_error
+from core.config import LimitSettings, Settings
+from core.errors import DeadlineExceededError, ResourceExhaustedError
+from core.testing.services import FAST_START, Running, serving
+from mesh.admin.v1 import admin_pb2, admin_pb2_grpc
+from tests._services import ADMIN
+
+
+@asynccontextmanager
+async def limited(**limits: float) -> AsyncIterator[Running]:
+    settings = Settings(
+        address="127.0.0.1:0", start_policy=FAST_START, limits=LimitSettings(**limits)
+    )
+    async with serving(ADMIN, settings=settings) as running:
+        yield running
+
+
+async def test_calls_past_the_limit_are_refused_at_once_with_retry_info() -> None:
+    async with (
+        limited(max_calls=2) as running,
+        AdminClient(running.address, attempts=1) as admin,
+        HealthClient(running.address) as health,
+    ):
+        busy = [asyncio.create_task(admin.ping("busy", delay=3.0)) for _ in range(2)]
+        try:
+            async with asyncio.timeout(5):  # the two are in progress once one is refused
+                while True:
+                    try:
+                        await admin.ping("one more", timeout=2.0)
+                    except ResourceExhaustedError as exc:
+                        refused = exc
+                        break
+            assert refused.reason == "OVERLOADED"
+            assert refused.retry_after == 1.0
+            assert await health.check("", timeout=1.0) == "SERVING"  # probes still answered
+        finally:
+            results = await asyncio.gather(*busy, return_exceptions=True)
+        assert [r.message for r in results] == ["busy", "busy"]  # type: ignore[union-attr]
+        assert (await admin.ping("room again")).message == "room again"
+
+
+async def test_streams_past_the_limit_are_refused() -> None:
+    async with limited(max_streams=1) as running, AdminClient(running.address) as admin:
+        first = admin.watch_service_status()
+        await anext(first)
+        with pytest.raises(ResourceExhaustedError) as refused:
+            await anext(admin.watch_service_status())
+        assert refused.value.reason == "TOO_MANY_STREAMS"
+        await first.aclose()
+
+
+async def test_a_call_without_a_deadline_gets_the_servers_default() -> None:
+    async with (
+        limited(default_deadline=0.5) as running,
+        grpc.aio.insecure_channel(running.address) as channel,
+    ):
+        ping = admin_pb2_grpc.AdminServiceStub(channel).Ping
+        request = admin_pb2.PingRequest(message="slow")
+        request.delay.FromMilliseconds(3000)
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await ping(request)  # no timeout: the call carries no deadline
+        error = from_rpc_error(failed.value)
+        assert isinstance(error, DeadlineExceededError)
+        assert error.reason == "SERVER_DEADLINE_EXCEEDED"
+        assert "MESH_DEFAULT_DEADLINE_SECONDS" in error.message
+
+
+async def test_oversized_metadata_is_resource_exhausted() -> None:
+    async with (
+        limited(max_metadata_bytes=4096) as running,
+        grpc.aio.insecure_channel(running.address) as channel,
+    ):
+        ping = admin_pb2_grpc.AdminServiceStub(channel).Ping
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await ping(admin_pb2.PingRequest(), metadata=(("x-big", "y" * 8000),), timeout=5)
+        assert failed.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+async def test_an_oversized_request_is_resource_exhausted() -> None:
+    settings = Settings(address="127.0.0.1:0", start_policy=FAST_START, max_message_bytes=1024)
+    async with (
+        serving(ADMIN, settings=settings) as running,
+        grpc.aio.insecure_channel(running.address) as channel,
+    ):
+        ping = admin_pb2_grpc.AdminServiceStub(channel).Ping
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await ping(admin_pb2.PingRequest(message="z" * 4096), timeout=5)
+        assert failed.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
