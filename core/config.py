@@ -65,13 +65,20 @@ class Override:
 
 @dataclass(frozen=True, slots=True)
 class StartPolicy:
-    """How the container retries and bounds component starts and stops."""
+    """How the container retries and bounds component starts and stops.
 
-    attempts: int = 3
+    A dependency that is down at start is retried, the port open and readiness
+    NOT_SERVING meanwhile, until it comes up or `deadline` passes (then the process exits
+    non-zero naming it): a late database is a slow start, not a crash loop. Waits grow to
+    `max_delay`, so a dependency that returns is in use within about that long.
+    """
+
+    attempts: int = 0  # 0: as many as fit in the deadline
     base_delay: float = 0.5
-    max_delay: float = 10.0
-    start_timeout: float = 30.0
+    max_delay: float = 1.0
+    start_timeout: float = 30.0  # one try
     stop_timeout: float = 10.0
+    deadline: float = 120.0  # every try of a component, waits included; 0: none
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,9 +351,10 @@ class Settings:
             token=reader.get("MESH_TOKEN", str, "", secret=True),
             token_file=reader.get("MESH_TOKEN_FILE", _file, ""),
             start_policy=StartPolicy(
-                attempts=reader.get("MESH_START_ATTEMPTS", _positive_int, 3),
+                attempts=reader.get("MESH_START_ATTEMPTS", _non_negative_int, 0),
                 base_delay=reader.get("MESH_START_BASE_DELAY_SECONDS", _non_negative, 0.5),
-                max_delay=reader.get("MESH_START_MAX_DELAY_SECONDS", _non_negative, 10.0),
+                max_delay=reader.get("MESH_START_MAX_DELAY_SECONDS", _non_negative, 1.0),
+                deadline=reader.get("MESH_START_DEADLINE_SECONDS", _non_negative, 120.0),
                 start_timeout=reader.get("MESH_START_TIMEOUT_SECONDS", _positive, 30.0),
                 stop_timeout=reader.get("MESH_STOP_TIMEOUT_SECONDS", _positive, 10.0),
             ),
@@ -425,6 +433,13 @@ def _ratio(raw: str) -> float:
     value = float(raw)
     if not 0 <= value <= 1:
         raise ValueError("must be between 0 and 1")
+    return value
+
+
+def _non_negative_int(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError("must be 0 or more")
     return value
 
 

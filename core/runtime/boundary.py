@@ -25,7 +25,7 @@ import asyncio
 import inspect
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from typing import Any, cast
 
 import grpc
@@ -37,7 +37,7 @@ from structlog.contextvars import bind_contextvars
 from core.calls.deadlines import set_remaining
 from core.calls.status import DETAILS_KEY, to_status
 from core.errors import DeadlineExceededError, DomainError, InternalError, InvalidArgumentError
-from core.runtime.limits import UNLIMITED, CallLimits
+from core.runtime.limits import ALWAYS_READY, UNLIMITED, CallLimits, Readiness
 from core.security.access import is_exempt
 from core.security.guard import Admission, Guard
 from core.telemetry import CACHE_KEY, ServerMethod, cache_outcome
@@ -64,6 +64,10 @@ async def abort_with(context: Context, exc: DomainError) -> None:
     await context.abort(exc.code, status.message, trailers)
 
 
+# What a method's calls pass before its handler: the guard, the limits, the readiness gate.
+Policy = tuple[Admission | None, CallLimits, Readiness]
+
+
 class BoundaryServer:
     """Stands in for a grpc.aio.Server while services register, wrapping every handler once.
 
@@ -84,10 +88,14 @@ class BoundaryServer:
         server: grpc.aio.Server,
         guard: Guard | None = None,
         limits: CallLimits | None = None,
+        readiness: Readiness = ALWAYS_READY,
+        gated: Collection[str] = (),
     ) -> None:
         self._server = server
         self._guard = guard
         self._limits = limits or UNLIMITED
+        self._readiness = readiness
+        self._gated = gated  # the services whose calls wait for `readiness`
         self._methods = _MethodTable()
         # First, so it answers before the generated generic handlers of the same methods.
         server.add_generic_rpc_handlers((self._methods,))
@@ -102,12 +110,16 @@ class BoundaryServer:
     def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
         self._server.add_generic_rpc_handlers(tuple(_Wrapped(h, self._policy) for h in handlers))
 
-    def _policy(self, method: str) -> tuple[Admission | None, CallLimits]:
-        """Who may call `method`, and the limits it counts against: none for health and
-        reflection, which probes and operators need most when the process is full."""
+    def _policy(self, method: str) -> Policy:
+        """Who may call `method`, what must be ready first, and the limits it counts
+        against: none for health and reflection, which probes and operators need most
+        when the process is full."""
         if is_exempt(method):
-            return None, UNLIMITED
-        return (None if self._guard is None else self._guard.admission(method)), self._limits
+            return None, UNLIMITED, ALWAYS_READY
+        admit = None if self._guard is None else self._guard.admission(method)
+        service = method.split("/")[1] if method.count("/") == 2 else ""
+        ready = self._readiness if service in self._gated else ALWAYS_READY
+        return admit, self._limits, ready
 
 
 class _MethodTable(grpc.GenericRpcHandler):
@@ -128,7 +140,7 @@ class _Wrapped(grpc.GenericRpcHandler):
     def __init__(
         self,
         inner: grpc.GenericRpcHandler,
-        policy: Callable[[str], tuple[Admission | None, CallLimits]],
+        policy: Callable[[str], Policy],
     ) -> None:
         self._inner = inner
         self._policy = policy
@@ -153,6 +165,7 @@ def _wrap(
     method: str,
     admit: Admission | None,
     limits: CallLimits,
+    ready: Readiness,
 ) -> grpc.RpcMethodHandler[Any, Any]:
     # grpc's stubs describe the synchronous handler shape; the aio server stores
     # coroutine functions and async generators in the same attributes, hence Any.
@@ -160,13 +173,13 @@ def _wrap(
     decode = _safe_decoder(h.request_deserializer)
     if h.unary_unary:
         return grpc.unary_unary_rpc_method_handler(
-            _unary(h.unary_unary, method, admit, limits, unary_request=True),
+            _unary(h.unary_unary, method, admit, limits, ready, unary_request=True),
             decode,
             h.response_serializer,
         )
     if h.stream_unary:
         return grpc.stream_unary_rpc_method_handler(
-            _unary(h.stream_unary, method, admit, limits, unary_request=False),
+            _unary(h.stream_unary, method, admit, limits, ready, unary_request=False),
             decode,
             h.response_serializer,
         )
@@ -178,7 +191,7 @@ def _wrap(
         else grpc.stream_stream_rpc_method_handler
     )
     return build(
-        wrap(behavior, method, admit, limits, unary_request=bool(h.unary_stream)),
+        wrap(behavior, method, admit, limits, ready, unary_request=bool(h.unary_stream)),
         decode,
         _passing_bytes(h.response_serializer),
     )
@@ -237,6 +250,7 @@ def _unary(
     method: str,
     admit: Admission | None,
     limits: CallLimits,
+    ready: Readiness,
     *,
     unary_request: bool,
 ) -> Any:
@@ -248,6 +262,8 @@ def _unary(
         span = observed.start(context)
         try:
             with limits.calls:  # refused at once when the process is full
+                if not ready.open:  # or when what the service needs is not running yet
+                    ready.refuse(method)
                 if admit is not None:  # authenticated and authorized before the handler runs
                     await admit(context)
                 call = behavior(_checked(request, unary_request), context)
@@ -269,6 +285,7 @@ def _streaming_gen(
     method: str,
     admit: Admission | None,
     limits: CallLimits,
+    ready: Readiness,
     *,
     unary_request: bool,
 ) -> Any:
@@ -279,6 +296,8 @@ def _streaming_gen(
         span = observed.start(context)
         try:
             with limits.streams:
+                if not ready.open:
+                    ready.refuse(method)
                 if admit is not None:  # before the stream sends anything
                     await admit(context)
                 async for response in behavior(_checked(request, unary_request), context):
@@ -296,6 +315,7 @@ def _streaming_coro(
     method: str,
     admit: Admission | None,
     limits: CallLimits,
+    ready: Readiness,
     *,
     unary_request: bool,
 ) -> Any:
@@ -306,6 +326,8 @@ def _streaming_coro(
         span = observed.start(context)
         try:
             with limits.streams:
+                if not ready.open:
+                    ready.refuse(method)
                 if admit is not None:
                     await admit(context)
                 await behavior(_checked(request, unary_request), context)

@@ -110,6 +110,12 @@ class Container:
                 raise RegistrationError(
                     f"component {component.name!r} depends on unknown {', '.join(missing)}"
                 )
+        for component in components:
+            if component.faces_callers and component.depends_on:
+                raise RegistrationError(
+                    f"component {component.name!r} faces callers and starts first: "
+                    "it cannot depend on others"
+                )
         _reject_cycles(batch)
         self._components = known
         self._levels = _levels(self._components)
@@ -154,12 +160,15 @@ class Container:
     @property
     def components(self) -> list[Component]:
         """Every component in start order."""
-        return [c for level in self._levels for c in level]
+        return [c for level in self.levels for c in level]
 
     @property
     def levels(self) -> list[list[Component]]:
-        """Components grouped by start level: each level only depends on earlier ones."""
-        return [list(level) for level in self._levels]
+        """Components grouped by start level: each level only depends on earlier ones.
+        Those that face callers come first, in a level of their own."""
+        front = [c for level in self._levels for c in level if c.faces_callers]
+        rest = [[c for c in level if not c.faces_callers] for level in self._levels]
+        return [level for level in (front, *rest) if level]
 
     # -- running --------------------------------------------------------------------------
 
@@ -174,7 +183,7 @@ class Container:
         """
         await self.lifecycle.move(Status.STARTING, "start requested")
         try:
-            for level in self._levels:
+            for level in self.levels:
                 results = await asyncio.gather(
                     *(self._start_one(c) for c in level), return_exceptions=True
                 )
@@ -267,7 +276,8 @@ class Container:
         async def start() -> None:
             nonlocal tries, reason
             tries += 1
-            cause = "start requested" if tries == 1 else f"retry {tries}/{policy.attempts}"
+            of = f"/{policy.attempts}" if policy.attempts else ""
+            cause = "start requested" if tries == 1 else f"retry {tries}{of}"
             await component.lifecycle.move(Status.STARTING, cause)
             deadline = asyncio.timeout(policy.start_timeout)
             try:
@@ -292,7 +302,12 @@ class Container:
     async def _stop_levels(self) -> list[str]:
         """Stops the running components level by level in reverse; returns the failures."""
         failures: list[str] = []
-        for level in reversed(self._levels):
+        levels = self.levels
+        if levels and levels[0][0].faces_callers:  # they stop first, as they started
+            levels = [levels[0], *levels[1:][::-1]]
+        else:
+            levels.reverse()
+        for level in levels:
             running = [c for c in level if c.status is Status.RUNNING]
             failures += [f for f in await asyncio.gather(*map(self._stop_one, running)) if f]
         return failures
@@ -315,7 +330,8 @@ class Container:
 
 
 def _start_retry(policy: StartPolicy) -> Retry:
-    """Starts retried `policy.attempts` times, FatalStartError never.
+    """Starts retried `policy.attempts` times (0: no limit) within `policy.deadline`
+    seconds (0: none), FatalStartError never.
 
     Retry n waits base_delay * 2**(n-1) / 2 plus up to base_delay / 2 of jitter, at most
     max_delay: the first wait lies between base_delay / 2 and base_delay.
@@ -323,8 +339,8 @@ def _start_retry(policy: StartPolicy) -> Retry:
     return Retry(
         "component.start",
         on=_transient,
-        attempts=policy.attempts,
-        timeout=None,
+        attempts=policy.attempts or None,
+        timeout=policy.deadline or None,
         wait_initial=policy.base_delay / 2,
         wait_max=policy.max_delay,
         wait_jitter=policy.base_delay / 2,

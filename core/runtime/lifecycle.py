@@ -137,6 +137,10 @@ class Component:
     version: str = "0.1.0"
     depends_on: tuple[str, ...] = ()
     groups: tuple[str, ...] = ()
+    # A component that callers reach (the gRPC server) starts before every other one, so
+    # probes are answered while dependencies come up, and stops before them, so calls
+    # drain while what they use is still there. It depends on nothing.
+    faces_callers: bool = False
     # Overrides the container's stop timeout, for a component whose stop is long by design.
     stop_timeout: float | None = None
 

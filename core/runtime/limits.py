@@ -1,5 +1,11 @@
-"""Load shedding: bounds on the calls and streams one process works on at once, and a
+"""What a call passes before its handler runs: the readiness of what its service needs,
+bounds on the calls and streams one process works on at once (load shedding), and a
 deadline for calls that arrive without one.
+
+The port opens before the components start (core.runtime.container: the server faces
+callers), so a call can arrive while the database is still coming up. Until the container
+runs every component, calls of a service that needs components fail at once with
+UNAVAILABLE, reason SERVER_NOT_READY, naming what is not running yet and why.
 
 A process past its capacity that keeps accepting calls only queues them: every call gets
 slower until all of them miss their deadlines. Beyond `max_calls` unary calls (or
@@ -18,16 +24,43 @@ Usage (the boundary does this around every handler)::
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
+from typing import NoReturn
 
 from opentelemetry import metrics
 
-from core.errors import ResourceExhaustedError
+from core.errors import ResourceExhaustedError, UnavailableError
+from core.runtime.lifecycle import Status, Transition
 
 _shed = metrics.get_meter("meshkit.rpc").create_counter(
     "mesh.rpc.shed", unit="{call}", description="Calls refused because the process was full"
 )
+
+
+class Readiness:
+    """Open from the container's RUNNING through its STOPPING (the drain serves calls)."""
+
+    __slots__ = ("_why", "open")
+
+    def __init__(self, why: Callable[[], str], *, open: bool = False) -> None:
+        self.open = open
+        self._why = why
+
+    def follow(self, transition: Transition) -> None:
+        """A container lifecycle observer."""
+        self.open = transition.new in (Status.RUNNING, Status.STOPPING)
+
+    def refuse(self, method: str) -> NoReturn:
+        """Raises UNAVAILABLE for a call of `method` (`/package.Service/Method`)."""
+        service = method.split("/")[1] if method.count("/") == 2 else method
+        raise UnavailableError(
+            f"{service} is not ready: {self._why()}", reason="SERVER_NOT_READY", retry_after=1.0
+        )
+
+
+ALWAYS_READY = Readiness(lambda: "", open=True)
 
 
 class Slots:

@@ -1,4 +1,4 @@
-"""The server runner: one grpc.aio server per process, run as the container's last component.
+"""The server runner: one grpc.aio server per process, the container's first component.
 
 Usage::
 
@@ -28,8 +28,8 @@ from core.config import AuthSettings, LimitSettings, Settings, TlsSettings
 from core.runtime.boundary import BoundaryServer
 from core.runtime.container import Container, StartError, StopError
 from core.runtime.health_service import HealthPublisher, HealthServicer
-from core.runtime.lifecycle import Component, FatalStartError
-from core.runtime.limits import CallLimits
+from core.runtime.lifecycle import Component, FatalStartError, Status
+from core.runtime.limits import CallLimits, Readiness
 from core.runtime.reflection import enable_reflection
 from core.runtime.tasks import BackgroundTask, cancel_and_wait
 from core.security.access import access_rules
@@ -80,6 +80,7 @@ class GrpcServer(Component):
     """
 
     name = "grpc-server"
+    faces_callers = True  # the port opens first; calls wait for readiness (see start)
 
     def __init__(
         self,
@@ -90,7 +91,6 @@ class GrpcServer(Component):
         grace: float,
         drain_delay: float = 0.0,
         max_message_bytes: int,
-        depends_on: tuple[str, ...] = (),
         keepalive: float = 30.0,
         keepalive_timeout: float = 10.0,
         tls: TlsSettings | None = None,
@@ -108,7 +108,7 @@ class GrpcServer(Component):
         self.drain_delay = drain_delay
         # The drain must never be cut off by the stop bound.
         self.stop_timeout = drain_delay + grace + 5.0
-        self.depends_on = depends_on
+        self._container = container
         self.port = 0
         self.probe_address = probe_address
         self.probe_port = 0
@@ -119,6 +119,9 @@ class GrpcServer(Component):
             self.health, container, {s.name: s.needs for s in self.services}
         )
         limits = limits or LimitSettings()
+        # Calls of a service that needs components wait for the container to run them all.
+        self._readiness = Readiness(lambda: _not_running(container))
+        container.lifecycle.observe(self._readiness.follow)
         self._limits = CallLimits.of(
             max_calls=limits.max_calls,
             max_streams=limits.max_streams,
@@ -127,7 +130,9 @@ class GrpcServer(Component):
         self._options = [
             ("grpc.so_reuseport", 0),  # a taken port must fail, not be shared
             ("grpc.max_concurrent_streams", limits.streams_per_connection),
+            # Soft and hard limit alike: between the two gRPC refuses only some requests.
             ("grpc.max_metadata_size", limits.max_metadata_bytes),
+            ("grpc.absolute_max_metadata_size", limits.max_metadata_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
             # Clients configured alike ping every `keepalive` seconds, also while idle
@@ -163,7 +168,6 @@ class GrpcServer(Component):
             grace=settings.grace_seconds,
             drain_delay=settings.drain_delay,
             max_message_bytes=settings.max_message_bytes,
-            depends_on=tuple(c.name for c in container.components),
             keepalive=settings.keepalive,
             keepalive_timeout=settings.keepalive_timeout,
             tls=settings.tls,
@@ -183,7 +187,8 @@ class GrpcServer(Component):
     async def start(self) -> None:
         server = grpc.aio.server(options=self._options)
         # Every handler passes through the RPC boundary (core.runtime.boundary) and its guard.
-        bounded = BoundaryServer(server, self._guard, self._limits)
+        gated = {s.name for s in self.services if s.needs != ()}
+        bounded = BoundaryServer(server, self._guard, self._limits, self._readiness, gated)
         for service in self.services:
             service.add_to_server(service.servicer, bounded)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, bounded)
@@ -252,7 +257,7 @@ class GrpcServer(Component):
         and the calls in flight get the grace period."""
         await self._publishing.stop()
         await self.health.close()
-        if self.drain_delay:
+        if self.drain_delay and self._container.lifecycle.status is Status.STOPPING:
             log.info("server.drain_delay", seconds=self.drain_delay)
             await asyncio.sleep(self.drain_delay)
         for service in self.services:
@@ -265,6 +270,16 @@ class GrpcServer(Component):
         if self._probe is not None:  # answered NOT_SERVING throughout the drain
             await self._probe.stop(None)
             self._probe = None
+
+
+def _not_running(container: Container) -> str:
+    """What a call that comes too early is told: the components not running yet, and why."""
+    waiting = [
+        f"{c.name} ({c.lifecycle.history[-1].cause})" if c.lifecycle.history else c.name
+        for c in container.components
+        if c.status is not Status.RUNNING and not c.faces_callers
+    ]
+    return "waiting for " + ", ".join(waiting) if waiting else "starting"
 
 
 def _listen(

@@ -95,7 +95,7 @@ def test_zero_is_allowed_where_it_means_none() -> None:
         ("MESH_GRACE_SECONDS", "-1"),
         ("MESH_ADDRESS", "nope"),
         ("MESH_ADDRESS", "127.0.0.1:65536"),
-        ("MESH_START_ATTEMPTS", "0"),
+        ("MESH_START_ATTEMPTS", "-1"),
         ("MESH_START_ATTEMPTS", "1.5"),
         ("MESH_HEALTH_TIMEOUT_SECONDS", "nan"),
         ("MESH_LOG_LEVEL", "verbose"),
@@ -113,7 +113,7 @@ def test_every_bad_value_is_named_at_once() -> None:
         **EVERY_VARIABLE,
         "MESH_GRACE_SECONDS": "abc",
         "MESH_ADDRESS": "nope",
-        "MESH_START_ATTEMPTS": "0",
+        "MESH_START_ATTEMPTS": "-1",
     }
 
     with pytest.raises(ConfigError) as caught:
