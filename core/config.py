@@ -49,6 +49,10 @@ class EventSettings:
     visibility: float = 30.0
     max_attempts: int = 5
     retention: int = 1_000_000  # events kept in the Redis stream
+    # GetEventStatus returns the stack traces of failed attempts (they are always stored
+    # and logged); for development only: a stack shows the code's insides to callers.
+    return_stacks: bool = False
+    system_events: bool = True  # publish mesh.system.v1.* events about this process
 
     def uses_redis(self, redis_url: str) -> bool:
         return self.backend == "redis" or (self.backend == "auto" and bool(redis_url))
@@ -220,6 +224,8 @@ class Settings:
                 visibility=reader.get("MESH_EVENTS_VISIBILITY_SECONDS", _positive, 30.0),
                 max_attempts=reader.get("MESH_EVENTS_MAX_ATTEMPTS", _positive_int, 5),
                 retention=reader.get("MESH_EVENTS_RETENTION", _positive_int, 1_000_000),
+                return_stacks=bool(reader.get("MESH_EVENTS_RETURN_STACKS", _bool, None)),
+                system_events=reader.get("MESH_EVENTS_SYSTEM_EVENTS", _bool, None) is not False,
             ),
             telemetry=TelemetrySettings(
                 traces_exporter=reader.get(
