@@ -100,6 +100,11 @@ class SystemNotices(Component):
         self._task = BackgroundTask(self.name)
         self._unwatch: Callable[[], None] | None = None
 
+    @property
+    def waiting(self) -> int:
+        """Events queued and not published yet."""
+        return len(self._queue)
+
     # -- the hooks: each queues at most one event and returns at once ---------------------
 
     def follow(self, monitor: HealthMonitor) -> None:
