@@ -1,7 +1,8 @@
 """`mesh events ...` against a real `mesh serve events` process on its embedded SQLite file.
 
-Every command prints JSON (`status` a table, and JSON with --json); errors go to stderr as JSON with a non-zero exit; `subscribe`
-prints one JSON object per line until Ctrl-C, then exits 0.
+Every command prints JSON (`status` a table, and JSON with --json); errors go to stderr
+as JSON with a non-zero exit; `subscribe` prints one JSON object per line until Ctrl-C,
+then exits 0.
 """
 
 from __future__ import annotations
@@ -199,10 +200,12 @@ async def test_status_shows_each_failed_attempt_as_a_table(tmp_path: Path) -> No
         if "LookupError" in line or line.startswith("GROUP  ")
     ][-3:]
     assert header[:3] == ["GROUP", "ATTEMPT", "TIME"]
-    assert first[:2] == ["t", "1"] and first[3].startswith("worker.")
+    assert first[:2] == ["t", "1"]
+    assert first[3].startswith("worker.")
     assert first[4:6] == ["NACKED", "LookupError"]
     assert " ".join(first[6:]) == "LookupError: no thing for try 1"
-    assert second[:2] == ["t", "2"] and second[4] == "NACKED"
+    assert second[:2] == ["t", "2"]
+    assert second[4] == "NACKED"
     assert "DEAD_LETTERED" in out
     assert "Traceback" not in out  # stacks stay on the server unless it returns them
 
