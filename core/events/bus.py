@@ -221,14 +221,17 @@ class EventBus(Component):
         self._dead_listeners.append(listener)
 
     def _dead_lettered(self, letter: DeadLetter) -> None:
+        last = letter.last
         log.warning(
             "event.dead_lettered",
             group=letter.group,
             id=letter.event_id,
             type=letter.event_type,
             attempts=letter.attempts,
-            error_type=letter.last.error_type if letter.last else "",
-            error=letter.last.message if letter.last else "",
+            error_type=last.error_type if last else "",
+            error=last.message if last else "",
+            # A consumer's stack is logged here; a handler's with its `event.handler_failed`.
+            **({"stack": last.stack} if last and last.reason == EndReason.NACKED else {}),
         )
         for listener in self._dead_listeners:
             try:
