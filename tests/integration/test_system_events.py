@@ -19,7 +19,7 @@ from google.protobuf.message import Message
 from core.calls.breaker import BreakerState, breaker_for, forget_breakers
 from core.events import event_bus
 from core.events.bus import EventBus
-from core.events.model import Delivery, Event, HistoryQuery, Selector, State
+from core.events.model import CaughtUp, Delivery, Event, Selector, State
 from core.events.notices import SystemNotices
 from core.runtime.container import Container
 from core.runtime.health import Health
@@ -63,8 +63,14 @@ class Process:
             assert notices.waiting == 0
 
         await eventually(drained)
-        found = await self.bus.history(HistoryQuery(SYSTEM), "", 1000)
-        return [e for e in found if e.subject.startswith(subject_prefix)]
+        found: list[Event] = []  # what a subscriber of mesh.system.v1.* receives
+        async with asyncio.timeout(10), aclosing(self.bus.subscribe(SYSTEM, "")) as stream:
+            async for item in stream:
+                if isinstance(item, CaughtUp):
+                    break
+                if isinstance(item, Event) and item.subject.startswith(subject_prefix):
+                    found.append(item)
+        return found
 
 
 @pytest.fixture(params=["sql", "redis"])
