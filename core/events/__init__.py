@@ -34,7 +34,9 @@ def event_bus(container: Container, settings: Settings, *, serving: bool) -> Eve
     """
     bus = container.provide(EventBus, lambda: _build(container, settings))
     bus.serving = bus.serving or serving
-    if settings.events.system_events:
+    # Not on a test double standing in for the bus (core.testing.doubles): it gets only
+    # what the service itself publishes.
+    if settings.events.system_events and isinstance(bus, EventBus):
         container.provide(SystemNotices, lambda: _notices(container, settings, bus))
     return bus
 
