@@ -29,6 +29,7 @@ Call = Callable[[C, argparse.Namespace], Awaitable[Message | dict[str, Any]]]
 # The typed client class, called as `Client(address, channel=settings.channel())`.
 OpenClient = Callable[..., AbstractAsyncContextManager[C]]
 ToJson = Callable[[Message], dict[str, Any]]
+ToText = Callable[[Message], str]
 
 
 def add_call(
@@ -38,14 +39,21 @@ def add_call(
     client: OpenClient[C],
     call: Call[C],
     to_json: ToJson = output.message_json,
+    to_text: ToText | None = None,
 ) -> argparse.ArgumentParser:
     """Adds subcommand `name` to `sub`: it opens `client` at `--address` and prints what
-    `call` returns (converted by `to_json`), exiting 0, or the error, exiting 1."""
+    `call` returns (converted by `to_json`), exiting 0, or the error, exiting 1.
+
+    With `to_text`, the result is printed as that text (tables), and as JSON with `--json`.
+    """
     parser: argparse.ArgumentParser = sub.add_parser(name, help=help)
     parser.add_argument("--address", help=ADDRESS_HELP)
+    if to_text is not None:
+        parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
     def run(args: argparse.Namespace, settings: Settings) -> int:
-        return asyncio.run(_call(client, call, to_json, args, settings))
+        text = None if getattr(args, "json", True) else to_text
+        return asyncio.run(_call(client, call, to_json, args, settings, text))
 
     parser.set_defaults(run=run)
     return parser
@@ -57,6 +65,7 @@ async def _call(
     to_json: ToJson,
     args: argparse.Namespace,
     settings: Settings,
+    to_text: ToText | None = None,
 ) -> int:
     address = args.address or settings.address
     try:
@@ -66,7 +75,10 @@ async def _call(
         if exc.reason == SERVER_NOT_READY:
             return output.fail(await not_ready(address, settings, exc))
         return output.print_error(exc)
-    output.print_json(result if isinstance(result, dict) else to_json(result))
+    if to_text is not None and not isinstance(result, dict):
+        print(to_text(result))
+    else:
+        output.print_json(result if isinstance(result, dict) else to_json(result))
     return 0
 
 

@@ -2,7 +2,7 @@
 
 mesh events publish --type T --source S [--subject S] [--data JSON] [--id ID]
 mesh events subscribe [--type PATTERN ...] [--from-beginning | --after POS] [--group G --ack]
-mesh events status ID
+mesh events status ID [--json]
 mesh events history [--type PATTERN ...] [--since TIME] [--until TIME]
 mesh events nack GROUP EVENT_ID [--delay SECONDS | --park] [--error TEXT]
 mesh events dead-letters GROUP [--replay [ID ...]]
@@ -14,15 +14,17 @@ import argparse
 import asyncio
 import base64
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf import descriptor_pool
 from google.protobuf.message import Message
 from google.protobuf.struct_pb2 import Struct
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from cli import output
 from cli.commands import ADDRESS_HELP, Call, add_call
+from cli.output import Column, Table
 from clients.events import Event, EventsClient, make_event
 from core.config import Settings
 from core.errors import DomainError, FieldViolation, InvalidArgumentError, NotFoundError
@@ -87,7 +89,15 @@ def add_commands(commands: Any) -> None:
     )
     subscribe.set_defaults(run=_run_subscribe)
 
-    status = _command(sub, "status", "show an event and its delivery to every group", _status)
+    status = add_call(
+        sub,
+        "status",
+        "show an event, its delivery to every group and each failed attempt (a table)",
+        EventsClient,
+        _status,
+        to_json=_json,
+        to_text=_status_text,
+    )
     status.add_argument("id", help="the event id")
 
     history = _command(sub, "history", "list stored events, oldest first", _history)
@@ -138,6 +148,50 @@ async def _publish(client: EventsClient, args: argparse.Namespace) -> Message:
 
 async def _status(client: EventsClient, args: argparse.Namespace) -> Message:
     return await client.status(args.id)
+
+
+def _status_text(message: Message) -> str:
+    """GetEventStatus as `mesh events status` prints it: the event, its groups, and every
+    failed attempt kept (with its stack after the table, where the server returns stacks)."""
+    assert isinstance(message, pb.GetEventStatusResponse)
+    event = message.event
+    lines = [
+        f"event {event.id}  type {event.type}  source {event.source}",
+        f"subject {event.subject or '-'}  position {event.position}  time {_when(event.time)}",
+        "",
+    ]
+    if not message.groups:
+        return "\n".join([*lines, "no group wants this event"])
+    groups = Table(
+        *(Column("GROUP", 20), Column("STATE", 14), Column("ATTEMPTS", 8, right=True)),
+        *(Column("CONSUMER", 20), Column("UPDATED")),
+    )
+    lines.append(groups.header())
+    for g in message.groups:
+        state = pb.DeliveryState.Name(g.state).removeprefix("DELIVERY_STATE_")
+        row = (g.group, state, str(g.attempts), g.consumer or "-", _when(g.update_time))
+        lines.append(groups.row(*row))
+    attempts = Table(
+        *(Column("GROUP", 20), Column("ATTEMPT", 7, right=True), Column("TIME", 24)),
+        *(Column("CONSUMER", 20), Column("END REASON", 14), Column("ERROR TYPE", 20)),
+        Column("MESSAGE"),
+    )
+    failed = [(g.group, e) for g in message.groups for e in g.errors]
+    lines += ["", attempts.header() if failed else "no failed attempts"]
+    for group, e in failed:
+        reason = pb.DeliveryEndReason.Name(e.reason).removeprefix("DELIVERY_END_REASON_")
+        cells = (str(e.attempt), _when(e.time), e.consumer or "-", reason, e.error_type or "-")
+        lines.append(attempts.row(group, *cells, e.message.replace("\n", " ")))
+    for group, e in failed:
+        if e.stack:
+            lines += ["", f"stack of {group} attempt {e.attempt}:", e.stack.rstrip()]
+    return "\n".join(lines)
+
+
+def _when(stamp: Timestamp) -> str:
+    if not stamp.seconds and not stamp.nanos:
+        return "-"
+    return stamp.ToDatetime(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 async def _history(client: EventsClient, args: argparse.Namespace) -> Message:

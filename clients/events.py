@@ -64,6 +64,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from clients._subscription import Call, Subscription
 from clients.base import ChannelSettings, Client, Resilience
+from core.events.model import Failure
 from mesh.events.v1 import events_pb2 as pb
 from mesh.events.v1 import events_pb2_grpc
 from mesh.events.v1.events_pb2 import Event, PublishResponse, SubscribeResponse
@@ -223,15 +224,33 @@ class EventsClient(Client):
         *,
         retry_delay: float | timedelta | None = None,
         park: bool = False,
-        error: str = "",
+        error: str | BaseException = "",
         timeout: float | None = None,
     ) -> pb.DeliveryState.ValueType:
         """Gives an event back to `group`: retried after `retry_delay` (seconds), or parked.
 
-        Returns its DeliveryState after the nack. Not retried: a second nack would count
-        as another failed attempt.
+        `error` is why: a message, or the exception the consumer failed with, whose type,
+        message and stack trace are then recorded in the event's status. Returns its
+        DeliveryState after the nack. Not retried: a second nack would count as another
+        failed attempt.
+
+        Usage::
+
+            try:
+                await handle(delivery.event)
+            except Exception as exc:
+                await events.nack(group, delivery.event.id, retry_delay=5, error=exc)
         """
-        request = pb.NackRequest(group=group, event_id=event_id, park=park, error=error)
+        request = pb.NackRequest(group=group, event_id=event_id, park=park)
+        if isinstance(error, BaseException):
+            failure = Failure.of(error).bounded()
+            request.error, request.error_type, request.stack = (
+                failure.message,
+                failure.error_type,
+                failure.stack,
+            )
+        else:
+            request.error = error
         if isinstance(retry_delay, int | float):
             retry_delay = timedelta(seconds=retry_delay)
         if retry_delay is not None:

@@ -16,6 +16,7 @@ from clients.remote import RemoteService
 from core.config import Settings
 from core.data.database import Database
 from core.events import event_bus
+from core.events.notices import SystemNotices
 from core.events.relay import OutboxRelay
 from core.runtime.container import Container
 
@@ -26,8 +27,9 @@ def relay_outbox(container: Container, settings: Settings, db: Database) -> None
     With MESH_EVENTS_ADDRESS set, that is the events service there, through an
     "events-client" component that is DEGRADED while the service is down: its client
     retries UNAVAILABLE within its deadline and the relay's loop after that, so the
-    outbox holds the events meanwhile. Otherwise it is this process's event bus (which
-    `mesh serve events` in the same process also serves).
+    outbox holds the events meanwhile; the process's system events (`mesh.system.v1.*`,
+    see core.events.notices) go there too. Otherwise it is this process's event bus
+    (which `mesh serve events` in the same process also serves).
     """
     if settings.events.address:
         events = RemoteService(
@@ -38,7 +40,18 @@ def relay_outbox(container: Container, settings: Settings, db: Database) -> None
         )
         relay = OutboxRelay(db, events.client.publish_batch, depends_on=(db.name,))
         container.register(events, relay)
+        if settings.events.system_events:
+            container.provide(SystemNotices, lambda: _notices(container, settings, events))
         return
     bus = event_bus(container, settings, serving=False)
     relay = OutboxRelay(db, bus.publish, depends_on=(db.name, bus.name), batch=bus.max_batch)
     container.register(relay)
+
+
+def _notices(
+    container: Container, settings: Settings, events: RemoteService[EventsClient]
+) -> SystemNotices:
+    publish = events.client.publish_batch
+    notices = SystemNotices(publish, source=settings.service_name, depends_on=(events.name,))
+    notices.follow(container.monitor)
+    return notices

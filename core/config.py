@@ -39,6 +39,7 @@ PROFILES: Mapping[str, Mapping[str, str]] = {
         "MESH_REFLECTION": "true",  # grpcurl and buf curl without proto files
         "MESH_AUTH": "optional",  # calls without credentials run unauthenticated
         "MESH_DRAIN_DELAY_SECONDS": "0",  # a local restart need not wait for a balancer
+        "MESH_EVENTS_RETURN_STACKS": "true",  # a failed handler's stack in `mesh events status`
     },
     "production": {
         "MESH_LOG_FORMAT": "json",
@@ -48,6 +49,7 @@ PROFILES: Mapping[str, Mapping[str, str]] = {
         # calls this long after SIGTERM. 5 s + the 10 s grace + component stops fit in
         # the default 30 s terminationGracePeriodSeconds.
         "MESH_DRAIN_DELAY_SECONDS": "5",
+        "MESH_EVENTS_RETURN_STACKS": "false",  # stacks stay in the server's logs and store
     },
 }
 DEFAULT_PROFILE = "development"
@@ -92,6 +94,11 @@ class EventSettings:
     visibility: float = 30.0
     max_attempts: int = 5
     retention: int = 1_000_000  # events kept in the Redis stream
+    # GetEventStatus returns the stack traces of failed attempts (they are always stored
+    # and logged); on in development only (core.config.PROFILES): a stack shows the code's
+    # insides to callers.
+    return_stacks: bool = True
+    system_events: bool = True  # publish mesh.system.v1.* events about this process
 
     def uses_redis(self, redis_url: str) -> bool:
         return self.backend == "redis" or (self.backend == "auto" and bool(redis_url))
@@ -321,6 +328,8 @@ class Settings:
                 visibility=reader.get("MESH_EVENTS_VISIBILITY_SECONDS", _positive, 30.0),
                 max_attempts=reader.get("MESH_EVENTS_MAX_ATTEMPTS", _positive_int, 5),
                 retention=reader.get("MESH_EVENTS_RETENTION", _positive_int, 1_000_000),
+                return_stacks=reader.get("MESH_EVENTS_RETURN_STACKS", _bool, True),
+                system_events=reader.get("MESH_EVENTS_SYSTEM_EVENTS", _bool, True),
             ),
             telemetry=TelemetrySettings(
                 traces_exporter=reader.get(

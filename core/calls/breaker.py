@@ -13,6 +13,10 @@ answer). Every other code is an answer from a working server (NOT_FOUND, INVALID
 server sent with error details (its database is down, it is stopping) as a success: the
 server is up and answering, and its reason is more useful to the caller than CIRCUIT_OPEN.
 
+`watch_breakers(listener)` hears of every breaker opening (from closed) and closing
+again, once per transition: a failed trial call re-opens a half-open breaker without a
+new announcement, so a target that stays down is announced once.
+
 Usage::
 
     breaker = breaker_for("dns:///events:50051", failures_to_open=5, reset=5.0)
@@ -112,6 +116,7 @@ class CircuitBreaker:
             if half_open:
                 self._state = BreakerState.CLOSED
                 log.info("breaker.closed", target=self.target)
+                _announce(self, BreakerState.CLOSED)
             return
         self.failures += 1
         if half_open or (
@@ -120,6 +125,7 @@ class CircuitBreaker:
             self._open(code)
 
     def _open(self, code: grpc.StatusCode) -> None:
+        was_closed = self._state is BreakerState.CLOSED
         self._state = BreakerState.OPEN
         self._opened_at = self._clock()
         self.opened += 1
@@ -130,9 +136,30 @@ class CircuitBreaker:
             code=code.name,
             reset_s=self._reset,
         )
+        if was_closed:
+            _announce(self, BreakerState.OPEN)
 
 
 _breakers: dict[str, CircuitBreaker] = {}
+
+# Called with a breaker and its new state (OPEN or CLOSED); must not block.
+BreakerListener = Callable[[CircuitBreaker, BreakerState], None]
+_watchers: list[BreakerListener] = []
+
+
+def watch_breakers(listener: BreakerListener) -> Callable[[], None]:
+    """Calls `listener` whenever a breaker of the process opens or closes; returns the
+    function that stops it. It runs in the call that changed the breaker: queue the work."""
+    _watchers.append(listener)
+    return lambda: _watchers.remove(listener) if listener in _watchers else None
+
+
+def _announce(breaker: CircuitBreaker, state: BreakerState) -> None:
+    for listener in list(_watchers):
+        try:
+            listener(breaker, state)
+        except Exception:  # a watcher's bug must not fail the call being counted
+            log.exception("breaker.watcher_failed", target=breaker.target)
 
 
 def breaker_for(

@@ -7,6 +7,8 @@ EventService's requests (limits, ack ids, page tokens) over it. The stores are
 
 `event_bus(container, settings, serving=...)` builds the bus a process uses: on Redis Streams when
 MESH_REDIS_URL is set (or MESH_EVENTS_BACKEND=redis), else on the SQL database.
+With MESH_EVENTS_SYSTEM_EVENTS on (the default) it also registers `SystemNotices`, which
+publishes the process's `mesh.system.v1.*` events (see core.events.notices) on that bus.
 `consumer_span(event, group=...)` wraps the handling of one received event in a CONSUMER
 span linked to the span that published it (see core.events.tracing).
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 from core.config import Settings
 from core.events.bus import EventBus
 from core.events.model import EventStore, Policy
+from core.events.notices import SystemNotices
 from core.events.tracing import consumer_span, producer_of
 from core.runtime.container import Container
 
@@ -31,7 +34,18 @@ def event_bus(container: Container, settings: Settings, *, serving: bool) -> Eve
     """
     bus = container.provide(EventBus, lambda: _build(container, settings))
     bus.serving = bus.serving or serving
+    # Not on a test double standing in for the bus (core.testing.doubles): it gets only
+    # what the service itself publishes.
+    if settings.events.system_events and isinstance(bus, EventBus):
+        container.provide(SystemNotices, lambda: _notices(container, settings, bus))
     return bus
+
+
+def _notices(container: Container, settings: Settings, bus: EventBus) -> SystemNotices:
+    notices = SystemNotices(bus.publish, source=settings.service_name, depends_on=(bus.name,))
+    notices.follow(container.monitor)
+    bus.watch_dead_letters(notices.dead_lettered)
+    return notices
 
 
 def _build(container: Container, settings: Settings) -> EventBus:

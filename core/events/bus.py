@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Sequence
 
+import structlog
+
 from core.errors import DomainError
 from core.events._shared import Streams
 from core.events.feed import LiveFeed
@@ -25,10 +27,13 @@ from core.events.model import (
     Appended,
     CaughtUp,
     Checkpoint,
+    DeadLetter,
+    DeadLetterListener,
     Delivery,
     EndReason,
     Event,
     EventStore,
+    Failure,
     GroupStatus,
     HistoryQuery,
     Policy,
@@ -41,6 +46,8 @@ from core.runtime.lifecycle import Component
 from core.runtime.tasks import ShieldedWork
 
 __all__ = ["EventBus"]
+
+log = structlog.get_logger()
 
 
 class EventBus(Component):
@@ -75,6 +82,8 @@ class EventBus(Component):
         self._publisher = Publisher(store, max_batch=max_batch, max_event_bytes=max_event_bytes)
         self._feed = LiveFeed(store, self._streams, self._work, ring_size=ring_size)
         self._groups = ConsumerGroups(store, self._streams, self._work, policy or Policy())
+        self._dead_listeners: list[DeadLetterListener] = []
+        store.on_dead_letter = self._dead_lettered
 
     @property
     def max_batch(self) -> int:
@@ -193,14 +202,42 @@ class EventBus(Component):
         park: bool,
         error: str,
         reason: EndReason = EndReason.NACKED,
+        failure: Failure | None = None,
     ) -> State:
         """Gives an event back to `group`: due again after `delay` seconds, or parked.
 
-        `error` and `reason` are recorded in the event's status as why this attempt ended.
+        `error` and `reason` are recorded in the event's status as why this attempt ended,
+        with the error's type and stack from `failure` when given.
         """
         return await self._groups.nack(
-            group, event_id, delay=delay, park=park, error=error, reason=reason
+            group, event_id, delay=delay, park=park, error=error, reason=reason, failure=failure
         )
+
+    def watch_dead_letters(self, listener: DeadLetterListener) -> None:
+        """Calls `listener` once for every event a group of this bus dead-letters.
+
+        It runs in the task that stored the change: it must not block (queue the work).
+        """
+        self._dead_listeners.append(listener)
+
+    def _dead_lettered(self, letter: DeadLetter) -> None:
+        last = letter.last
+        log.warning(
+            "event.dead_lettered",
+            group=letter.group,
+            id=letter.event_id,
+            type=letter.event_type,
+            attempts=letter.attempts,
+            error_type=last.error_type if last else "",
+            error=last.message if last else "",
+            # A consumer's stack is logged here; a handler's with its `event.handler_failed`.
+            **({"stack": last.stack} if last and last.reason == EndReason.NACKED else {}),
+        )
+        for listener in self._dead_listeners:
+            try:
+                listener(letter)
+            except Exception:  # a listener's bug must not fail the nack or claim
+                log.exception("event.dead_letter_listener_failed", group=letter.group)
 
     async def replay(self, group: str, event_ids: Sequence[str]) -> int:
         """Brings dead letters (`event_ids`, or all) back for delivery; returns how many."""

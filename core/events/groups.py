@@ -22,6 +22,7 @@ from core.events.model import (
     EndReason,
     Event,
     EventStore,
+    Failure,
     GroupStatus,
     Policy,
     Selector,
@@ -112,10 +113,12 @@ class ConsumerGroups:
         park: bool,
         error: str,
         reason: EndReason = EndReason.NACKED,
+        failure: Failure | None = None,
     ) -> State:
         """Gives an event back to `group`: due again after `delay` seconds, or parked.
 
-        `error` and `reason` are recorded in the event's status as why this attempt ended.
+        `error` and `reason` are recorded in the event's status as why this attempt ended,
+        with the error's type and stack from `failure` when given.
         """
         state = await self.store.nack(
             check_group(group),
@@ -125,6 +128,7 @@ class ConsumerGroups:
             error=error,
             policy=self.policy,
             reason=reason,
+            failure=failure,
         )
         self._streams.changes.notify()
         return state

@@ -17,8 +17,9 @@ Usage::
 
 Each event goes through `validate` (raising rejects it: it is dead-lettered at once),
 `process` (retried in-process with backoff, each try bounded by `timeout`; after
-`attempts` tries the event is dead-lettered with the last error) and `cleanup` (always,
-with the error or None). Events of one subject are processed one after another in
+`attempts` tries the event is dead-lettered with the last error: its type, message and
+stack are logged and kept in the event's status) and `cleanup` (always, with the error
+or None). Events of one subject are processed one after another in
 stream order; different subjects run concurrently, up to `concurrency` at a time.
 Delivery is at least once: after a crash, unacked events come back (to this or another
 member), so `process` must tolerate an event it has seen before.
@@ -39,7 +40,7 @@ import structlog
 from opentelemetry import metrics, trace
 
 from core.events.bus import EventBus
-from core.events.model import Delivery, EndReason, Event, Selector
+from core.events.model import Delivery, EndReason, Event, Failure, Selector
 from core.events.tracing import consumer_span
 from core.retries import Retry
 from core.runtime.health import Health
@@ -159,26 +160,33 @@ class EventHandler(Component):
         try:
             await self.validate(event)
         except Exception as exc:
-            error = exc
-            reason = f"rejected: {type(exc).__name__}: {exc}"
+            error, prefix = exc, "rejected: "
         else:
-            error = await self._process(event)
-            reason = f"{type(error).__name__}: {error}" if error is not None else ""
+            error, prefix = await self._process(event), ""
         if error is None:
             await self._bus.ack(self.group, [event.id])
             self.processed += 1
             _handled.add(1, self._outcomes["processed"])
             return None
-        log.warning("event.dead_lettered", group=self.group, id=event.id, error=reason)
-        span.set_status(trace.StatusCode.ERROR, reason)
+        failure = Failure.of(error, prefix)
+        log.warning(
+            "event.handler_failed",
+            group=self.group,
+            id=event.id,
+            error_type=failure.error_type,
+            error=failure.message,
+            exc_info=error,
+        )
+        span.set_status(trace.StatusCode.ERROR, failure.message)
         span.record_exception(error)
         await self._bus.nack(
             self.group,
             event.id,
             delay=0.0,
             park=True,
-            error=reason,
+            error=failure.message,
             reason=EndReason.HANDLER_FAILED,
+            failure=failure,
         )
         self.dead_lettered += 1
         _handled.add(1, self._outcomes["dead_lettered"])

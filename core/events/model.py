@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import re
+import traceback
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,8 @@ MAX_SUBJECT = 500
 MAX_ATTRIBUTES = 64
 MAX_ERRORS_KEPT = 10
 MAX_ERROR_CHARS = 1000
+MAX_ERROR_TYPE_CHARS = 200
+MAX_STACK_CHARS = 4000  # the innermost frames are kept, where the error was raised
 _ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _PATTERN = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*(\.\*)?|\*")
 _GROUP = re.compile(r"[A-Za-z0-9._:-]{1,100}")
@@ -147,12 +150,67 @@ DISCONNECTED_MESSAGE = "consumer '%s' disconnected before acking"
 
 @dataclass(slots=True)
 class DeliveryError:
-    """One attempt that ended without an ack: what happened, when, which attempt and why."""
+    """One attempt that ended without an ack: what happened, when, which attempt and why.
+
+    `error_type` and `stack` are the exception's type and formatted traceback when a
+    handler raised, or what a remote consumer sent with its nack; `consumer` is the member
+    that held the event then.
+    """
 
     message: str
     time: float
     attempt: int
     reason: EndReason = EndReason.UNSPECIFIED
+    error_type: str = ""
+    stack: str = ""
+    consumer: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """Why a consumer gives an event back: the message, and the error's type and stack."""
+
+    message: str
+    error_type: str = ""
+    stack: str = ""
+
+    @classmethod
+    def of(cls, exc: BaseException, prefix: str = "") -> Failure:
+        """The failure an exception stands for, with its formatted stack."""
+        stack = "".join(traceback.format_exception(exc))
+        return cls(f"{prefix}{type(exc).__name__}: {exc}", _qualified(type(exc)), stack)
+
+    def bounded(self) -> Failure:
+        """This failure cut to what a store keeps (the stack's innermost frames)."""
+        return Failure(
+            self.message[:MAX_ERROR_CHARS],
+            self.error_type[:MAX_ERROR_TYPE_CHARS],
+            self.stack[-MAX_STACK_CHARS:],
+        )
+
+
+def _qualified(kind: type[BaseException]) -> str:
+    module = kind.__module__
+    return kind.__qualname__ if module == "builtins" else f"{module}.{kind.__qualname__}"
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """An event a group gave up on just now: it was parked or ran out of attempts."""
+
+    group: str
+    event_id: str
+    event_type: str
+    subject: str
+    attempts: int
+    last: DeliveryError | None
+
+
+DeadLetterListener = Callable[[DeadLetter], None]
+
+
+def ignore_dead_letter(_: DeadLetter) -> None:
+    """The listener of a store nobody watches."""
 
 
 @dataclass(slots=True)
@@ -235,7 +293,11 @@ class GroupStore(Protocol):
     """The consumer-group half of an event store: who holds which event, and its state.
 
     Every method is safe to call from several tasks at once and bounded in time.
+    `on_dead_letter` is called once for each event a group dead-letters (a nack that
+    parks it, or an attempt past the limit), after the change is stored.
     """
+
+    on_dead_letter: DeadLetterListener
 
     async def join(self, group: str, selector: Selector, start: str) -> None:
         """Creates the group at `start` (a position, "" for the beginning) if missing.
@@ -271,7 +333,14 @@ class GroupStore(Protocol):
         error: str,
         policy: Policy,
         reason: EndReason = EndReason.NACKED,
-    ) -> State: ...
+        failure: Failure | None = None,
+    ) -> State:
+        """Ends the event's attempt: due again after `delay`, or dead-lettered.
+
+        `error` is the message recorded; `failure`, when given, adds its type and stack.
+        """
+        ...
+
     async def status(self, event_id: str) -> list[GroupStatus]: ...
     async def dead_letters(
         self, group: str, after: str, limit: int

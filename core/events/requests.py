@@ -24,6 +24,7 @@ from core.events.model import (
     Checkpoint,
     Delivery,
     Event,
+    Failure,
     GroupStatus,
     HistoryQuery,
     Selector,
@@ -73,13 +74,25 @@ class EventRequests:
         return await self._bus.ack(group, _event_ids(event_ids, required=True))
 
     async def nack(
-        self, group: str, event_id: str, *, delay: float, park: bool, error: str
+        self,
+        group: str,
+        event_id: str,
+        *,
+        delay: float,
+        park: bool,
+        error: str,
+        failure: Failure | None = None,
     ) -> State:
-        """Gives an event back for a retry after `delay` seconds, or parks it."""
+        """Gives an event back for a retry after `delay` seconds, or parks it.
+
+        `failure` adds the error's type and stack the consumer sent (stored cut to size).
+        """
         _event_ids([event_id], required=True, field="event_id")
         if not 0 <= delay <= MAX_RETRY_DELAY:
             raise _invalid("retry_delay", "must be between 0 and 7 days")
-        return await self._bus.nack(group, event_id, delay=delay, park=park, error=error)
+        return await self._bus.nack(
+            group, event_id, delay=delay, park=park, error=error, failure=failure
+        )
 
     async def status(self, event_id: str) -> tuple[Event, list[GroupStatus]]:
         """The stored event and its delivery to each group; NOT_FOUND if there is none."""

@@ -2,7 +2,8 @@
 
 The container repeats `HealthMonitor.check` at the interval in a background task; each
 check is bounded by a timeout (a check that hangs is UNHEALTHY, not a hang), and readers
-get the cached result of the last run.
+get the cached result of the last run. Watchers (`HealthMonitor.watch`) hear of a running
+component's check turning UNHEALTHY and, later, serving again: once per transition.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from core.runtime.lifecycle import Component, Status
 log = structlog.get_logger()
 
 HISTORY_SIZE = 20
+
+# A component's name, its previous health (None if never recorded) and its health now.
+HealthListener = Callable[[str, Health | None, Health], None]
 
 
 class ChangeFeed:
@@ -49,6 +53,15 @@ class HealthMonitor:
         self._latest: dict[str, Health] = {}
         self._history: dict[str, deque[Health]] = {}
         self._overall: deque[Health] = deque(maxlen=HISTORY_SIZE)
+        self._failing: set[str] = set()  # announced UNHEALTHY to the watchers
+        self._watchers: list[HealthListener] = []
+
+    def watch(self, listener: HealthListener) -> None:
+        """Calls `listener` when a running component's check turns UNHEALTHY, and when it
+        serves (HEALTHY or DEGRADED) again after that; once per transition, from the
+        monitoring task, so it must not block. Starting and stopping are not announced.
+        """
+        self._watchers.append(listener)
 
     def latest(self, component: Component) -> Health:
         return self._latest.get(component.name) or _not_running(component)
@@ -93,6 +106,7 @@ class HealthMonitor:
         if component.status is Status.RUNNING:
             self.record(component.name, Health.healthy())
         else:
+            self._failing.discard(component.name)  # stopped: no recovery to announce
             self.record(component.name, _not_running(component))
 
     async def check(self, components: Sequence[Component]) -> None:
@@ -101,7 +115,23 @@ class HealthMonitor:
         results = await asyncio.gather(*(self._check_one(c) for c in running))
         for component, health in zip(running, results, strict=True):
             if component.status is Status.RUNNING:  # it may have stopped meanwhile
+                previous = self._latest.get(component.name)
                 self.record(component.name, health)
+                self._announce(component.name, previous, health)
+
+    def _announce(self, name: str, previous: Health | None, health: Health) -> None:
+        """Tells the watchers of a turn to UNHEALTHY, or of the recovery after one."""
+        if health.state.serving == (name not in self._failing):
+            return  # no transition: still serving, or still failing
+        if health.state.serving:
+            self._failing.discard(name)
+        else:
+            self._failing.add(name)
+        for listener in self._watchers:
+            try:
+                listener(name, previous, health)
+            except Exception:
+                log.exception("health.watcher_failed", component=name)
 
     async def _check_one(self, component: Component) -> Health:
         deadline = asyncio.timeout(self.timeout)

@@ -17,4 +17,5 @@ def register(container: Container, settings: Settings) -> list[Service]:
     bus = event_bus(container, settings, serving=True)
     add = events_pb2_grpc.add_EventServiceServicer_to_server
     needs = (bus.name, *bus.depends_on)
-    return [Service(DESCRIPTOR, EventServicer(bus), add, needs=needs, closing=bus.close_streams)]
+    servicer = EventServicer(bus, return_stacks=settings.events.return_stacks)
+    return [Service(DESCRIPTOR, servicer, add, needs=needs, closing=bus.close_streams)]

@@ -14,6 +14,7 @@ from core.events.model import (
     Checkpoint,
     Delivery,
     Event,
+    Failure,
     GroupStatus,
     HistoryQuery,
     Selector,
@@ -27,8 +28,9 @@ WIRE_CACHE = 4096  # events whose serialized SubscribeResponse is kept for other
 
 
 class EventServicer(events_pb2_grpc.EventServiceServicer):
-    def __init__(self, bus: EventBus) -> None:
+    def __init__(self, bus: EventBus, *, return_stacks: bool = True) -> None:
         self._bus = bus
+        self._stacks = return_stacks  # MESH_EVENTS_RETURN_STACKS: development only
         self._requests = EventRequests(bus)
         self._wire: OrderedDict[str, bytes] = OrderedDict()
 
@@ -88,6 +90,7 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
             delay=request.retry_delay.ToTimedelta().total_seconds(),
             park=request.park,
             error=request.error,
+            failure=Failure(request.error, request.error_type, request.stack),
         )
         return pb.NackResponse(state=int(state))  # type: ignore[arg-type]
 
@@ -95,7 +98,8 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
         self, request: pb.GetEventStatusRequest, context: Context
     ) -> pb.GetEventStatusResponse:
         event, groups = await self._requests.status(request.event_id)
-        return pb.GetEventStatusResponse(event=event, groups=[_group_status(g) for g in groups])
+        found = [_group_status(g, self._stacks) for g in groups]
+        return pb.GetEventStatusResponse(event=event, groups=found)
 
     async def ListEvents(
         self, request: pb.ListEventsRequest, context: Context
@@ -116,7 +120,7 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
         found, token = await self._requests.list_dead_letters(
             request.group, request.page_size, request.page_token
         )
-        letters = [pb.DeadLetter(event=e, status=_group_status(s)) for e, s in found]
+        letters = [pb.DeadLetter(event=e, status=_group_status(s, self._stacks)) for e, s in found]
         return pb.ListDeadLettersResponse(dead_letters=letters, next_page_token=token)
 
     async def ReplayDeadLetters(
@@ -140,7 +144,7 @@ def _selector(selector: pb.Selector) -> Selector:
     return Selector.parse(list(selector.types), selector.subject)
 
 
-def _group_status(status: GroupStatus) -> pb.GroupStatus:
+def _group_status(status: GroupStatus, stacks: bool) -> pb.GroupStatus:
     return pb.GroupStatus(
         group=status.group,
         state=int(status.state),  # type: ignore[arg-type]
@@ -153,6 +157,9 @@ def _group_status(status: GroupStatus) -> pb.GroupStatus:
                 time=_timestamp(e.time),
                 attempt=e.attempt,
                 reason=int(e.reason),  # type: ignore[arg-type]
+                error_type=e.error_type,
+                stack=e.stack if stacks else "",
+                consumer=e.consumer,
             )
             for e in status.errors
         ],

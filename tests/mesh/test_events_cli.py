@@ -1,7 +1,8 @@
 """`mesh events ...` against a real `mesh serve events` process on its embedded SQLite file.
 
-Every command prints JSON; errors go to stderr as JSON with a non-zero exit; `subscribe`
-prints one JSON object per line until Ctrl-C, then exits 0.
+Every command prints JSON (`status` a table, and JSON with --json); errors go to stderr
+as JSON with a non-zero exit; `subscribe` prints one JSON object per line until Ctrl-C,
+then exits 0.
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ async def test_a_published_event_is_in_the_history_and_has_a_status(
         await events.publish(make_event("mesh.other.v1.x", "other"))
 
     history = await mesh_json(server, "history", "--type", "mesh.demo.v1.*")
-    status = await mesh_json(server, "status", sent["id"])
+    status = await mesh_json(server, "status", sent["id"], "--json")
 
     [event] = history["events"]
     assert (event["id"], event["position"]) == (sent["id"], sent["position"])
@@ -174,6 +175,39 @@ async def test_a_group_follower_acks_and_dead_letters_can_be_replayed(
     assert await mesh_json(server, "dead-letters", "g") == {"dead_letters": []}
     async with EventsClient(server.address) as events:
         assert (await events.dead_letters("g")).dead_letters == []
+
+
+async def test_status_shows_each_failed_attempt_as_a_table(tmp_path: Path) -> None:
+    env = mesh_env(MESH_DATA_DIR=str(tmp_path / "data"), MESH_EVENTS_MAX_ATTEMPTS="2")
+    async with serving("events", env=env) as server, EventsClient(server.address) as events:
+        sent = await events.publish(make_event("mesh.demo.v1.x", "demo", subject="things/1"))
+        async with events.subscribe(group="t", consumer="worker", beginning=True) as stream:
+            for attempt in (1, 2):  # the second is the last: the event is dead-lettered
+                async with asyncio.timeout(STARTUP):
+                    assert (await anext(stream)).attempt == attempt
+                try:
+                    raise LookupError(f"no thing for try {attempt}")
+                except LookupError as exc:
+                    await events.nack("t", sent.id, error=exc)
+        code, out, err = await run_mesh(
+            "events", "status", sent.id, "--address", server.address, env=env
+        )
+
+    assert code == 0, err
+    header, first, second = [
+        line.split()
+        for line in out.splitlines()
+        if "LookupError" in line or line.startswith("GROUP  ")
+    ][-3:]
+    assert header[:3] == ["GROUP", "ATTEMPT", "TIME"]
+    assert first[:2] == ["t", "1"]
+    assert first[3].startswith("worker.")
+    assert first[4:6] == ["NACKED", "LookupError"]
+    assert " ".join(first[6:]) == "LookupError: no thing for try 1"
+    assert second[:2] == ["t", "2"]
+    assert second[4] == "NACKED"
+    assert "DEAD_LETTERED" in out
+    assert "Traceback" not in out  # stacks stay on the server unless it returns them
 
 
 async def stderr_line(proc: asyncio.subprocess.Process) -> str:

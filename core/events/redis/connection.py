@@ -22,7 +22,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from core.errors import FieldViolation, InvalidArgumentError, UnavailableError
-from core.events.model import LossListener, Selector
+from core.events.model import DeadLetterListener, LossListener, Selector, ignore_dead_letter
 from core.events.redis.replies import as_text, selector_json
 
 log = structlog.get_logger()
@@ -61,6 +61,7 @@ class StoreConnection:
         self._verifying = asyncio.Lock()
         self._gap: Gap | None = None
         self._on_lost: LossListener = lambda position: None
+        self.on_dead_letter: DeadLetterListener = ignore_dead_letter
 
     def order_key(self, position: str) -> tuple[int, ...]:
         if not position:

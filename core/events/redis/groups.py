@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import Any
 
 from core.errors import FailedPreconditionError
 from core.events.model import (
-    MAX_ERROR_CHARS,
+    DeadLetter,
     Delivery,
     EndReason,
     Event,
+    Failure,
     GroupStatus,
     Policy,
     Selector,
@@ -60,7 +62,8 @@ class RedisGroups(StoreConnection):
                 if group in self._groups and await self._verify():
                     continue  # Redis lost the group; it is recreated now
                 raise no_group(group)
-            rows = reply[2:]
+            self._announce(group, json.loads(reply[2]))
+            rows = reply[3:]
             out += [
                 Delivery(parse_event(rows[i], rows[i + 1]), int(rows[i + 2]))
                 for i in range(0, len(rows), 3)
@@ -98,17 +101,34 @@ class RedisGroups(StoreConnection):
         error: str,
         policy: Policy,
         reason: EndReason = EndReason.NACKED,
+        failure: Failure | None = None,
     ) -> State:
-        message = (error or "nacked")[:MAX_ERROR_CHARS]
-        args = (event_id, int(delay * 1000), int(park), message, policy.max_attempts, int(reason))
-        reply = await self._run("nack", group, *args)
+        given = failure or Failure("")
+        kept = Failure(error or "nacked", given.error_type, given.stack).bounded()
+        reply = await self._run(
+            "nack",
+            group,
+            *(event_id, int(delay * 1000), int(park), kept.message, policy.max_attempts),
+            *(int(reason), kept.error_type, kept.stack),
+        )
         if reply[0] == b"notfound":
             raise no_delivery(event_id, group)
         if reply[0] == b"acked":
             raise FailedPreconditionError(
                 "the event is already acked", reason="ALREADY_ACKED", metadata={"id": event_id}
             )
+        if len(reply) > 2:  # dead-lettered by this nack
+            found = {"i": event_id, "y": as_text(reply[3]), "s": as_text(reply[4])}
+            self._announce(group, [found | {"st": json.loads(reply[2])}])
         return State(int(reply[1]))
+
+    def _announce(self, group: str, dead: list[dict[str, Any]] | dict[str, Any]) -> None:
+        """Tells the listener of each event a script dead-lettered (`dead`, from its JSON)."""
+        for found in dead if isinstance(dead, list) else ():  # cjson writes an empty list as {}
+            status = parse_status(group, found["st"], None, 0.0)
+            last = status.errors[-1] if status.errors else None
+            letter = DeadLetter(group, found["i"], found["y"], found["s"], status.attempts, last)
+            self.on_dead_letter(letter)
 
     async def status(self, event_id: str) -> list[GroupStatus]:
         found = await self._run("status", event_id)

@@ -50,7 +50,15 @@ def parse_status(group: str, st: dict[str, Any], due: float | None, now: float) 
     if state == State.DELIVERED and due is not None and due / 1000 <= now:
         state = State.RETRYING  # its visibility timeout ran out: it will be handed out again
     errors = [
-        DeliveryError(e["m"], e["t"] / 1000, int(e["a"]), EndReason(int(e.get("r", 0))))
+        DeliveryError(
+            e["m"],
+            e["t"] / 1000,
+            int(e["a"]),
+            EndReason(int(e.get("r", 0))),
+            e.get("y", ""),
+            e.get("k", ""),
+            e.get("c", ""),
+        )
         for e in (st["e"] or [])
     ]
     return GroupStatus(group, state, int(st["a"]), st["c"], st["t"] / 1000, errors)

@@ -16,7 +16,7 @@ from typing import Any
 import structlog
 from redis.asyncio import Redis
 
-from core.errors import OutOfRangeError
+from core.errors import OutOfRangeError, UnavailableError
 from core.events.model import Appended, AppendListener, Event, HistoryQuery, Page, Selector
 from core.events.redis.connection import StoreConnection
 from core.events.redis.replies import (
@@ -69,6 +69,13 @@ class RedisStream(StoreConnection):
             body = event.SerializeToString()  # prepare() cleared the position
             args += [event.id, event.type, event.subject, time_us, body]
         rows = await self._run("append", *args)
+        if rows == b"lost":  # Redis restarted empty: report the gap, then store anew
+            await self._verify()
+            rows = await self._run("append", *args)
+            if rows == b"lost":
+                raise UnavailableError(
+                    "the event store lost its data and is recovering", reason="EVENTS_UNAVAILABLE"
+                )
         results = []
         for event, (sid, duplicate) in zip(batch, rows, strict=True):
             position = as_text(sid)

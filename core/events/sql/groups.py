@@ -18,17 +18,20 @@ from core.data.database import Database
 from core.errors import FailedPreconditionError, NotFoundError
 from core.events.model import (
     DISCONNECTED_MESSAGE,
-    MAX_ERROR_CHARS,
     MAX_ERRORS_KEPT,
     TIMED_OUT_MESSAGE,
+    DeadLetter,
+    DeadLetterListener,
     Delivery,
     DeliveryError,
     EndReason,
     Event,
+    Failure,
     GroupStatus,
     Policy,
     Selector,
     State,
+    ignore_dead_letter,
 )
 from core.events.sql.tables import (
     HEAD,
@@ -51,6 +54,7 @@ class SqlGroups:
 
     def __init__(self, db: Database) -> None:
         self._db = db
+        self.on_dead_letter: DeadLetterListener = ignore_dead_letter
 
     async def join(self, group: str, selector: Selector, start: str) -> None:
         cursor = start_of(start)
@@ -77,13 +81,23 @@ class SqlGroups:
             row = (await tx.conn.execute(group_query(group, lock=True))).first()
             if row is None:
                 raise no_group(group)
-            out = await self._redeliver(tx.conn, group, consumer, limit, policy, now)
+            dead: list[DeadLetter] = []
+            out = await self._redeliver(tx.conn, group, consumer, limit, policy, now, dead)
             if len(out) < limit:
                 out += await self._hand_new(tx.conn, row, consumer, limit - len(out), policy, now)
+        for letter in dead:  # announced once stored
+            self.on_dead_letter(letter)
         return out
 
     async def _redeliver(
-        self, conn: Any, group: str, consumer: str, limit: int, policy: Policy, now: float
+        self,
+        conn: Any,
+        group: str,
+        consumer: str,
+        limit: int,
+        policy: Policy,
+        now: float,
+        dead: list[DeadLetter],
     ) -> list[Delivery]:
         query = (
             sa.select(deliveries, events.c.body)
@@ -100,11 +114,12 @@ class SqlGroups:
         for row in (await conn.execute(query)).all():
             errors = list(row.errors)
             if row.state == State.DELIVERED:  # handed out, never acked nor nacked in time
-                message = TIMED_OUT_MESSAGE % row.consumer
-                errors = _append_error(errors, message, now, row.attempts, EndReason.TIMED_OUT)
+                failure = Failure(TIMED_OUT_MESSAGE % row.consumer)
+                errors = _append_error(errors, failure, now, row, EndReason.TIMED_OUT)
             values: dict[str, Any] = {"errors": errors, "update_time": now}
             if row.attempts >= policy.max_attempts:
                 values |= {"state": int(State.DEAD_LETTERED), "due": None}
+                dead.append(_dead_letter(group, as_event(row.body, row.position), row, errors))
             else:
                 values |= {
                     "state": int(State.DELIVERED),
@@ -165,8 +180,10 @@ class SqlGroups:
 
     async def release(self, group: str, consumer: str) -> None:
         now = time.time()
-        message = DISCONNECTED_MESSAGE % consumer
-        query = sa.select(deliveries.c.event_id, deliveries.c.attempts, deliveries.c.errors).where(
+        failure = Failure(DISCONNECTED_MESSAGE % consumer)
+        query = sa.select(
+            deliveries.c.event_id, deliveries.c.attempts, deliveries.c.consumer, deliveries.c.errors
+        ).where(
             deliveries.c.group_name == group,
             deliveries.c.consumer == consumer,
             deliveries.c.state == int(State.DELIVERED),
@@ -174,9 +191,7 @@ class SqlGroups:
         async with self._db.transaction() as tx:
             await tx.conn.execute(group_query(group, lock=True))  # one change at a time, as claim
             for row in (await tx.conn.execute(query)).all():
-                errors = _append_error(
-                    list(row.errors), message, now, row.attempts, EndReason.DISCONNECTED
-                )
+                errors = _append_error(list(row.errors), failure, now, row, EndReason.DISCONNECTED)
                 values = {"state": int(State.RETRYING), "due": now, "update_time": now}
                 await tx.conn.execute(
                     _update(group, row.event_id).values(values | {"errors": errors})
@@ -203,8 +218,12 @@ class SqlGroups:
         error: str,
         policy: Policy,
         reason: EndReason = EndReason.NACKED,
+        failure: Failure | None = None,
     ) -> State:
         now = time.time()
+        given = failure or Failure("")
+        given = Failure(error or "nacked", given.error_type, given.stack)
+        letter = None
         async with self._db.transaction() as tx:
             row = (await self._deliveries(tx.conn, group, [event_id]))[event_id]
             if row.state == State.ACKED:
@@ -213,13 +232,18 @@ class SqlGroups:
                 )
             if row.state == State.DEAD_LETTERED:
                 return State.DEAD_LETTERED
-            errors = _append_error(list(row.errors), error or "nacked", now, row.attempts, reason)
+            errors = _append_error(list(row.errors), given, now, row, reason)
             values: dict[str, Any] = {"errors": errors, "update_time": now}
             if park or row.attempts >= policy.max_attempts:
                 values |= {"state": int(State.DEAD_LETTERED), "due": None}
+                query = sa.select(events.c.body, events.c.position)
+                found = (await tx.conn.execute(query.where(events.c.event_id == event_id))).one()
+                letter = _dead_letter(group, as_event(found.body, found.position), row, errors)
             else:
                 values |= {"state": int(State.RETRYING), "due": now + delay}
             await tx.conn.execute(_update(group, event_id).values(values))
+        if letter is not None:
+            self.on_dead_letter(letter)
         return State(values["state"])
 
     async def _deliveries(self, conn: Any, group: str, event_ids: Sequence[str]) -> dict[str, Any]:
@@ -301,18 +325,35 @@ def _update(group: str, event_id: str) -> sa.Update:
 
 
 def _append_error(
-    errors: list[Any], message: str, now: float, attempt: int, reason: EndReason
+    errors: list[Any], failure: Failure, now: float, row: Any, reason: EndReason
 ) -> list[Any]:
-    entry = {"message": message[:MAX_ERROR_CHARS], "time": now, "attempt": attempt}
-    return [*errors, entry | {"reason": int(reason)}][-MAX_ERRORS_KEPT:]
+    """`errors` with one more entry, for the attempt of delivery `row` that ended now."""
+    kept = failure.bounded()
+    entry = {"message": kept.message, "time": now, "attempt": row.attempts, "reason": int(reason)}
+    entry |= {"type": kept.error_type, "stack": kept.stack, "consumer": row.consumer}
+    return [*errors, entry][-MAX_ERRORS_KEPT:]
+
+
+def _error(entry: dict[str, Any]) -> DeliveryError:
+    return DeliveryError(
+        entry["message"],
+        entry["time"],
+        entry["attempt"],
+        EndReason(entry.get("reason", 0)),
+        entry.get("type", ""),
+        entry.get("stack", ""),
+        entry.get("consumer", ""),
+    )
+
+
+def _dead_letter(group: str, event: Event, row: Any, errors: list[Any]) -> DeadLetter:
+    last = _error(errors[-1]) if errors else None
+    return DeadLetter(group, row.event_id, event.type, event.subject, row.attempts, last)
 
 
 def _status(row: Any, now: float) -> GroupStatus:
     state = State(row.state)
     if state == State.DELIVERED and row.due is not None and row.due <= now:
         state = State.RETRYING  # its visibility timeout ran out: it will be handed out again
-    errors = [
-        DeliveryError(e["message"], e["time"], e["attempt"], EndReason(e.get("reason", 0)))
-        for e in row.errors
-    ]
+    errors = [_error(e) for e in row.errors]
     return GroupStatus(row.group_name, state, row.attempts, row.consumer, row.update_time, errors)

@@ -1,6 +1,9 @@
 -- ARGV: prefix, retention, chunk, n, then per event: id, type, subject, time_us, body.
 -- Returns per event {stream id, duplicate}. Nothing is written before every id is
 -- looked up, so the only failure after the first write would be Redis itself.
+-- Returns 'lost' and writes nothing when the sentinel is gone: Redis lost its data, and
+-- the store must notice (and report the gap) before anything is stored in a new stream.
+if redis.call('EXISTS', P .. 'alive') == 0 then return 'lost' end
 local retention, chunk, n = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local IDS, LOG = P .. 'ids', P .. 'log'
 local out, seen, last = {}, {}, nil

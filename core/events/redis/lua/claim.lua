@@ -1,5 +1,6 @@
 -- ARGV: prefix, group, consumer, limit, visibility ms, max attempts.
--- Returns {'nogroup'} or {'ok', more, stream id, body, attempt, ...}.
+-- Returns {'nogroup'} or {'ok', more, dead, stream id, body, attempt, ...}; dead is the JSON
+-- list of the events this claim dead-lettered: [{i = id, y = type, s = subject, st = status}].
 local group, consumer = ARGV[2], ARGV[3]
 local limit, vis, max_attempts = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local raw = redis.call('HGET', P .. 'groups', group)
@@ -9,7 +10,7 @@ local made = redis.pcall('XGROUP', 'CREATECONSUMER', STREAM, group, consumer)
 if type(made) == 'table' and made.err then return {'nogroup'} end
 local sel = cjson.decode(raw)
 local DUE_KEY, DEAD_KEY = P .. 'due:' .. group, P .. 'dead:' .. group
-local now, out, handed = now_ms(), {'ok', 0}, 0
+local now, out, handed, dead = now_ms(), {'ok', 0, '[]'}, 0, {}
 for _, p in ipairs(redis.call('ZRANGEBYSCORE', DUE_KEY, '-inf', now, 'LIMIT', 0, limit)) do
   local sid = unpad(p)
   local e = redis.call('XRANGE', STREAM, sid, sid)[1]
@@ -27,6 +28,7 @@ for _, p in ipairs(redis.call('ZRANGEBYSCORE', DUE_KEY, '-inf', now, 'LIMIT', 0,
       redis.call('ZREM', DUE_KEY, p)
       redis.call('ZADD', DEAD_KEY, 0, p)
       redis.call('XACK', STREAM, group, sid)
+      dead[#dead + 1] = {i = e[2][2], y = e[2][4], s = e[2][6], st = st}
     else
       st.s, st.a, st.c = DELIVERED, st.a + 1, consumer
       redis.call('ZADD', DUE_KEY, now + vis, p)
@@ -39,6 +41,7 @@ for _, p in ipairs(redis.call('ZRANGEBYSCORE', DUE_KEY, '-inf', now, 'LIMIT', 0,
     put_status(e[2][2], group, st)
   end
 end
+if #dead > 0 then out[3] = cjson.encode(dead) end
 -- New entries: read only as many as are still wanted, so none is read and dropped.
 local scanned = 0
 while handed < limit do

@@ -53,9 +53,11 @@ local function put_status(eid, group, st)
   redis.call('HSET', P .. 'st:' .. eid, group, cjson.encode(st))
 end
 
--- An attempt that ended without an ack: message, time (ms), attempt and why (an EndReason).
-local function add_error(st, message, now, reason)
+-- An attempt that ended without an ack: message, time (ms), attempt, why (an EndReason),
+-- the member that held it, and the error's type and stack when the consumer sent them.
+local function add_error(st, message, now, reason, etype, stack)
   if type(st.e) ~= 'table' then st.e = {} end
-  table.insert(st.e, {m = message, t = now, a = st.a, r = reason})
+  table.insert(st.e, {m = message, t = now, a = st.a, r = reason, c = st.c,
+                      y = etype or '', k = stack or ''})
   while #st.e > MAX_ERRORS do table.remove(st.e, 1) end
 end

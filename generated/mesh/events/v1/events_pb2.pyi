@@ -539,6 +539,8 @@ class NackRequest(_message.Message):
     RETRY_DELAY_FIELD_NUMBER: _builtins.int
     PARK_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    ERROR_TYPE_FIELD_NUMBER: _builtins.int
+    STACK_FIELD_NUMBER: _builtins.int
     group: _builtins.str
     """The group the event was delivered to."""
     event_id: _builtins.str
@@ -547,6 +549,12 @@ class NackRequest(_message.Message):
     """Park the event in the dead letters instead of retrying."""
     error: _builtins.str
     """Why it failed, kept in the event's status (at most 1000 characters are kept)."""
+    error_type: _builtins.str
+    """The type of the error, for example `ValueError` (at most 200 characters are kept)."""
+    stack: _builtins.str
+    """The error's stack trace (its last 4000 characters are kept). Kept on the server and
+    returned by GetEventStatus only where the server is configured to return stacks.
+    """
     @_builtins.property
     def retry_delay(self) -> _duration_pb2.Duration:
         """Retry after this long; unset means at once."""
@@ -559,10 +567,12 @@ class NackRequest(_message.Message):
         retry_delay: _duration_pb2.Duration | None = ...,
         park: _builtins.bool = ...,
         error: _builtins.str = ...,
+        error_type: _builtins.str = ...,
+        stack: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["retry_delay", b"retry_delay"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "event_id", b"event_id", "group", b"group", "park", b"park", "retry_delay", b"retry_delay"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "error_type", b"error_type", "event_id", b"event_id", "group", b"group", "park", b"park", "retry_delay", b"retry_delay", "stack", b"stack"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -600,12 +610,25 @@ class DeliveryError(_message.Message):
     TIME_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    ERROR_TYPE_FIELD_NUMBER: _builtins.int
+    STACK_FIELD_NUMBER: _builtins.int
+    CONSUMER_FIELD_NUMBER: _builtins.int
     message: _builtins.str
     """The error a consumer gave, or why the server gave up the attempt."""
     attempt: _builtins.int
     """Which attempt, starting at 1."""
     reason: Global___DeliveryEndReason.ValueType
     """Why the attempt ended, for programs; `message` says the same for people."""
+    error_type: _builtins.str
+    """The type of the error a handler raised or a consumer sent with its nack; empty when
+    the server ended the attempt (timed out, disconnected) or none was given.
+    """
+    stack: _builtins.str
+    """The error's stack trace. Empty unless the server returns stacks
+    (MESH_EVENTS_RETURN_STACKS, meant for development); always kept server-side.
+    """
+    consumer: _builtins.str
+    """The member that held the event during this attempt."""
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """When."""
@@ -617,10 +640,13 @@ class DeliveryError(_message.Message):
         time: _timestamp_pb2.Timestamp | None = ...,
         attempt: _builtins.int = ...,
         reason: Global___DeliveryEndReason.ValueType = ...,
+        error_type: _builtins.str = ...,
+        stack: _builtins.str = ...,
+        consumer: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "message", b"message", "reason", b"reason", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "consumer", b"consumer", "error_type", b"error_type", "message", b"message", "reason", b"reason", "stack", b"stack", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -933,3 +959,132 @@ class ReplayDeadLettersResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReplayDeadLettersResponse: _TypeAlias = ReplayDeadLettersResponse  # noqa: Y015
+
+@_typing.final
+class DeadLetterNotice(_message.Message):
+    """The data of the system events a meshkit process publishes about itself, so that any
+    service can subscribe to what operators act on (types `mesh.system.v1.*`, source the
+    process's MESH_SERVICE_NAME). One event per transition, published best effort (never
+    holding up what failed):
+
+    - `mesh.system.v1.event_dead_lettered` (DeadLetterNotice, subject
+      `groups/<group>/events/<event id>`): a group gave up on an event.
+    - `mesh.system.v1.component_unhealthy` and `mesh.system.v1.component_recovered`
+      (ComponentHealthNotice, subject `components/<name>`): a running component's health
+      check turned UNHEALTHY, and later serving again.
+    - `mesh.system.v1.breaker_opened` and `mesh.system.v1.breaker_closed` (BreakerNotice,
+      subject `breakers/<target>`): calls to a target started failing fast, and later
+      a trial call succeeded.
+
+    The data of `mesh.system.v1.event_dead_lettered`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUP_FIELD_NUMBER: _builtins.int
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    EVENT_TYPE_FIELD_NUMBER: _builtins.int
+    EVENT_SUBJECT_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    ERROR_TYPE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    group: _builtins.str
+    """The group that dead-lettered the event."""
+    event_id: _builtins.str
+    """The event."""
+    event_type: _builtins.str
+    """Its type."""
+    event_subject: _builtins.str
+    """Its subject."""
+    attempts: _builtins.int
+    """How many times it was handed to a member."""
+    reason: Global___DeliveryEndReason.ValueType
+    """Why the last attempt ended."""
+    error_type: _builtins.str
+    """The last attempt's error type, when known."""
+    message: _builtins.str
+    """The last attempt's error message."""
+    def __init__(
+        self,
+        *,
+        group: _builtins.str = ...,
+        event_id: _builtins.str = ...,
+        event_type: _builtins.str = ...,
+        event_subject: _builtins.str = ...,
+        attempts: _builtins.int = ...,
+        reason: Global___DeliveryEndReason.ValueType = ...,
+        error_type: _builtins.str = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "error_type", b"error_type", "event_id", b"event_id", "event_subject", b"event_subject", "event_type", b"event_type", "group", b"group", "message", b"message", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeadLetterNotice: _TypeAlias = DeadLetterNotice  # noqa: Y015
+
+@_typing.final
+class ComponentHealthNotice(_message.Message):
+    """The data of `mesh.system.v1.component_unhealthy` and `mesh.system.v1.component_recovered`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMPONENT_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    PREVIOUS_STATE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    component: _builtins.str
+    """The component, for example `database`."""
+    state: _builtins.str
+    """Its health state now: UNHEALTHY, or HEALTHY or DEGRADED once recovered."""
+    previous_state: _builtins.str
+    """Its state before."""
+    reason: _builtins.str
+    """Why, as its health check said."""
+    def __init__(
+        self,
+        *,
+        component: _builtins.str = ...,
+        state: _builtins.str = ...,
+        previous_state: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["component", b"component", "previous_state", b"previous_state", "reason", b"reason", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ComponentHealthNotice: _TypeAlias = ComponentHealthNotice  # noqa: Y015
+
+@_typing.final
+class BreakerNotice(_message.Message):
+    """The data of `mesh.system.v1.breaker_opened` and `mesh.system.v1.breaker_closed`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TARGET_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    FAILURES_FIELD_NUMBER: _builtins.int
+    target: _builtins.str
+    """The channel target the breaker guards."""
+    state: _builtins.str
+    """The breaker's state now: open or closed."""
+    failures: _builtins.int
+    """Consecutive failed calls counted when it opened (0 when it closed)."""
+    def __init__(
+        self,
+        *,
+        target: _builtins.str = ...,
+        state: _builtins.str = ...,
+        failures: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failures", b"failures", "state", b"state", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BreakerNotice: _TypeAlias = BreakerNotice  # noqa: Y015
