@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar, cast
 
 import sqlalchemy as sa
@@ -37,10 +37,12 @@ from core.errors import (
     InvalidArgumentError,
     NotFoundError,
 )
-from core.events.outbox import emit, event_row, insert_with_event, with_event
+from core.events.outbox import emit, event_row, with_event
+from core.resources import audit
 from core.resources.cache import Cache
 from core.resources.idempotency import RequestIds, check_request_id, forget_expired
 from core.resources.listing import Listing
+from core.resources.ownership import Ownership
 from core.resources.resource import (
     Resource,
     RowLike,
@@ -50,10 +52,12 @@ from core.resources.resource import (
     precondition_etag,
 )
 from core.resources.validation import id_violations, parse_name
+from core.security.principal import current_principal
 
 M = TypeVar("M", bound=Message)
 
 MAX_BATCH = 1000
+_ACTIONS = {"created": "create", "updated": "update", "deleted": "delete", "undeleted": "undelete"}
 
 
 class _LostRaceError(Exception):
@@ -61,21 +65,34 @@ class _LostRaceError(Exception):
 
 
 class Crud(Generic[M]):
-    """Create, read, update, delete, undelete and purge for one `Resource`."""
+    """Create, read, update, delete, undelete and purge for one `Resource`.
+
+    Every write by a caller leaves an audit record in its transaction
+    (`core.resources.audit`), kept for `audit_retention` and then purged with the
+    resource's expired rows. With `Resource.owner_field`, the owner rule of
+    `core.resources.ownership` applies to every read and write.
+    """
 
     def __init__(
-        self, resource: Resource[M], database: Database, cache: Cache | None = None
+        self,
+        resource: Resource[M],
+        database: Database,
+        cache: Cache | None = None,
+        *,
+        audit_retention: timedelta = timedelta(days=365),
     ) -> None:
         self.resource = r = resource
         self.db = database
         self.cache = cache
+        self.audit_retention = audit_retention
+        self._owner = Ownership(r)
         self._upper = r.singular.upper()
         table = r.table
         by_id = table.c.id == sa.bindparam("id")
         self._select_one = sa.select(table).where(by_id)
         self._select_for_update = sa.select(table).where(by_id).with_for_update()
         self._insert = table.insert()
-        self._insert_with_event = insert_with_event(table)
+        self._insert_with_event = audit.insert_with_event_and_audit(table)
         self._message = r.message_of
         self._listing = Listing(r, database)
         self._request_ids = RequestIds(
@@ -91,7 +108,8 @@ class Crud(Generic[M]):
         else:
             raw = await self._cached(resource_id)
             message = None if raw is None else self.resource.message.FromString(raw)
-        if message is None:
+        # Checked after the cache too: it holds every owner's resources.
+        if message is None or not self._owner.sees(self._owner.of(message)):
             raise self._not_found(name)
         return message
 
@@ -106,7 +124,11 @@ class Crud(Generic[M]):
         table = self.resource.table
         async with self.db.connect(autocommit=True) as conn:
             rows = (await conn.execute(sa.select(table).where(table.c.id.in_(ids)))).all()
-        found = {row.id: self._message(row._mapping) for row in rows}
+        found = {
+            row.id: self._message(row._mapping)
+            for row in rows
+            if self._owner.sees(self._visible_owner(row._mapping))
+        }
         for name, resource_id in zip(names, ids, strict=True):
             if resource_id not in found:
                 raise self._not_found(name)
@@ -140,6 +162,7 @@ class Crud(Generic[M]):
             check_request_id(request_id)
         bad_id = id_violations(resource_id, id_field) if resource_id else []
         resource_id = resource_id or self._new_id()
+        message = self._owned(message)
         self._check(message, bad_id)
         values = self.resource.new_row(message, resource_id)
         if validate_only:
@@ -155,16 +178,21 @@ class Crud(Generic[M]):
                 await tx.conn.execute(self._insert, values)
             except IntegrityError:
                 raise self._exists(resource_id) from None
-            return await self._written(tx, "created", values)
+            return await self._written(tx, "created", values, None, request_id)
 
         return await self._request_ids.run("create", request_id, request, work)
 
     async def _create_at_once(self, values: dict[str, Any]) -> M:
-        """The row and its outbox event in one atomic statement: one round trip."""
+        """The row, its outbox event and its audit record in one atomic statement."""
         message = self._message(values)
         event = event_row(**self._event(message, "created"))
+        changes = audit.diff(self.resource, None, message)
+        record = audit.audit_row(
+            resource=cast(Any, message).name, action="create", request_id="", changes=changes
+        )
+        parameters = audit.with_audit(with_event(values, event), record)
         try:
-            await self.db.execute_one(self._insert_with_event, with_event(values, event))
+            await self.db.execute_one(self._insert_with_event, parameters)
         except IntegrityError:
             raise self._exists(values["id"]) from None
         if self.cache is not None:  # a cached "not found" for this id is now wrong
@@ -195,10 +223,14 @@ class Crud(Generic[M]):
 
         async def work(tx: Transaction) -> M:
             row = (await tx.conn.execute(self._select_for_update, {"id": resource_id})).first()
+            if row is not None and not self._owner.sees(self._visible_owner(row._mapping)):
+                if allow_missing:  # what a create of this id would answer
+                    raise self._exists(resource_id)
+                raise self._not_found(name)
             if row is None:
                 if not allow_missing:
                     raise self._not_found(name)
-                return await self._upsert(tx, message, resource_id)
+                return await self._upsert(tx, message, resource_id, request_id)
             current = row._mapping
             self._check_etag(etag, current, name)
             if current["delete_time"] is not None:
@@ -207,11 +239,13 @@ class Crud(Generic[M]):
                     reason=f"{self._upper}_DELETED",
                     metadata={"resource": name},
                 )
+            old = self._message(current)
             merged = self._message(current)
             apply_paths(message, merged, paths)
+            self._owner.check_change(self._owner.of(old), self._owner.of(merged))
             self._check(merged)
             values = {**r.to_columns(merged), "update_time": datetime.now(UTC)}
-            return await self._save(tx, current, values, "updated")
+            return await self._save(tx, current, values, "updated", request_id)
 
         try:
             return await self._request_ids.run("update", request_id, request, work)
@@ -242,8 +276,8 @@ class Crud(Generic[M]):
 
         async def work(tx: Transaction) -> int:
             rows = (await tx.conn.execute(statement.returning(*table.c), {"now": now})).all()
-            for row in rows:
-                await self._written(tx, "purged", dict(row._mapping))
+            for row in rows:  # not a caller's write: an event, no audit record
+                await self._written(tx, "purged", dict(row._mapping), None, None)
             return len(rows)
 
         total = 0
@@ -251,6 +285,8 @@ class Crud(Generic[M]):
         while (purged := await self.db.run(work)) == batch:
             total += purged
         await self.db.run(forget_expired)
+        keep = self.audit_retention
+        await self.db.run(lambda tx: audit.forget_expired(tx, keep))
         return total + purged
 
     # -- internals ------------------------------------------------------------------------
@@ -261,7 +297,7 @@ class Crud(Generic[M]):
 
         async def work(tx: Transaction) -> M:
             row = (await tx.conn.execute(self._select_for_update, {"id": resource_id})).first()
-            if row is None:
+            if row is None or not self._owner.sees(self._visible_owner(row._mapping)):
                 raise self._not_found(name)
             current = row._mapping
             self._check_etag(etag, current, name)
@@ -278,11 +314,14 @@ class Crud(Generic[M]):
                 "delete_time": now if deleted else None,
                 "purge_time": now + r.purge_after if deleted else None,
             }
-            return await self._save(tx, current, values, "deleted" if deleted else "undeleted")
+            return await self._save(tx, current, values, "deleted" if deleted else "undeleted", "")
 
         return await self.db.run(work)
 
-    async def _upsert(self, tx: Transaction, message: M, resource_id: str) -> M:
+    async def _upsert(
+        self, tx: Transaction, message: M, resource_id: str, request_id: str
+    ) -> M:
+        message = self._owned(message)
         self._check(message)
         values = self.resource.new_row(message, resource_id)
         try:
@@ -290,10 +329,10 @@ class Crud(Generic[M]):
         except IntegrityError:
             # FOR UPDATE locks no missing row: a concurrent upsert inserted it first.
             raise _LostRaceError from None
-        return await self._written(tx, "created", values)
+        return await self._written(tx, "created", values, None, request_id)
 
     async def _save(
-        self, tx: Transaction, current: RowLike, values: dict[str, Any], verb: str
+        self, tx: Transaction, current: RowLike, values: dict[str, Any], verb: str, request_id: str
     ) -> M:
         """Writes `values` if nobody else wrote since `current` was read (compare and set)."""
         table = self.resource.table
@@ -309,12 +348,30 @@ class Crud(Generic[M]):
                 "the resource changed while it was being written; read it again and retry",
                 reason="CONCURRENT_MODIFICATION",
             )
-        return await self._written(tx, verb, {**current, **values})
+        return await self._written(tx, verb, {**current, **values}, current, request_id)
 
-    async def _written(self, tx: Transaction, verb: str, row: RowLike) -> M:
-        """The outbox event and the after-commit cache invalidation of one write."""
+    async def _written(
+        self,
+        tx: Transaction,
+        verb: str,
+        row: RowLike,
+        old: RowLike | None,
+        request_id: str | None,
+    ) -> M:
+        """The outbox event, the audit record (unless `request_id` is None: not a caller's
+        write) and the after-commit cache invalidation of one write."""
         message = self._message(row)
         await emit(tx, **self._event(message, verb))
+        if request_id is not None:
+            before = None if old is None else self._message(old)
+            changes = audit.diff(self.resource, before, message)
+            await audit.record(
+                tx,
+                resource=cast(Any, message).name,
+                action=_ACTIONS[verb],
+                request_id=request_id,
+                changes=changes,
+            )
         if self.cache is not None:
             cache, key = self.cache, self._key(row["id"])
             tx.after_commit(lambda: cache.invalidate(key))
@@ -322,12 +379,32 @@ class Crud(Generic[M]):
 
     def _event(self, message: M, verb: str) -> dict[str, Any]:
         """The outbox event of a write: `mesh.projects.v1.project.created` and so on."""
+        # Who caused it, and whom it belongs to: the events service shows a caller without
+        # the admin scope only the events it owns (core.events.ownership).
+        attributes = {"principal": current_principal().subject}
+        owner = self._owner.of(message)
+        if owner is not None:
+            attributes["owner"] = owner
         return {
             "type": f"{self.resource.event_prefix}.{verb}",
             "source": self.resource.source,
             "subject": cast(Any, message).name,
             "data": message,
+            "attributes": attributes,
         }
+
+    def _owned(self, message: M) -> M:
+        """A copy of `message` whose owner is the caller (or checked, if it names one)."""
+        if self._owner.field is None:
+            return message
+        owned = type(message)()
+        owned.CopyFrom(message)
+        self._owner.claim(owned)
+        return owned
+
+    def _visible_owner(self, row: RowLike) -> str | None:
+        field = self._owner.field
+        return None if field is None else str(row[field])
 
     async def _cached(self, resource_id: str) -> bytes | None:
         if self.cache is None:
