@@ -143,9 +143,7 @@ def insert_with_event_and_audit(table: sa.Table) -> sa.Insert:
     event = sa.select(
         *[sa.bindparam(f"event_{c.name}", type_=c.type).label(c.name) for c in event_columns]
     ).select_from(created)
-    evented = (
-        outbox.insert().from_select([c.name for c in event_columns], event).cte("evented")
-    )
+    evented = outbox.insert().from_select([c.name for c in event_columns], event).cte("evented")
     record = sa.select(
         *[sa.bindparam(f"audit_{c.name}", type_=c.type).label(c.name) for c in _RECORD_COLUMNS]
     ).select_from(created)

@@ -318,9 +318,7 @@ class Crud(Generic[M]):
 
         return await self.db.run(work)
 
-    async def _upsert(
-        self, tx: Transaction, message: M, resource_id: str, request_id: str
-    ) -> M:
+    async def _upsert(self, tx: Transaction, message: M, resource_id: str, request_id: str) -> M:
         message = self._owned(message)
         self._check(message)
         values = self.resource.new_row(message, resource_id)

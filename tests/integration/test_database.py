@@ -173,7 +173,9 @@ async def test_migrations_run_once_and_are_idempotent(database_url: str) -> None
 # only row.
 BACK_TO_CORE_0001 = "delete from alembic_version where version_num = 'core_0003'"
 # core_0003 (the audit log) undone.
-BACK_TO_CORE_0002 = "update alembic_version set version_num = 'core_0002' where version_num = 'core_0003'"
+BACK_TO_CORE_0002 = (
+    "update alembic_version set version_num = 'core_0002' where version_num = 'core_0003'"
+)
 
 
 async def test_the_schema_check_without_alembic_agrees_with_alembic(database_url: str) -> None:
