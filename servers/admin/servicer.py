@@ -1,4 +1,5 @@
-"""AdminService: protobuf <-> the container's summary, the call statistics and breakers."""
+"""AdminService: protobuf <-> the container's summary, the call statistics and breakers,
+and the audit log."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from core.runtime.container import ComponentSummary, Container, ContainerSummary
 from core.runtime.health import Health, HealthState
 from core.runtime.lifecycle import Status, Transition
 from mesh.admin.v1 import admin_pb2, admin_pb2_grpc
+from servers.admin.audit import AuditRecords
 from servers.admin.metrics import breakers, method_stats
 
 MAX_PING_DELAY = 60.0
@@ -35,6 +37,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self._service = service
         self._version = version
         self._grpc_services = grpc_services
+        self._audit = AuditRecords(container)
 
     async def GetServiceSummary(
         self, request: admin_pb2.GetServiceSummaryRequest, context: Context
@@ -66,6 +69,11 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         now = Timestamp()
         now.GetCurrentTime()
         return admin_pb2.PingResponse(message=request.message, server_time=now)
+
+    async def ListAuditRecords(
+        self, request: admin_pb2.ListAuditRecordsRequest, context: Context
+    ) -> admin_pb2.ListAuditRecordsResponse:
+        return await self._audit.list(request)
 
     def _summary(self) -> admin_pb2.ServiceSummary:
         summary = summary_to_proto(

@@ -49,6 +49,14 @@ class AdminServiceStub:
     draining. INVALID_ARGUMENT if delay is negative or longer than 60 seconds;
     DEADLINE_EXCEEDED or CANCELLED if the caller gives up first.
     """
+    ListAuditRecords: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListAuditRecordsRequest, _admin_pb2.ListAuditRecordsResponse]
+    """Lists the audit records of the resource writes stored in this process's database,
+    newest first, a page at a time, filtered by resource, principal and time range.
+    Records are never changed; they are deleted once older than MESH_AUDIT_RETENTION_DAYS.
+    INVALID_ARGUMENT for a negative page_size, a malformed or foreign page_token (reason
+    INVALID_PAGE_TOKEN) or an end_time not after start_time (reason INVALID_TIME_RANGE);
+    FAILED_PRECONDITION (reason NO_AUDIT_LOG) if the process has no database.
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -70,6 +78,14 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """Echoes the message back after `delay`, a diagnostic for deadlines, retries and
     draining. INVALID_ARGUMENT if delay is negative or longer than 60 seconds;
     DEADLINE_EXCEEDED or CANCELLED if the caller gives up first.
+    """
+    ListAuditRecords: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListAuditRecordsRequest, _admin_pb2.ListAuditRecordsResponse]  # type: ignore[assignment]
+    """Lists the audit records of the resource writes stored in this process's database,
+    newest first, a page at a time, filtered by resource, principal and time range.
+    Records are never changed; they are deleted once older than MESH_AUDIT_RETENTION_DAYS.
+    INVALID_ARGUMENT for a negative page_size, a malformed or foreign page_token (reason
+    INVALID_PAGE_TOKEN) or an end_time not after start_time (reason INVALID_TIME_RANGE);
+    FAILED_PRECONDITION (reason NO_AUDIT_LOG) if the process has no database.
     """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -107,6 +123,20 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         """Echoes the message back after `delay`, a diagnostic for deadlines, retries and
         draining. INVALID_ARGUMENT if delay is negative or longer than 60 seconds;
         DEADLINE_EXCEEDED or CANCELLED if the caller gives up first.
+        """
+
+    @_abc_1.abstractmethod
+    def ListAuditRecords(
+        self,
+        request: _admin_pb2.ListAuditRecordsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListAuditRecordsResponse, _abc.Awaitable[_admin_pb2.ListAuditRecordsResponse]]:
+        """Lists the audit records of the resource writes stored in this process's database,
+        newest first, a page at a time, filtered by resource, principal and time range.
+        Records are never changed; they are deleted once older than MESH_AUDIT_RETENTION_DAYS.
+        INVALID_ARGUMENT for a negative page_size, a malformed or foreign page_token (reason
+        INVALID_PAGE_TOKEN) or an end_time not after start_time (reason INVALID_TIME_RANGE);
+        FAILED_PRECONDITION (reason NO_AUDIT_LOG) if the process has no database.
         """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
