@@ -66,7 +66,9 @@ class AuditLog:
         self.db = database
         self._tokens: PageTokens | None = None
 
-    async def page(self, query: AuditQuery, *, size: int, token: str) -> tuple[list[AuditRecord], str]:
+    async def page(
+        self, query: AuditQuery, *, size: int, token: str
+    ) -> tuple[list[AuditRecord], str]:
         """Up to `size` records matching `query`, newest first, and the next page's token.
 
         Raises:

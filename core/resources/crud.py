@@ -37,9 +37,9 @@ from core.errors import (
     InvalidArgumentError,
     NotFoundError,
 )
-from core.events.outbox import emit, event_row, with_event
 from core.resources import audit
 from core.resources.cache import Cache
+from core.resources.effects import WriteEffects
 from core.resources.idempotency import RequestIds, check_request_id, forget_expired
 from core.resources.listing import Listing
 from core.resources.ownership import Ownership
@@ -52,12 +52,10 @@ from core.resources.resource import (
     precondition_etag,
 )
 from core.resources.validation import id_violations, parse_name
-from core.security.principal import current_principal
 
 M = TypeVar("M", bound=Message)
 
 MAX_BATCH = 1000
-_ACTIONS = {"created": "create", "updated": "update", "deleted": "delete", "undeleted": "undelete"}
 
 
 class _LostRaceError(Exception):
@@ -92,7 +90,7 @@ class Crud(Generic[M]):
         self._select_one = sa.select(table).where(by_id)
         self._select_for_update = sa.select(table).where(by_id).with_for_update()
         self._insert = table.insert()
-        self._insert_with_event = audit.insert_with_event_and_audit(table)
+        self._effects = WriteEffects(r, self._owner, cache)
         self._message = r.message_of
         self._listing = Listing(r, database)
         self._request_ids = RequestIds(
@@ -127,7 +125,7 @@ class Crud(Generic[M]):
         found = {
             row.id: self._message(row._mapping)
             for row in rows
-            if self._owner.sees(self._visible_owner(row._mapping))
+            if self._owner.sees_row(row._mapping)
         }
         for name, resource_id in zip(names, ids, strict=True):
             if resource_id not in found:
@@ -162,7 +160,7 @@ class Crud(Generic[M]):
             check_request_id(request_id)
         bad_id = id_violations(resource_id, id_field) if resource_id else []
         resource_id = resource_id or self._new_id()
-        message = self._owned(message)
+        message = self._owner.owned(message)
         self._check(message, bad_id)
         values = self.resource.new_row(message, resource_id)
         if validate_only:
@@ -185,14 +183,9 @@ class Crud(Generic[M]):
     async def _create_at_once(self, values: dict[str, Any]) -> M:
         """The row, its outbox event and its audit record in one atomic statement."""
         message = self._message(values)
-        event = event_row(**self._event(message, "created"))
-        changes = audit.diff(self.resource, None, message)
-        record = audit.audit_row(
-            resource=cast(Any, message).name, action="create", request_id="", changes=changes
-        )
-        parameters = audit.with_audit(with_event(values, event), record)
+        parameters = self._effects.at_once(values, message)
         try:
-            await self.db.execute_one(self._insert_with_event, parameters)
+            await self.db.execute_one(self._effects.insert_at_once, parameters)
         except IntegrityError:
             raise self._exists(values["id"]) from None
         if self.cache is not None:  # a cached "not found" for this id is now wrong
@@ -223,7 +216,7 @@ class Crud(Generic[M]):
 
         async def work(tx: Transaction) -> M:
             row = (await tx.conn.execute(self._select_for_update, {"id": resource_id})).first()
-            if row is not None and not self._owner.sees(self._visible_owner(row._mapping)):
+            if row is not None and not self._owner.sees_row(row._mapping):
                 if allow_missing:  # what a create of this id would answer
                     raise self._exists(resource_id)
                 raise self._not_found(name)
@@ -297,7 +290,7 @@ class Crud(Generic[M]):
 
         async def work(tx: Transaction) -> M:
             row = (await tx.conn.execute(self._select_for_update, {"id": resource_id})).first()
-            if row is None or not self._owner.sees(self._visible_owner(row._mapping)):
+            if row is None or not self._owner.sees_row(row._mapping):
                 raise self._not_found(name)
             current = row._mapping
             self._check_etag(etag, current, name)
@@ -319,7 +312,7 @@ class Crud(Generic[M]):
         return await self.db.run(work)
 
     async def _upsert(self, tx: Transaction, message: M, resource_id: str, request_id: str) -> M:
-        message = self._owned(message)
+        message = self._owner.owned(message)
         self._check(message)
         values = self.resource.new_row(message, resource_id)
         try:
@@ -356,53 +349,12 @@ class Crud(Generic[M]):
         old: RowLike | None,
         request_id: str | None,
     ) -> M:
-        """The outbox event, the audit record (unless `request_id` is None: not a caller's
-        write) and the after-commit cache invalidation of one write."""
+        """The message written; its event, audit record and cache invalidation (see
+        `WriteEffects.written`)."""
         message = self._message(row)
-        await emit(tx, **self._event(message, verb))
-        if request_id is not None:
-            before = None if old is None else self._message(old)
-            changes = audit.diff(self.resource, before, message)
-            await audit.record(
-                tx,
-                resource=cast(Any, message).name,
-                action=_ACTIONS[verb],
-                request_id=request_id,
-                changes=changes,
-            )
-        if self.cache is not None:
-            cache, key = self.cache, self._key(row["id"])
-            tx.after_commit(lambda: cache.invalidate(key))
+        before = None if old is None else self._message(old)
+        await self._effects.written(tx, verb, message, old=before, request_id=request_id)
         return message
-
-    def _event(self, message: M, verb: str) -> dict[str, Any]:
-        """The outbox event of a write: `mesh.projects.v1.project.created` and so on."""
-        # Who caused it, and whom it belongs to: the events service shows a caller without
-        # the admin scope only the events it owns (core.events.ownership).
-        attributes = {"principal": current_principal().subject}
-        owner = self._owner.of(message)
-        if owner is not None:
-            attributes["owner"] = owner
-        return {
-            "type": f"{self.resource.event_prefix}.{verb}",
-            "source": self.resource.source,
-            "subject": cast(Any, message).name,
-            "data": message,
-            "attributes": attributes,
-        }
-
-    def _owned(self, message: M) -> M:
-        """A copy of `message` whose owner is the caller (or checked, if it names one)."""
-        if self._owner.field is None:
-            return message
-        owned = type(message)()
-        owned.CopyFrom(message)
-        self._owner.claim(owned)
-        return owned
-
-    def _visible_owner(self, row: RowLike) -> str | None:
-        field = self._owner.field
-        return None if field is None else str(row[field])
 
     async def _cached(self, resource_id: str) -> bytes | None:
         if self.cache is None:

@@ -20,14 +20,16 @@ Usage::
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import sqlalchemy as sa
 from google.protobuf.message import Message
 
 from core.errors import PermissionDeniedError
-from core.resources.resource import Resource
+from core.resources.resource import Resource, RowLike
 from core.security.principal import current_principal
+
+M = TypeVar("M", bound=Message)
 
 
 class Ownership:
@@ -56,6 +58,16 @@ class Ownership:
         elif named != principal.subject and not principal.is_admin:
             raise self._denied(named)
 
+    def owned(self, message: M) -> M:
+        """A copy of `message` whose owner is the caller, or checked if it names one (see
+        `claim`); `message` itself without an owner field."""
+        if self.field is None:
+            return message
+        copy = type(message)()
+        copy.CopyFrom(message)
+        self.claim(copy)
+        return copy
+
     def check_change(self, old: str | None, new: str | None) -> None:
         """An update may change the owner only with the `admin` scope."""
         if old != new and not current_principal().is_admin:
@@ -67,6 +79,10 @@ class Ownership:
             return True
         principal = current_principal()
         return principal.is_admin or owner == principal.subject
+
+    def sees_row(self, row: RowLike) -> bool:
+        """Whether the current principal may see the resource stored in `row`."""
+        return self.field is None or self.sees(str(row[self.field]))
 
     def clauses(self, table: sa.Table) -> list[sa.ColumnElement[bool]]:
         """The WHERE clauses that keep a non-admin's lists and counts to its own rows."""
