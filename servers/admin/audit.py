@@ -9,9 +9,10 @@ from google.protobuf.json_format import Parse
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from core.data.database import Database
-from core.errors import FailedPreconditionError
+from core.errors import FailedPreconditionError, UnavailableError
 from core.resources.audit_log import AuditLog, AuditQuery, AuditRecord
 from core.runtime.container import Container
+from core.runtime.lifecycle import Status
 from mesh.admin.v1 import admin_pb2
 
 
@@ -47,6 +48,9 @@ class AuditRecords:
                     "this process has no database, so no audit log", reason="NO_AUDIT_LOG"
                 ) from None
             self._log = AuditLog(database)
+        # The admin service answers while the process starts; its database may not yet.
+        if self._log.db.status != Status.RUNNING:
+            raise UnavailableError("the database is not running yet", reason="DATABASE_NOT_READY")
         return self._log
 
 

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
 from clients.admin import AdminClient
 from clients.projects import ProjectsClient
-from core.errors import FailedPreconditionError, InvalidArgumentError
+from core.data.database import Database
+from core.errors import FailedPreconditionError, InvalidArgumentError, UnavailableError
+from core.runtime.container import Container
 from core.security.principal import Principal
+from core.testing.services import FAST_START
 from mesh.admin.v1 import admin_pb2
 from mesh.projects.v1.projects_pb2 import Project
+from servers.admin.audit import AuditRecords
 from tests.conftest import Running
 from tests.integration._projects import a_project, crud_of
 from tests.integration.test_projects_ownership import acting_as, create
@@ -119,3 +124,13 @@ async def test_a_process_without_a_database_has_no_audit_log(mesh: Running) -> N
         await admin.list_audit_records()
 
     assert caught.value.reason == "NO_AUDIT_LOG"
+
+
+async def test_a_database_not_running_yet_is_unavailable(tmp_path: Path) -> None:
+    container = Container(FAST_START)
+    container.register(Database(f"sqlite+aiosqlite:///{tmp_path / 'mesh.db'}"))
+
+    with pytest.raises(UnavailableError) as caught:
+        await AuditRecords(container).list(admin_pb2.ListAuditRecordsRequest())
+
+    assert caught.value.reason == "DATABASE_NOT_READY"

@@ -95,7 +95,8 @@ class AdminServiceServicer:
         Records are never changed; they are deleted once older than MESH_AUDIT_RETENTION_DAYS.
         INVALID_ARGUMENT for a negative page_size, a malformed or foreign page_token (reason
         INVALID_PAGE_TOKEN) or an end_time not after start_time (reason INVALID_TIME_RANGE);
-        FAILED_PRECONDITION (reason NO_AUDIT_LOG) if the process has no database.
+        FAILED_PRECONDITION (reason NO_AUDIT_LOG) if the process has no database;
+        UNAVAILABLE (reason DATABASE_NOT_READY) while its database is not running.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -55,7 +55,8 @@ class AdminServiceStub:
     Records are never changed; they are deleted once older than MESH_AUDIT_RETENTION_DAYS.
     INVALID_ARGUMENT for a negative page_size, a malformed or foreign page_token (reason
     INVALID_PAGE_TOKEN) or an end_time not after start_time (reason INVALID_TIME_RANGE);
-    FAILED_PRECONDITION (reason NO_AUDIT_LOG) if the process has no database.
+    FAILED_PRECONDITION (reason NO_AUDIT_LOG) if the process has no database;
+    UNAVAILABLE (reason DATABASE_NOT_READY) while its database is not running.
     """
 
 @_typing.type_check_only
@@ -85,7 +86,8 @@ class AdminServiceAsyncStub(AdminServiceStub):
     Records are never changed; they are deleted once older than MESH_AUDIT_RETENTION_DAYS.
     INVALID_ARGUMENT for a negative page_size, a malformed or foreign page_token (reason
     INVALID_PAGE_TOKEN) or an end_time not after start_time (reason INVALID_TIME_RANGE);
-    FAILED_PRECONDITION (reason NO_AUDIT_LOG) if the process has no database.
+    FAILED_PRECONDITION (reason NO_AUDIT_LOG) if the process has no database;
+    UNAVAILABLE (reason DATABASE_NOT_READY) while its database is not running.
     """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -136,7 +138,8 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         Records are never changed; they are deleted once older than MESH_AUDIT_RETENTION_DAYS.
         INVALID_ARGUMENT for a negative page_size, a malformed or foreign page_token (reason
         INVALID_PAGE_TOKEN) or an end_time not after start_time (reason INVALID_TIME_RANGE);
-        FAILED_PRECONDITION (reason NO_AUDIT_LOG) if the process has no database.
+        FAILED_PRECONDITION (reason NO_AUDIT_LOG) if the process has no database;
+        UNAVAILABLE (reason DATABASE_NOT_READY) while its database is not running.
         """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
