@@ -169,8 +169,8 @@ async def test_migrations_run_once_and_are_idempotent(database_url: str) -> None
     await checked.stop()
 
 
-# core_0002 and core_0003 undone: projects_0001 (which depends on core_0001) is then the
-# only row.
+# core_0002 and core_0003 undone: projects' head (its branch depends on core_0001) is then
+# the only row.
 BACK_TO_CORE_0001 = "delete from alembic_version where version_num = 'core_0003'"
 # core_0003 (the audit log) undone.
 BACK_TO_CORE_0002 = (
@@ -268,7 +268,7 @@ async def test_a_service_starts_on_a_database_that_also_holds_another_services_t
     upgraded = Database(database_url, migrations=[CORE_MIGRATIONS, MIGRATIONS], migrate=True)
     await upgraded.start()  # as `mesh db upgrade` does for every installed service
     await upgraded.stop()
-    # A process that serves only core's tables (the events service) reads projects_0001
+    # A process that serves only core's tables (the events service) reads projects' head
     # in alembic_version as another service's, both without Alembic and with it.
     events_only = Database(database_url, migrations=[CORE_MIGRATIONS], migrate=False)
     events_only.share_with([MIGRATIONS])  # as `mesh serve` does with every installed service
