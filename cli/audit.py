@@ -4,7 +4,8 @@ mesh audit [--resource NAME] [--principal SUBJECT] [--since TIME] [--until TIME]
            [--page-size N] [--page-token TOKEN] [--json] [--address HOST:PORT]
 
 Prints one page, newest first, as a table (or with --json the response as JSON); when
-more pages follow, the table ends with the `--page-token` of the next one.
+more pages follow, the table ends with the `--page-token=TOKEN` of the next one (pass it
+with "=": a token may start with "-").
 """
 
 from __future__ import annotations
@@ -78,7 +79,8 @@ def records_table(page: admin_pb2.ListAuditRecordsResponse) -> str:
         changes = "; ".join(_change(c) for c in r.changes)
         lines.append(RECORDS.row(time, r.principal, r.action, r.resource, changes))
     if page.next_page_token:
-        lines.append(f"more: --page-token {page.next_page_token}")
+        # With "=": a token may start with "-", which argparse would take for an option.
+        lines.append(f"more: --page-token={page.next_page_token}")
     return "\n".join(lines)
 
 

@@ -43,6 +43,17 @@ async def test_mesh_audit_prints_the_writes_newest_first(server: MeshProcess) ->
     assert 'owner: - -> "anonymous"' in table[3]  # no credentials: the unauthenticated caller
 
 
+async def test_mesh_audit_ends_a_page_with_the_flag_of_the_next(server: MeshProcess) -> None:
+    await writes(server)
+
+    first = (await mesh(server, "audit", "--page-size", "2")).splitlines()
+    flag = first[-1].removeprefix("more: ")
+    rest = (await mesh(server, "audit", "--page-size", "2", flag)).splitlines()
+
+    assert flag.startswith("--page-token=")
+    assert [line.split()[2] for line in first[1:-1] + rest[1:]] == ["delete", "update", "create"]
+
+
 async def test_mesh_audit_filters_and_pages_as_json(server: MeshProcess) -> None:
     await writes(server)
 
@@ -61,8 +72,7 @@ async def test_mesh_audit_filters_and_pages_as_json(server: MeshProcess) -> None
             "projects/demo-clip",
             "--page-size",
             "2",
-            "--page-token",
-            token,
+            f"--page-token={token}",  # a token may start with "-"
         )
     )
     none = json.loads(await mesh(server, "audit", "--json", "--principal", "bob"))
