@@ -15,7 +15,7 @@ import pytest
 
 from core.errors import NotFoundError, PermissionDeniedError
 from core.events.bus import EventBus
-from core.events.model import CaughtUp, Event, HistoryQuery, Selector
+from core.events.model import CaughtUp, Delivery, Event, HistoryQuery, Selector
 from core.events.requests import EventRequests
 from core.security.principal import Principal, _current, act_as
 from mesh.events.v1 import events_pb2 as pb
@@ -148,3 +148,30 @@ async def test_consumer_groups_need_events_admin(requests: EventRequests) -> Non
             errors.append(caught.value.reason)
 
     assert errors == ["EVENTS_ADMIN_REQUIRED"] * 3
+
+
+async def test_a_caller_sees_only_its_own_dead_letters(requests: EventRequests) -> None:
+    with acting_as(ALICE):
+        await publish(requests, event(id="alices"))
+    with acting_as(BOB):
+        await publish(requests, event(id="bobs"))
+    with acting_as(RELAY):  # a worker of the group parks both
+        stream = await requests.subscribe(
+            EVERYTHING, after="", beginning=True, group="workers", consumer="w", max_unacked=0
+        )
+        parked: list[str] = []
+        async with asyncio.timeout(10), aclosing(stream):
+            async for item in stream:
+                if isinstance(item, Delivery):
+                    await requests.nack("workers", item.event.id, delay=0, park=True, error="x")
+                    parked.append(item.event.id)
+                if len(parked) == 2:
+                    break
+
+    with acting_as(BOB):
+        letters, _ = await requests.list_dead_letters("workers", 100, "")
+    with acting_as(RELAY):
+        every, _ = await requests.list_dead_letters("workers", 100, "")
+
+    assert [e.id for e, _ in letters] == ["bobs"]
+    assert sorted(e.id for e, _ in every) == ["alices", "bobs"]
