@@ -15,13 +15,16 @@ import pytest
 import sqlalchemy as sa
 
 from core.errors import DomainError, InvalidArgumentError, NotFoundError, PermissionDeniedError
+from core.events.bus import EventBus
+from core.events.model import HistoryQuery, Selector
 from core.events.outbox import outbox
+from core.events.requests import EventRequests
 from core.resources.crud import Crud
 from core.security.principal import Principal, _current, act_as
 from mesh.projects.v1 import projects_pb2 as pb
 from mesh.projects.v1.projects_pb2 import Project
 from tests.conftest import Running
-from tests.integration._projects import a_project, crud_of, engine_of
+from tests.integration._projects import a_project, crud_of, engine_of, until
 
 ALICE = Principal("alice", frozenset({"projects.read", "projects.write"}))
 BOB = Principal("bob", frozenset({"projects.read", "projects.write"}))
@@ -243,3 +246,29 @@ async def test_events_carry_their_projects_owner_and_the_principal_that_caused_t
         for r in rows
     ]
     assert seen == [("created", "alice", "root"), ("deleted", "alice", "alice")]
+
+
+async def test_relayed_project_events_are_seen_by_their_owner_only(
+    projects_server: Running, crud: Crud[Project]
+) -> None:
+    with acting_as(ALICE):
+        await create(crud, "relayed", owner="")
+    requests = EventRequests(projects_server.container.get(EventBus))
+    everything = HistoryQuery(Selector.parse(["mesh.projects.v1.project.*"]), None, None)
+
+    async def relayed() -> bool:
+        with acting_as(ADMIN):
+            return bool((await requests.list_events(everything, 10, ""))[0])
+
+    await until(relayed)  # the outbox relay has published it to the process's bus
+    with acting_as(ALICE):
+        [seen], _ = await requests.list_events(everything, 10, "")
+    with acting_as(BOB):
+        hidden, _ = await requests.list_events(everything, 10, "")
+
+    assert (seen.subject, seen.attributes["owner"], seen.attributes["principal"]) == (
+        "projects/relayed",
+        "alice",
+        "alice",
+    )
+    assert hidden == []
