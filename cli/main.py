@@ -4,6 +4,7 @@ mesh serve [SERVICE ...] [--address HOST:PORT]
 mesh health [--service NAME] [--watch] [--address HOST:PORT]
 mesh status [--json] [--address HOST:PORT]
 mesh cache clear [--resource NAME] [--address HOST:PORT]
+mesh audit [--resource NAME] [--principal SUBJECT] [--since TIME] [--until TIME] [--json]
 mesh db upgrade
 mesh <service> ...   (e.g. `mesh projects get ID`, `mesh events subscribe`)
 
@@ -20,7 +21,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import replace
 
-from cli import VERSION, cache, db, output, serve, status
+from cli import VERSION, audit, cache, db, output, serve, status
 from core.config import Settings
 from core.errors import ConfigError
 from core.logging import configure_logging
@@ -94,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_commands(commands, services)
     status.add_commands(commands)
     cache.add_commands(commands)
+    audit.add_commands(commands)
     db.add_commands(commands, services)
     for service in services.values():
         add_commands = service.load_commands()

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import ClassVar
 
 from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from clients.base import Client
 from mesh.admin.v1 import admin_pb2, admin_pb2_grpc
@@ -29,7 +30,9 @@ class AdminClient(Client):
     """See the module docstring; the arguments are `clients.base.Client`'s."""
 
     service: ClassVar[str] = "mesh.admin.v1.AdminService"
-    idempotent: ClassVar[frozenset[str]] = frozenset({"GetServiceSummary", "Ping", "ClearCache"})
+    idempotent: ClassVar[frozenset[str]] = frozenset(
+        {"GetServiceSummary", "Ping", "ClearCache", "ListAuditRecords"}
+    )
     health_checked: ClassVar[bool] = False
     guarded: ClassVar[bool] = False
 
@@ -72,3 +75,34 @@ class AdminClient(Client):
         """
         request = admin_pb2.ClearCacheRequest(resource=resource)
         return await self._unary("ClearCache", self._stub.ClearCache, request, timeout)
+
+    async def list_audit_records(
+        self,
+        *,
+        resource: str = "",
+        principal: str = "",
+        start: datetime | None = None,
+        end: datetime | None = None,
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> admin_pb2.ListAuditRecordsResponse:
+        """One page of the audit log, newest first; pass `next_page_token` back for the next.
+
+        `start` and `end` are aware datetimes (records at or after `start`, before `end`).
+        """
+        request = admin_pb2.ListAuditRecordsRequest(
+            resource=resource, principal=principal, page_size=page_size, page_token=page_token
+        )
+        if start is not None:
+            request.start_time.CopyFrom(_timestamp(start))
+        if end is not None:
+            request.end_time.CopyFrom(_timestamp(end))
+        stub = self._stub
+        return await self._unary("ListAuditRecords", stub.ListAuditRecords, request, timeout)
+
+
+def _timestamp(at: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(at)
+    return stamp

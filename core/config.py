@@ -231,6 +231,8 @@ class Settings:
     migrate_on_start: bool | None = None
     database_pool_size: int = 20
     purge_interval: float = 60.0
+    # Days an audit record of a resource write is kept before the purger deletes it.
+    audit_retention_days: float = 365.0
     # Separates meshes that share one Redis: keys and channels start with it.
     cache_namespace: str = "mesh"
     events: EventSettings = field(default_factory=lambda: EventSettings())
@@ -319,6 +321,7 @@ class Settings:
             migrate_on_start=reader.get("MESH_MIGRATE_ON_START", _bool, None),
             database_pool_size=reader.get("MESH_DATABASE_POOL_SIZE", _positive_int, 20),
             purge_interval=reader.get("MESH_PURGE_INTERVAL_SECONDS", _positive, 60.0),
+            audit_retention_days=reader.get("MESH_AUDIT_RETENTION_DAYS", _positive, 365.0),
             cache_namespace=reader.get("MESH_CACHE_NAMESPACE", _namespace, "mesh"),
             events=EventSettings(
                 backend=reader.get("MESH_EVENTS_BACKEND", _choice("auto", "sql", "redis"), "auto"),

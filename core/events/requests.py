@@ -5,6 +5,9 @@ from the network go through `EventRequests` first, which checks them the way the
 contract (proto/mesh/events/v1/events.proto) says, pages the listings with signed page
 tokens, and turns a missing event into NOT_FOUND.
 
+What a caller sees follows `core.events.visibility`: without `events.admin`, only the
+events it owns, and no consumer groups.
+
 Usage (in the servicer)::
 
     requests = EventRequests(bus)
@@ -14,12 +17,14 @@ Usage (in the servicer)::
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from contextlib import aclosing
 from typing import TypeVar
 
 from core.data.pagination import PageTokens, page_size
 from core.errors import FieldViolation, InvalidArgumentError, NotFoundError
 from core.events.bus import EventBus
 from core.events.model import (
+    Appended,
     CaughtUp,
     Checkpoint,
     Delivery,
@@ -30,6 +35,7 @@ from core.events.model import (
     Selector,
     State,
 )
+from core.events.visibility import require_events_admin, sees, sees_all, stamp_publisher
 
 MAX_ACK_IDS = 1000
 MAX_UNACKED = 1000
@@ -49,6 +55,11 @@ class EventRequests:
     def __init__(self, bus: EventBus) -> None:
         self._bus = bus
 
+    async def publish(self, batch: Sequence[Event], names: Sequence[str] = ()) -> list[Appended]:
+        """Publishes what a caller sent, stamped with its owner and principal."""
+        stamp_publisher(batch)
+        return await self._bus.publish(batch, names)
+
     async def subscribe(
         self,
         selector: Selector,
@@ -63,14 +74,18 @@ class EventRequests:
 
         The caller closes the stream (`contextlib.aclosing`) when its call ends.
         """
+        if group:
+            require_events_admin("a consumer group")
         start = await self._bus.resolve(after=after, beginning=beginning)
         if not group:
-            return self._bus.subscribe(selector, start)
+            stream = self._bus.subscribe(selector, start)
+            return stream if sees_all() else _own(stream)
         limit = _max_unacked(max_unacked)
         return self._bus.consume(group, consumer[:MAX_CONSUMER], selector, start, limit)
 
     async def ack(self, group: str, event_ids: Sequence[str]) -> int:
         """Acks 1 to MAX_ACK_IDS events of `group`; returns how many this call acked."""
+        require_events_admin("Ack")
         return await self._bus.ack(group, _event_ids(event_ids, required=True))
 
     async def nack(
@@ -87,6 +102,7 @@ class EventRequests:
 
         `failure` adds the error's type and stack the consumer sent (stored cut to size).
         """
+        require_events_admin("Nack")
         _event_ids([event_id], required=True, field="event_id")
         if not 0 <= delay <= MAX_RETRY_DELAY:
             raise _invalid("retry_delay", "must be between 0 and 7 days")
@@ -98,7 +114,7 @@ class EventRequests:
         """The stored event and its delivery to each group; NOT_FOUND if there is none."""
         _event_ids([event_id], required=True, field="event_id")
         event, groups = await self._bus.event_status(event_id)
-        if event is None:
+        if event is None or not sees(event):  # someone else's: as if there were none
             raise NotFoundError(
                 f"no event {event_id!r}", reason="EVENT_NOT_FOUND", metadata={"id": event_id}
             )
@@ -112,7 +128,9 @@ class EventRequests:
         async def read(after: str, size: int) -> list[Event]:
             return await self._bus.history(query, after, size)
 
-        return await _paged(f"events|{query}", requested_size, token, read, _event_position)
+        return await _paged(
+            f"events|{query}", requested_size, token, read, _event_position, keep=sees
+        )
 
     async def list_dead_letters(
         self, group: str, requested_size: int, token: str
@@ -122,7 +140,14 @@ class EventRequests:
         async def read(after: str, size: int) -> list[tuple[Event, GroupStatus]]:
             return await self._bus.dead_letters(group, after, size)
 
-        return await _paged(f"dead-letters|{group}", requested_size, token, read, _letter_position)
+        return await _paged(
+            f"dead-letters|{group}",
+            requested_size,
+            token,
+            read,
+            _letter_position,
+            keep=lambda letter: sees(letter[0]),
+        )
 
     async def replay(self, group: str, event_ids: Sequence[str]) -> int:
         """Replays up to MAX_ACK_IDS dead letters of `group` (all when none are named)."""
@@ -135,15 +160,19 @@ async def _paged(
     token: str,
     read: Callable[[str, int], Awaitable[list[T]]],
     position: Callable[[T], str],
+    *,
+    keep: Callable[[T], bool],
 ) -> tuple[list[T], str]:
     """One page of `read` after the token's position, and the token of the next page.
 
-    A full page may be followed by more; the next token continues after its last item.
+    A full read may be followed by more; the next token continues after its last item.
+    Items the caller may not see are left out, so a page may hold fewer than its size
+    (even none) and still have a next token.
     """
     size = page_size(requested_size)
     found = await read(_after(token, query), size)
     next_token = _TOKENS.encode(query, [position(found[-1])]) if len(found) == size else ""
-    return found, next_token
+    return [item for item in found if keep(item)], next_token
 
 
 def _after(token: str, query: str) -> str:
@@ -183,3 +212,12 @@ def _event_ids(ids: Sequence[str], *, required: bool, field: str = "event_ids") 
 
 def _invalid(field: str, description: str) -> InvalidArgumentError:
     return InvalidArgumentError(f"invalid {field}", violations=[FieldViolation(field, description)])
+
+
+async def _own(stream: Stream) -> Stream:
+    """`stream` without the events the caller may not see; closes it when closed."""
+    async with aclosing(stream):
+        async for item in stream:
+            if isinstance(item, Event) and not sees(item):
+                continue
+            yield item

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar, cast
 
 import sqlalchemy as sa
@@ -37,10 +37,12 @@ from core.errors import (
     InvalidArgumentError,
     NotFoundError,
 )
-from core.events.outbox import emit, event_row, insert_with_event, with_event
+from core.resources import audit
 from core.resources.cache import Cache
+from core.resources.effects import WriteEffects
 from core.resources.idempotency import RequestIds, check_request_id, forget_expired
 from core.resources.listing import Listing
+from core.resources.ownership import Ownership
 from core.resources.resource import (
     Resource,
     RowLike,
@@ -62,23 +64,36 @@ class _LostRaceError(Exception):
 
 
 class Crud(Generic[M]):
-    """Create, read, update, delete, undelete and purge for one `Resource`."""
+    """Create, read, update, delete, undelete and purge for one `Resource`.
+
+    Every write by a caller leaves an audit record in its transaction
+    (`core.resources.audit`), kept for `audit_retention` and then purged with the
+    resource's expired rows. With `Resource.owner_field`, the owner rule of
+    `core.resources.ownership` applies to every read and write.
+    """
 
     def __init__(
-        self, resource: Resource[M], database: Database, cache: Cache | None = None
+        self,
+        resource: Resource[M],
+        database: Database,
+        cache: Cache | None = None,
+        *,
+        audit_retention: timedelta = timedelta(days=365),
     ) -> None:
         self.resource = r = resource
         self.db = database
         self.cache = cache
         if cache is not None:
             cache.resources.add(r.collection)
+        self.audit_retention = audit_retention
+        self._owner = Ownership(r)
         self._upper = r.singular.upper()
         table = r.table
         by_id = table.c.id == sa.bindparam("id")
         self._select_one = sa.select(table).where(by_id)
         self._select_for_update = sa.select(table).where(by_id).with_for_update()
         self._insert = table.insert()
-        self._insert_with_event = insert_with_event(table)
+        self._effects = WriteEffects(r, self._owner, cache)
         self._message = r.message_of
         self._listing = Listing(r, database)
         self._request_ids = RequestIds(
@@ -95,7 +110,8 @@ class Crud(Generic[M]):
         else:
             raw = await self._cached(resource_id)
             message = None if raw is None else self.resource.message.FromString(raw)
-        if message is None:
+        # Checked after the cache too: it holds every owner's resources.
+        if message is None or not self._owner.sees(self._owner.of(message)):
             raise self._not_found(name)
         return message
 
@@ -111,7 +127,11 @@ class Crud(Generic[M]):
         note_cache(BYPASS)  # one query for the lot, past the cache
         async with self.db.connect(autocommit=True) as conn:
             rows = (await conn.execute(sa.select(table).where(table.c.id.in_(ids)))).all()
-        found = {row.id: self._message(row._mapping) for row in rows}
+        found = {
+            row.id: self._message(row._mapping)
+            for row in rows
+            if self._owner.sees_row(row._mapping)
+        }
         for name, resource_id in zip(names, ids, strict=True):
             if resource_id not in found:
                 raise self._not_found(name)
@@ -145,6 +165,7 @@ class Crud(Generic[M]):
             check_request_id(request_id)
         bad_id = id_violations(resource_id, id_field) if resource_id else []
         resource_id = resource_id or self._new_id()
+        message = self._owner.owned(message)
         self._check(message, bad_id)
         values = self.resource.new_row(message, resource_id)
         if validate_only:
@@ -160,16 +181,16 @@ class Crud(Generic[M]):
                 await tx.conn.execute(self._insert, values)
             except IntegrityError:
                 raise self._exists(resource_id) from None
-            return await self._written(tx, "created", values)
+            return await self._written(tx, "created", values, None, request_id)
 
         return await self._request_ids.run("create", request_id, request, work)
 
     async def _create_at_once(self, values: dict[str, Any]) -> M:
-        """The row and its outbox event in one atomic statement: one round trip."""
+        """The row, its outbox event and its audit record in one atomic statement."""
         message = self._message(values)
-        event = event_row(**self._event(message, "created"))
+        parameters = self._effects.at_once(values, message)
         try:
-            await self.db.execute_one(self._insert_with_event, with_event(values, event))
+            await self.db.execute_one(self._effects.insert_at_once, parameters)
         except IntegrityError:
             raise self._exists(values["id"]) from None
         if self.cache is not None:  # a cached "not found" for this id is now wrong
@@ -200,10 +221,14 @@ class Crud(Generic[M]):
 
         async def work(tx: Transaction) -> M:
             row = (await tx.conn.execute(self._select_for_update, {"id": resource_id})).first()
+            if row is not None and not self._owner.sees_row(row._mapping):
+                if allow_missing:  # what a create of this id would answer
+                    raise self._exists(resource_id)
+                raise self._not_found(name)
             if row is None:
                 if not allow_missing:
                     raise self._not_found(name)
-                return await self._upsert(tx, message, resource_id)
+                return await self._upsert(tx, message, resource_id, request_id)
             current = row._mapping
             self._check_etag(etag, current, name)
             if current["delete_time"] is not None:
@@ -212,11 +237,13 @@ class Crud(Generic[M]):
                     reason=f"{self._upper}_DELETED",
                     metadata={"resource": name},
                 )
+            old = self._message(current)
             merged = self._message(current)
             apply_paths(message, merged, paths)
+            self._owner.check_change(self._owner.of(old), self._owner.of(merged))
             self._check(merged)
             values = {**r.to_columns(merged), "update_time": datetime.now(UTC)}
-            return await self._save(tx, current, values, "updated")
+            return await self._save(tx, current, values, "updated", request_id)
 
         try:
             return await self._request_ids.run("update", request_id, request, work)
@@ -247,8 +274,8 @@ class Crud(Generic[M]):
 
         async def work(tx: Transaction) -> int:
             rows = (await tx.conn.execute(statement.returning(*table.c), {"now": now})).all()
-            for row in rows:
-                await self._written(tx, "purged", dict(row._mapping))
+            for row in rows:  # not a caller's write: an event, no audit record
+                await self._written(tx, "purged", dict(row._mapping), None, None)
             return len(rows)
 
         total = 0
@@ -256,6 +283,8 @@ class Crud(Generic[M]):
         while (purged := await self.db.run(work)) == batch:
             total += purged
         await self.db.run(forget_expired)
+        keep = self.audit_retention
+        await self.db.run(lambda tx: audit.forget_expired(tx, keep))
         return total + purged
 
     # -- internals ------------------------------------------------------------------------
@@ -266,7 +295,7 @@ class Crud(Generic[M]):
 
         async def work(tx: Transaction) -> M:
             row = (await tx.conn.execute(self._select_for_update, {"id": resource_id})).first()
-            if row is None:
+            if row is None or not self._owner.sees_row(row._mapping):
                 raise self._not_found(name)
             current = row._mapping
             self._check_etag(etag, current, name)
@@ -283,11 +312,12 @@ class Crud(Generic[M]):
                 "delete_time": now if deleted else None,
                 "purge_time": now + r.purge_after if deleted else None,
             }
-            return await self._save(tx, current, values, "deleted" if deleted else "undeleted")
+            return await self._save(tx, current, values, "deleted" if deleted else "undeleted", "")
 
         return await self.db.run(work)
 
-    async def _upsert(self, tx: Transaction, message: M, resource_id: str) -> M:
+    async def _upsert(self, tx: Transaction, message: M, resource_id: str, request_id: str) -> M:
+        message = self._owner.owned(message)
         self._check(message)
         values = self.resource.new_row(message, resource_id)
         try:
@@ -295,10 +325,10 @@ class Crud(Generic[M]):
         except IntegrityError:
             # FOR UPDATE locks no missing row: a concurrent upsert inserted it first.
             raise _LostRaceError from None
-        return await self._written(tx, "created", values)
+        return await self._written(tx, "created", values, None, request_id)
 
     async def _save(
-        self, tx: Transaction, current: RowLike, values: dict[str, Any], verb: str
+        self, tx: Transaction, current: RowLike, values: dict[str, Any], verb: str, request_id: str
     ) -> M:
         """Writes `values` if nobody else wrote since `current` was read (compare and set)."""
         table = self.resource.table
@@ -314,25 +344,22 @@ class Crud(Generic[M]):
                 "the resource changed while it was being written; read it again and retry",
                 reason="CONCURRENT_MODIFICATION",
             )
-        return await self._written(tx, verb, {**current, **values})
+        return await self._written(tx, verb, {**current, **values}, current, request_id)
 
-    async def _written(self, tx: Transaction, verb: str, row: RowLike) -> M:
-        """The outbox event and the after-commit cache invalidation of one write."""
+    async def _written(
+        self,
+        tx: Transaction,
+        verb: str,
+        row: RowLike,
+        old: RowLike | None,
+        request_id: str | None,
+    ) -> M:
+        """The message written; its event, audit record and cache invalidation (see
+        `WriteEffects.written`)."""
         message = self._message(row)
-        await emit(tx, **self._event(message, verb))
-        if self.cache is not None:
-            cache, key = self.cache, self._key(row["id"])
-            tx.after_commit(lambda: cache.invalidate(key))
+        before = None if old is None else self._message(old)
+        await self._effects.written(tx, verb, message, old=before, request_id=request_id)
         return message
-
-    def _event(self, message: M, verb: str) -> dict[str, Any]:
-        """The outbox event of a write: `mesh.projects.v1.project.created` and so on."""
-        return {
-            "type": f"{self.resource.event_prefix}.{verb}",
-            "source": self.resource.source,
-            "subject": cast(Any, message).name,
-            "data": message,
-        }
 
     async def _cached(self, resource_id: str) -> bytes | None:
         if self.cache is None:

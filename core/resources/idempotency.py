@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from core.data.database import Database, Transaction
 from core.errors import FieldViolation, InvalidArgumentError
 from core.events.outbox import metadata
+from core.security.principal import current_principal
 
 # Mirrors core/data/migrations/versions/0001_core.py.
 request_ids = sa.Table(
@@ -167,7 +168,10 @@ class RequestIds(Generic[M]):
         if not request_id:
             return await self._db.run(work)
         request_id = check_request_id(request_id)
-        digest = fingerprint(f"{self._scope}.{method}", request, request_id)
+        # Bound to the caller too: another principal's retry is REQUEST_ID_REUSED, never
+        # the first caller's stored response.
+        scope = f"{self._scope}.{method}@{current_principal().subject}"
+        digest = fingerprint(scope, request, request_id)
         response_type = self._response
 
         async def once(tx: Transaction) -> M:

@@ -24,6 +24,7 @@ from core.data.database import Database
 from core.data.pagination import PageTokens, page_size
 from core.resources.filtering import compile_filter
 from core.resources.ordering import after, parse_order_by
+from core.resources.ownership import Ownership
 from core.resources.resource import Resource
 from core.resources.shared_secrets import PAGE_TOKEN, read_secret
 
@@ -41,6 +42,7 @@ class Listing(Generic[M]):
     def __init__(self, resource: Resource[M], database: Database) -> None:
         self.resource = resource
         self.db = database
+        self._owner = Ownership(resource)
         self._tokens: PageTokens | None = None
 
     async def page(
@@ -56,7 +58,10 @@ class Listing(Generic[M]):
         table = self.resource.table
         columns = [table.c[self.resource.order_fields[o.field]] for o in order] + [table.c.id]
         descending = [o.descending for o in order] + [order[-1].descending if order else False]
-        query = json.dumps([filter, [(o.field, o.descending) for o in order], show_deleted])
+        # A token is bound to whom it lists for, so it never pages through another owner's.
+        query = json.dumps(
+            [filter, [(o.field, o.descending) for o in order], show_deleted, self._owner.scope()]
+        )
         where = self._where(filter, show_deleted)
         tokens = await self._page_tokens()
         if token:
@@ -82,7 +87,7 @@ class Listing(Generic[M]):
             return int((await conn.execute(statement)).scalar_one())
 
     def _where(self, filter: str, show_deleted: bool) -> list[sa.ColumnElement[bool]]:
-        where = []
+        where = self._owner.clauses(self.resource.table)  # a non-admin's own rows only
         if filter:
             where.append(compile_filter(filter, self.resource.filter_fields))
         if not show_deleted:

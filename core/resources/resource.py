@@ -134,6 +134,12 @@ class Resource(Generic[M]):
     builds a message from a row's own columns (the engine fills name, etag, state and
     the timestamps); `validate` returns the violations of a whole message, with field
     paths relative to the message (`display_name`).
+
+    `owner_field` names the string field, stored in the column of the same name, that
+    holds the subject of the principal owning a resource (`core.resources.ownership`):
+    set from the caller on create, and a caller without the `admin` scope reads, lists
+    and writes only its own. `secret_fields` are recorded in the audit log as changed,
+    never with their values (`core.resources.audit`).
     """
 
     message: type[M]
@@ -152,6 +158,8 @@ class Resource(Generic[M]):
     purge_after: timedelta = timedelta(days=30)
     request_id_retention: timedelta = timedelta(days=1)
     output_only: tuple[str, ...] = field(default=OUTPUT_ONLY)
+    owner_field: str | None = None
+    secret_fields: tuple[str, ...] = ()
 
     def message_of(self, row: RowLike) -> M:
         """The message of a row: `to_message`, then name, etag, the timestamps and state."""

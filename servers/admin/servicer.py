@@ -1,5 +1,5 @@
 """AdminService: protobuf <-> the container's summary, the call statistics and breakers,
-and the clearing of the process's cache."""
+the clearing of the process's cache, and the audit log."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from core.runtime.container import ComponentSummary, Container, ContainerSummary
 from core.runtime.health import Health, HealthState
 from core.runtime.lifecycle import Status, Transition
 from mesh.admin.v1 import admin_pb2, admin_pb2_grpc
+from servers.admin.audit import AuditRecords
 from servers.admin.metrics import breakers, method_stats
 
 MAX_PING_DELAY = 60.0
@@ -39,6 +40,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self._version = version
         self._grpc_services = grpc_services
         self._configuration = admin_pb2.ServiceSummary()
+        self._audit = AuditRecords(container)
 
     def configured(self, profile: str, overrides: Sequence[Override]) -> None:
         """Sets the profile and overrides every summary shows; secrets' values stay out."""
@@ -109,6 +111,11 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 metadata={"resource": resource},
             )
         return cache
+
+    async def ListAuditRecords(
+        self, request: admin_pb2.ListAuditRecordsRequest, context: Context
+    ) -> admin_pb2.ListAuditRecordsResponse:
+        return await self._audit.list(request)
 
     def _summary(self) -> admin_pb2.ServiceSummary:
         summary = summary_to_proto(

@@ -35,7 +35,7 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
         self._wire: OrderedDict[str, bytes] = OrderedDict()
 
     async def Publish(self, request: pb.PublishRequest, context: Context) -> pb.PublishResponse:
-        [result] = await self._bus.publish([request.event], names=["event"])
+        [result] = await self._requests.publish([request.event], names=["event"])
         return pb.PublishResponse(
             id=result.id, position=result.position, duplicate=result.duplicate
         )
@@ -43,7 +43,7 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
     async def PublishBatch(
         self, request: pb.PublishBatchRequest, context: Context
     ) -> pb.PublishBatchResponse:
-        results = await self._bus.publish(list(request.events))
+        results = await self._requests.publish(list(request.events))
         return pb.PublishBatchResponse(
             results=[
                 pb.PublishResponse(id=r.id, position=r.position, duplicate=r.duplicate)

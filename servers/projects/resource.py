@@ -83,4 +83,5 @@ PROJECTS = Resource(
         name: name
         for name in ("display_name", "owner", "project_type", "create_time", "update_time")
     },
+    owner_field="owner",  # the caller's subject on create; non-admins see only their own
 )

@@ -3,6 +3,8 @@ and the service."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from clients.outbox import relay_outbox
 from core.config import Settings
 from core.data.database import Database
@@ -20,7 +22,8 @@ def register(container: Container, settings: Settings) -> list[Service]:
     """Adds the projects service's components to `container`; returns what it serves."""
     db = container.provide(Database, lambda: Database.from_settings(settings))
     cache = container.provide(Cache, lambda: Cache.from_settings(settings))
-    projects = Crud(PROJECTS, db, cache)
+    retention = timedelta(days=settings.audit_retention_days)
+    projects = Crud(PROJECTS, db, cache, audit_retention=retention)
     container.register(Purger(projects, settings.purge_interval))
     relay_outbox(container, settings, db)
     servicer = ProjectServicer(projects)

@@ -218,8 +218,13 @@ async def test_migrations_run_once_and_are_idempotent(database_url: str) -> None
     await checked.stop()
 
 
-# core_0002 undone: projects_0001 (which depends on core_0001) is then the only row.
-BACK_TO_CORE_0001 = "delete from alembic_version where version_num = 'core_0002'"
+# core_0002 and core_0003 undone: projects' head (its branch depends on core_0001) is then
+# the only row.
+BACK_TO_CORE_0001 = "delete from alembic_version where version_num = 'core_0003'"
+# core_0003 (the audit log) undone.
+BACK_TO_CORE_0002 = (
+    "update alembic_version set version_num = 'core_0002' where version_num = 'core_0003'"
+)
 
 
 async def test_the_schema_check_without_alembic_agrees_with_alembic(database_url: str) -> None:
@@ -230,7 +235,7 @@ async def test_the_schema_check_without_alembic_agrees_with_alembic(database_url
         assert await at_heads(database.engine, folders)
         await require_current(database.engine, folders)  # Alembic says the same
         async with database.engine.begin() as conn:  # as if the last core revision were new
-            await conn.execute(sa.text(BACK_TO_CORE_0001))
+            await conn.execute(sa.text(BACK_TO_CORE_0002))
         assert not await at_heads(database.engine, folders)
         with pytest.raises(FatalStartError, match="mesh db upgrade"):
             await require_current(database.engine, folders)
@@ -242,7 +247,13 @@ async def test_a_database_behind_a_revision_is_upgraded_at_start(database_url: s
     database = Database(database_url, migrations=[CORE_MIGRATIONS, MIGRATIONS], migrate=True)
     await database.start()
     async with database.engine.begin() as conn:  # back to before core_0002 (the events tables)
-        for table in ("mesh_leases", "mesh_event_deliveries", "mesh_event_groups", "mesh_events"):
+        for table in (
+            "mesh_audit_records",
+            "mesh_leases",
+            "mesh_event_deliveries",
+            "mesh_event_groups",
+            "mesh_events",
+        ):
             await conn.execute(sa.text(f"drop table {table}"))
         await conn.execute(sa.text(BACK_TO_CORE_0001))
     await database.stop()
@@ -306,7 +317,7 @@ async def test_a_service_starts_on_a_database_that_also_holds_another_services_t
     upgraded = Database(database_url, migrations=[CORE_MIGRATIONS, MIGRATIONS], migrate=True)
     await upgraded.start()  # as `mesh db upgrade` does for every installed service
     await upgraded.stop()
-    # A process that serves only core's tables (the events service) reads projects_0001
+    # A process that serves only core's tables (the events service) reads projects' head
     # in alembic_version as another service's, both without Alembic and with it.
     events_only = Database(database_url, migrations=[CORE_MIGRATIONS], migrate=False)
     events_only.share_with([MIGRATIONS])  # as `mesh serve` does with every installed service

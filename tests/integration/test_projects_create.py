@@ -88,9 +88,9 @@ async def test_a_bad_project_id_is_reported_together_with_bad_fields(
     projects: ProjectsClient,
 ) -> None:
     with pytest.raises(InvalidArgumentError) as caught:
-        await projects.create_project(a_project(owner=""), project_id="Bad_Id")
+        await projects.create_project(a_project(display_name=""), project_id="Bad_Id")
 
-    assert sorted(violated_fields(caught.value)) == ["project.owner", "project_id"]
+    assert sorted(violated_fields(caught.value)) == ["project.display_name", "project_id"]
 
 
 async def test_each_missing_required_field_is_its_own_violation(
@@ -100,9 +100,8 @@ async def test_each_missing_required_field_is_its_own_violation(
         await projects.create_project(Project(description="nothing else"), project_id="empty")
 
     assert caught.value.reason == "INVALID_PROJECT"
-    assert sorted(violated_fields(caught.value)) == [
+    assert sorted(violated_fields(caught.value)) == [  # the owner defaults to the caller
         "project.display_name",
-        "project.owner",
         "project.project_type",
     ]
     assert await project_rows(projects_server) == 0
@@ -245,10 +244,12 @@ async def test_validate_only_reports_a_taken_id_and_invalid_fields(
     with pytest.raises(AlreadyExistsError) as taken:
         await projects.create_project(a_project(), project_id="taken", validate_only=True)
     with pytest.raises(InvalidArgumentError) as invalid:
-        await projects.create_project(a_project(owner=""), project_id="dry-run", validate_only=True)
+        await projects.create_project(
+            a_project(display_name=""), project_id="dry-run", validate_only=True
+        )
 
     assert taken.value.reason == "PROJECT_ALREADY_EXISTS"
-    assert violated_fields(invalid.value) == ["project.owner"]
+    assert violated_fields(invalid.value) == ["project.display_name"]
 
 
 async def test_validate_only_rejects_a_malformed_request_id(projects: ProjectsClient) -> None:

@@ -83,7 +83,7 @@ async def test_failed_writes_leave_no_event(
     with pytest.raises(AlreadyExistsError):
         await projects.create_project(a_project(), project_id="demo")
     with pytest.raises(InvalidArgumentError):
-        await projects.create_project(a_project(owner=""), project_id="other")
+        await projects.create_project(a_project(display_name=""), project_id="other")
     with pytest.raises(AbortedError):
         await projects.update_project(Project(name=NAME, display_name="x"), etag=demo.etag)
     with pytest.raises(InvalidArgumentError):

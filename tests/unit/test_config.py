@@ -139,3 +139,10 @@ def test_settings_are_immutable() -> None:
 
     with pytest.raises(dataclasses.FrozenInstanceError):
         settings.address = "0.0.0.0:1"  # type: ignore[misc]
+
+
+def test_the_audit_retention_is_a_positive_number_of_days() -> None:
+    assert Settings().audit_retention_days == 365.0
+    assert Settings.from_env({"MESH_AUDIT_RETENTION_DAYS": "30"}).audit_retention_days == 30.0
+    with pytest.raises(ConfigError, match="MESH_AUDIT_RETENTION_DAYS"):
+        Settings.from_env({"MESH_AUDIT_RETENTION_DAYS": "0"})

@@ -24,10 +24,11 @@ _sym_db = _symbol_database.Default()
 
 from mesh.access.v1 import access_pb2 as mesh_dot_access_dot_v1_dot_access__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
+from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19mesh/admin/v1/admin.proto\x12\rmesh.admin.v1\x1a\x1bmesh/access/v1/access.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb3\x01\n\x10StatusTransition\x12\x32\n\nold_status\x18\x01 \x01(\x0e\x32\x1e.mesh.admin.v1.ComponentStatus\x12\x32\n\nnew_status\x18\x02 \x01(\x0e\x32\x1e.mesh.admin.v1.ComponentStatus\x12\r\n\x05\x63\x61use\x18\x03 \x01(\t\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe4\x01\n\x0cHealthReport\x12)\n\x05state\x18\x01 \x01(\x0e\x32\x1a.mesh.admin.v1.HealthState\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x39\n\x07\x64\x65tails\x18\x03 \x03(\x0b\x32(.mesh.admin.v1.HealthReport.DetailsEntry\x12.\n\ncheck_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a.\n\x0c\x44\x65tailsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xca\x02\n\x10\x43omponentSummary\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12.\n\x06status\x18\x03 \x01(\x0e\x32\x1e.mesh.admin.v1.ComponentStatus\x12+\n\x06health\x18\x04 \x01(\x0b\x32\x1b.mesh.admin.v1.HealthReport\x12)\n\x06uptime\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0c\x64\x65pendencies\x18\x06 \x03(\t\x12\x34\n\x0btransitions\x18\x07 \x03(\x0b\x32\x1f.mesh.admin.v1.StatusTransition\x12\x33\n\x0ehealth_history\x18\x08 \x03(\x0b\x32\x1b.mesh.admin.v1.HealthReport\x12\x0e\n\x06groups\x18\t \x03(\t\"\xb4\x05\n\x0eServiceSummary\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12.\n\x06status\x18\x03 \x01(\x0e\x32\x1e.mesh.admin.v1.ComponentStatus\x12*\n\x06health\x18\x04 \x01(\x0e\x32\x1a.mesh.admin.v1.HealthState\x12\x14\n\x0chealth_score\x18\x05 \x01(\x05\x12)\n\x06uptime\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x33\n\ncomponents\x18\x07 \x03(\x0b\x32\x1f.mesh.admin.v1.ComponentSummary\x12\x18\n\x10total_components\x18\x08 \x01(\x05\x12\x1a\n\x12healthy_components\x18\t \x01(\x05\x12\x15\n\rgrpc_services\x18\n \x03(\t\x12,\n\x07overall\x18\x0b \x01(\x0b\x32\x1b.mesh.admin.v1.HealthReport\x12\x34\n\x0btransitions\x18\x0c \x03(\x0b\x32\x1f.mesh.admin.v1.StatusTransition\x12\x33\n\x0ehealth_history\x18\r \x03(\x0b\x32\x1b.mesh.admin.v1.HealthReport\x12\x17\n\x0fmetrics_enabled\x18\x0e \x01(\x08\x12+\n\x07methods\x18\x0f \x03(\x0b\x32\x1a.mesh.admin.v1.MethodStats\x12>\n\x10\x63ircuit_breakers\x18\x10 \x03(\x0b\x32$.mesh.admin.v1.CircuitBreakerSummary\x12\x0f\n\x07profile\x18\x11 \x01(\t\x12\x31\n\toverrides\x18\x12 \x03(\x0b\x32\x1e.mesh.admin.v1.SettingOverride\"\x8b\x01\n\x0bMethodStats\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\r\n\x05\x63\x61lls\x18\x03 \x01(\x03\x12\x12\n\naverage_ms\x18\x04 \x01(\x01\x12\x0e\n\x06p99_ms\x18\x05 \x01(\x01\x12\x14\n\x0csuccess_rate\x18\x06 \x01(\x01\x12\x12\n\nerror_rate\x18\x07 \x01(\x01\"\x8e\x01\n\x15\x43ircuitBreakerSummary\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\x31\n\x05state\x18\x02 \x01(\x0e\x32\".mesh.admin.v1.CircuitBreakerState\x12\x1c\n\x14\x63onsecutive_failures\x18\x03 \x01(\x05\x12\x14\n\x0ctimes_opened\x18\x04 \x01(\x03\"\x1a\n\x18GetServiceSummaryRequest\"K\n\x19GetServiceSummaryResponse\x12.\n\x07summary\x18\x01 \x01(\x0b\x32\x1d.mesh.admin.v1.ServiceSummary\"\x1b\n\x19WatchServiceStatusRequest\"L\n\x1aWatchServiceStatusResponse\x12.\n\x07summary\x18\x01 \x01(\x0b\x32\x1d.mesh.admin.v1.ServiceSummary\"H\n\x0bPingRequest\x12\x0f\n\x07message\x18\x01 \x01(\t\x12(\n\x05\x64\x65lay\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"P\n\x0cPingResponse\x12\x0f\n\x07message\x18\x01 \x01(\t\x12/\n\x0bserver_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\">\n\x0fSettingOverride\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x0e\n\x06secret\x18\x03 \x01(\x08\"%\n\x11\x43learCacheRequest\x12\x10\n\x08resource\x18\x01 \x01(\t\"M\n\x12\x43learCacheResponse\x12\x1a\n\x12notified_instances\x18\x01 \x01(\x05\x12\x1b\n\x13\x63onfirmed_instances\x18\x02 \x01(\x05*\xc9\x01\n\x0f\x43omponentStatus\x12 \n\x1c\x43OMPONENT_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x43OMPONENT_STATUS_STOPPED\x10\x01\x12\x1d\n\x19\x43OMPONENT_STATUS_STARTING\x10\x02\x12\x1c\n\x18\x43OMPONENT_STATUS_RUNNING\x10\x03\x12\x1d\n\x19\x43OMPONENT_STATUS_STOPPING\x10\x04\x12\x1a\n\x16\x43OMPONENT_STATUS_ERROR\x10\x05*|\n\x0bHealthState\x12\x1c\n\x18HEALTH_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14HEALTH_STATE_HEALTHY\x10\x01\x12\x19\n\x15HEALTH_STATE_DEGRADED\x10\x02\x12\x1a\n\x16HEALTH_STATE_UNHEALTHY\x10\x03*\xa3\x01\n\x13\x43ircuitBreakerState\x12%\n!CIRCUIT_BREAKER_STATE_UNSPECIFIED\x10\x00\x12 \n\x1c\x43IRCUIT_BREAKER_STATE_CLOSED\x10\x01\x12\x1e\n\x1a\x43IRCUIT_BREAKER_STATE_OPEN\x10\x02\x12#\n\x1f\x43IRCUIT_BREAKER_STATE_HALF_OPEN\x10\x03\x32\xc0\x03\n\x0c\x41\x64minService\x12x\n\x11GetServiceSummary\x12\'.mesh.admin.v1.GetServiceSummaryRequest\x1a(.mesh.admin.v1.GetServiceSummaryResponse\"\x10\xa2\xbb\x18\x0c\x12\nadmin.read\x12}\n\x12WatchServiceStatus\x12(.mesh.admin.v1.WatchServiceStatusRequest\x1a).mesh.admin.v1.WatchServiceStatusResponse\"\x10\xa2\xbb\x18\x0c\x12\nadmin.read0\x01\x12Q\n\x04Ping\x12\x1a.mesh.admin.v1.PingRequest\x1a\x1b.mesh.admin.v1.PingResponse\"\x10\xa2\xbb\x18\x0c\x12\nadmin.read\x12\x64\n\nClearCache\x12 .mesh.admin.v1.ClearCacheRequest\x1a!.mesh.admin.v1.ClearCacheResponse\"\x11\xa2\xbb\x18\r\x12\x0b\x61\x64min.writeb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19mesh/admin/v1/admin.proto\x12\rmesh.admin.v1\x1a\x1bmesh/access/v1/access.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb3\x01\n\x10StatusTransition\x12\x32\n\nold_status\x18\x01 \x01(\x0e\x32\x1e.mesh.admin.v1.ComponentStatus\x12\x32\n\nnew_status\x18\x02 \x01(\x0e\x32\x1e.mesh.admin.v1.ComponentStatus\x12\r\n\x05\x63\x61use\x18\x03 \x01(\t\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe4\x01\n\x0cHealthReport\x12)\n\x05state\x18\x01 \x01(\x0e\x32\x1a.mesh.admin.v1.HealthState\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x39\n\x07\x64\x65tails\x18\x03 \x03(\x0b\x32(.mesh.admin.v1.HealthReport.DetailsEntry\x12.\n\ncheck_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a.\n\x0c\x44\x65tailsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xca\x02\n\x10\x43omponentSummary\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12.\n\x06status\x18\x03 \x01(\x0e\x32\x1e.mesh.admin.v1.ComponentStatus\x12+\n\x06health\x18\x04 \x01(\x0b\x32\x1b.mesh.admin.v1.HealthReport\x12)\n\x06uptime\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0c\x64\x65pendencies\x18\x06 \x03(\t\x12\x34\n\x0btransitions\x18\x07 \x03(\x0b\x32\x1f.mesh.admin.v1.StatusTransition\x12\x33\n\x0ehealth_history\x18\x08 \x03(\x0b\x32\x1b.mesh.admin.v1.HealthReport\x12\x0e\n\x06groups\x18\t \x03(\t\"\xb4\x05\n\x0eServiceSummary\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12.\n\x06status\x18\x03 \x01(\x0e\x32\x1e.mesh.admin.v1.ComponentStatus\x12*\n\x06health\x18\x04 \x01(\x0e\x32\x1a.mesh.admin.v1.HealthState\x12\x14\n\x0chealth_score\x18\x05 \x01(\x05\x12)\n\x06uptime\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x33\n\ncomponents\x18\x07 \x03(\x0b\x32\x1f.mesh.admin.v1.ComponentSummary\x12\x18\n\x10total_components\x18\x08 \x01(\x05\x12\x1a\n\x12healthy_components\x18\t \x01(\x05\x12\x15\n\rgrpc_services\x18\n \x03(\t\x12,\n\x07overall\x18\x0b \x01(\x0b\x32\x1b.mesh.admin.v1.HealthReport\x12\x34\n\x0btransitions\x18\x0c \x03(\x0b\x32\x1f.mesh.admin.v1.StatusTransition\x12\x33\n\x0ehealth_history\x18\r \x03(\x0b\x32\x1b.mesh.admin.v1.HealthReport\x12\x17\n\x0fmetrics_enabled\x18\x0e \x01(\x08\x12+\n\x07methods\x18\x0f \x03(\x0b\x32\x1a.mesh.admin.v1.MethodStats\x12>\n\x10\x63ircuit_breakers\x18\x10 \x03(\x0b\x32$.mesh.admin.v1.CircuitBreakerSummary\x12\x0f\n\x07profile\x18\x11 \x01(\t\x12\x31\n\toverrides\x18\x12 \x03(\x0b\x32\x1e.mesh.admin.v1.SettingOverride\"\x8b\x01\n\x0bMethodStats\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\r\n\x05\x63\x61lls\x18\x03 \x01(\x03\x12\x12\n\naverage_ms\x18\x04 \x01(\x01\x12\x0e\n\x06p99_ms\x18\x05 \x01(\x01\x12\x14\n\x0csuccess_rate\x18\x06 \x01(\x01\x12\x12\n\nerror_rate\x18\x07 \x01(\x01\"\x8e\x01\n\x15\x43ircuitBreakerSummary\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\x31\n\x05state\x18\x02 \x01(\x0e\x32\".mesh.admin.v1.CircuitBreakerState\x12\x1c\n\x14\x63onsecutive_failures\x18\x03 \x01(\x05\x12\x14\n\x0ctimes_opened\x18\x04 \x01(\x03\"\x1a\n\x18GetServiceSummaryRequest\"K\n\x19GetServiceSummaryResponse\x12.\n\x07summary\x18\x01 \x01(\x0b\x32\x1d.mesh.admin.v1.ServiceSummary\"\x1b\n\x19WatchServiceStatusRequest\"L\n\x1aWatchServiceStatusResponse\x12.\n\x07summary\x18\x01 \x01(\x0b\x32\x1d.mesh.admin.v1.ServiceSummary\"H\n\x0bPingRequest\x12\x0f\n\x07message\x18\x01 \x01(\t\x12(\n\x05\x64\x65lay\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"P\n\x0cPingResponse\x12\x0f\n\x07message\x18\x01 \x01(\t\x12/\n\x0bserver_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\">\n\x0fSettingOverride\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x0e\n\x06secret\x18\x03 \x01(\x08\"%\n\x11\x43learCacheRequest\x12\x10\n\x08resource\x18\x01 \x01(\t\"M\n\x12\x43learCacheResponse\x12\x1a\n\x12notified_instances\x18\x01 \x01(\x05\x12\x1b\n\x13\x63onfirmed_instances\x18\x02 \x01(\x05\"\xc9\x01\n\x0b\x41uditRecord\x12\n\n\x02id\x18\x01 \x01(\x03\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tprincipal\x18\x03 \x01(\t\x12\x0e\n\x06method\x18\x04 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x05 \x01(\t\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x10\n\x08resource\x18\x07 \x01(\t\x12+\n\x07\x63hanges\x18\x08 \x03(\x0b\x32\x1a.mesh.admin.v1.FieldChange\"\x82\x01\n\x0b\x46ieldChange\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12)\n\told_value\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value\x12)\n\tnew_value\x18\x03 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x0e\n\x06secret\x18\x04 \x01(\x08\"\xc3\x01\n\x17ListAuditRecordsRequest\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\x11\n\tprincipal\x18\x02 \x01(\t\x12.\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x05 \x01(\x05\x12\x12\n\npage_token\x18\x06 \x01(\t\"`\n\x18ListAuditRecordsResponse\x12+\n\x07records\x18\x01 \x03(\x0b\x32\x1a.mesh.admin.v1.AuditRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\xc9\x01\n\x0f\x43omponentStatus\x12 \n\x1c\x43OMPONENT_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x43OMPONENT_STATUS_STOPPED\x10\x01\x12\x1d\n\x19\x43OMPONENT_STATUS_STARTING\x10\x02\x12\x1c\n\x18\x43OMPONENT_STATUS_RUNNING\x10\x03\x12\x1d\n\x19\x43OMPONENT_STATUS_STOPPING\x10\x04\x12\x1a\n\x16\x43OMPONENT_STATUS_ERROR\x10\x05*|\n\x0bHealthState\x12\x1c\n\x18HEALTH_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14HEALTH_STATE_HEALTHY\x10\x01\x12\x19\n\x15HEALTH_STATE_DEGRADED\x10\x02\x12\x1a\n\x16HEALTH_STATE_UNHEALTHY\x10\x03*\xa3\x01\n\x13\x43ircuitBreakerState\x12%\n!CIRCUIT_BREAKER_STATE_UNSPECIFIED\x10\x00\x12 \n\x1c\x43IRCUIT_BREAKER_STATE_CLOSED\x10\x01\x12\x1e\n\x1a\x43IRCUIT_BREAKER_STATE_OPEN\x10\x02\x12#\n\x1f\x43IRCUIT_BREAKER_STATE_HALF_OPEN\x10\x03\x32\xb7\x04\n\x0c\x41\x64minService\x12x\n\x11GetServiceSummary\x12\'.mesh.admin.v1.GetServiceSummaryRequest\x1a(.mesh.admin.v1.GetServiceSummaryResponse\"\x10\xa2\xbb\x18\x0c\x12\nadmin.read\x12}\n\x12WatchServiceStatus\x12(.mesh.admin.v1.WatchServiceStatusRequest\x1a).mesh.admin.v1.WatchServiceStatusResponse\"\x10\xa2\xbb\x18\x0c\x12\nadmin.read0\x01\x12Q\n\x04Ping\x12\x1a.mesh.admin.v1.PingRequest\x1a\x1b.mesh.admin.v1.PingResponse\"\x10\xa2\xbb\x18\x0c\x12\nadmin.read\x12\x64\n\nClearCache\x12 .mesh.admin.v1.ClearCacheRequest\x1a!.mesh.admin.v1.ClearCacheResponse\"\x11\xa2\xbb\x18\r\x12\x0b\x61\x64min.write\x12u\n\x10ListAuditRecords\x12&.mesh.admin.v1.ListAuditRecordsRequest\x1a\'.mesh.admin.v1.ListAuditRecordsResponse\"\x10\xa2\xbb\x18\x0c\x12\naudit.readb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,44 +45,54 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ADMINSERVICE'].methods_by_name['Ping']._serialized_options = b'\242\273\030\014\022\nadmin.read'
   _globals['_ADMINSERVICE'].methods_by_name['ClearCache']._loaded_options = None
   _globals['_ADMINSERVICE'].methods_by_name['ClearCache']._serialized_options = b'\242\273\030\r\022\013admin.write'
-  _globals['_COMPONENTSTATUS']._serialized_start=2417
-  _globals['_COMPONENTSTATUS']._serialized_end=2618
-  _globals['_HEALTHSTATE']._serialized_start=2620
-  _globals['_HEALTHSTATE']._serialized_end=2744
-  _globals['_CIRCUITBREAKERSTATE']._serialized_start=2747
-  _globals['_CIRCUITBREAKERSTATE']._serialized_end=2910
-  _globals['_STATUSTRANSITION']._serialized_start=139
-  _globals['_STATUSTRANSITION']._serialized_end=318
-  _globals['_HEALTHREPORT']._serialized_start=321
-  _globals['_HEALTHREPORT']._serialized_end=549
-  _globals['_HEALTHREPORT_DETAILSENTRY']._serialized_start=503
-  _globals['_HEALTHREPORT_DETAILSENTRY']._serialized_end=549
-  _globals['_COMPONENTSUMMARY']._serialized_start=552
-  _globals['_COMPONENTSUMMARY']._serialized_end=882
-  _globals['_SERVICESUMMARY']._serialized_start=885
-  _globals['_SERVICESUMMARY']._serialized_end=1577
-  _globals['_METHODSTATS']._serialized_start=1580
-  _globals['_METHODSTATS']._serialized_end=1719
-  _globals['_CIRCUITBREAKERSUMMARY']._serialized_start=1722
-  _globals['_CIRCUITBREAKERSUMMARY']._serialized_end=1864
-  _globals['_GETSERVICESUMMARYREQUEST']._serialized_start=1866
-  _globals['_GETSERVICESUMMARYREQUEST']._serialized_end=1892
-  _globals['_GETSERVICESUMMARYRESPONSE']._serialized_start=1894
-  _globals['_GETSERVICESUMMARYRESPONSE']._serialized_end=1969
-  _globals['_WATCHSERVICESTATUSREQUEST']._serialized_start=1971
-  _globals['_WATCHSERVICESTATUSREQUEST']._serialized_end=1998
-  _globals['_WATCHSERVICESTATUSRESPONSE']._serialized_start=2000
-  _globals['_WATCHSERVICESTATUSRESPONSE']._serialized_end=2076
-  _globals['_PINGREQUEST']._serialized_start=2078
-  _globals['_PINGREQUEST']._serialized_end=2150
-  _globals['_PINGRESPONSE']._serialized_start=2152
-  _globals['_PINGRESPONSE']._serialized_end=2232
-  _globals['_SETTINGOVERRIDE']._serialized_start=2234
-  _globals['_SETTINGOVERRIDE']._serialized_end=2296
-  _globals['_CLEARCACHEREQUEST']._serialized_start=2298
-  _globals['_CLEARCACHEREQUEST']._serialized_end=2335
-  _globals['_CLEARCACHERESPONSE']._serialized_start=2337
-  _globals['_CLEARCACHERESPONSE']._serialized_end=2414
-  _globals['_ADMINSERVICE']._serialized_start=2913
-  _globals['_ADMINSERVICE']._serialized_end=3361
+  _globals['_ADMINSERVICE'].methods_by_name['ListAuditRecords']._loaded_options = None
+  _globals['_ADMINSERVICE'].methods_by_name['ListAuditRecords']._serialized_options = b'\242\273\030\014\022\naudit.read'
+  _globals['_COMPONENTSTATUS']._serialized_start=3080
+  _globals['_COMPONENTSTATUS']._serialized_end=3281
+  _globals['_HEALTHSTATE']._serialized_start=3283
+  _globals['_HEALTHSTATE']._serialized_end=3407
+  _globals['_CIRCUITBREAKERSTATE']._serialized_start=3410
+  _globals['_CIRCUITBREAKERSTATE']._serialized_end=3573
+  _globals['_STATUSTRANSITION']._serialized_start=169
+  _globals['_STATUSTRANSITION']._serialized_end=348
+  _globals['_HEALTHREPORT']._serialized_start=351
+  _globals['_HEALTHREPORT']._serialized_end=579
+  _globals['_HEALTHREPORT_DETAILSENTRY']._serialized_start=533
+  _globals['_HEALTHREPORT_DETAILSENTRY']._serialized_end=579
+  _globals['_COMPONENTSUMMARY']._serialized_start=582
+  _globals['_COMPONENTSUMMARY']._serialized_end=912
+  _globals['_SERVICESUMMARY']._serialized_start=915
+  _globals['_SERVICESUMMARY']._serialized_end=1607
+  _globals['_METHODSTATS']._serialized_start=1610
+  _globals['_METHODSTATS']._serialized_end=1749
+  _globals['_CIRCUITBREAKERSUMMARY']._serialized_start=1752
+  _globals['_CIRCUITBREAKERSUMMARY']._serialized_end=1894
+  _globals['_GETSERVICESUMMARYREQUEST']._serialized_start=1896
+  _globals['_GETSERVICESUMMARYREQUEST']._serialized_end=1922
+  _globals['_GETSERVICESUMMARYRESPONSE']._serialized_start=1924
+  _globals['_GETSERVICESUMMARYRESPONSE']._serialized_end=1999
+  _globals['_WATCHSERVICESTATUSREQUEST']._serialized_start=2001
+  _globals['_WATCHSERVICESTATUSREQUEST']._serialized_end=2028
+  _globals['_WATCHSERVICESTATUSRESPONSE']._serialized_start=2030
+  _globals['_WATCHSERVICESTATUSRESPONSE']._serialized_end=2106
+  _globals['_PINGREQUEST']._serialized_start=2108
+  _globals['_PINGREQUEST']._serialized_end=2180
+  _globals['_PINGRESPONSE']._serialized_start=2182
+  _globals['_PINGRESPONSE']._serialized_end=2262
+  _globals['_SETTINGOVERRIDE']._serialized_start=2264
+  _globals['_SETTINGOVERRIDE']._serialized_end=2326
+  _globals['_CLEARCACHEREQUEST']._serialized_start=2328
+  _globals['_CLEARCACHEREQUEST']._serialized_end=2365
+  _globals['_CLEARCACHERESPONSE']._serialized_start=2367
+  _globals['_CLEARCACHERESPONSE']._serialized_end=2444
+  _globals['_AUDITRECORD']._serialized_start=2447
+  _globals['_AUDITRECORD']._serialized_end=2648
+  _globals['_FIELDCHANGE']._serialized_start=2651
+  _globals['_FIELDCHANGE']._serialized_end=2781
+  _globals['_LISTAUDITRECORDSREQUEST']._serialized_start=2784
+  _globals['_LISTAUDITRECORDSREQUEST']._serialized_end=2979
+  _globals['_LISTAUDITRECORDSRESPONSE']._serialized_start=2981
+  _globals['_LISTAUDITRECORDSRESPONSE']._serialized_end=3077
+  _globals['_ADMINSERVICE']._serialized_start=3576
+  _globals['_ADMINSERVICE']._serialized_end=4143
 # @@protoc_insertion_point(module_scope)

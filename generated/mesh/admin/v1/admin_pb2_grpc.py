@@ -60,6 +60,11 @@ class AdminServiceStub:
                 request_serializer=mesh_dot_admin_dot_v1_dot_admin__pb2.ClearCacheRequest.SerializeToString,
                 response_deserializer=mesh_dot_admin_dot_v1_dot_admin__pb2.ClearCacheResponse.FromString,
                 _registered_method=True)
+        self.ListAuditRecords = channel.unary_unary(
+                '/mesh.admin.v1.AdminService/ListAuditRecords',
+                request_serializer=mesh_dot_admin_dot_v1_dot_admin__pb2.ListAuditRecordsRequest.SerializeToString,
+                response_deserializer=mesh_dot_admin_dot_v1_dot_admin__pb2.ListAuditRecordsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -112,6 +117,19 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAuditRecords(self, request, context):
+        """Lists the audit records of the resource writes stored in this process's database,
+        newest first, a page at a time, filtered by resource, principal and time range.
+        Records are never changed; they are deleted once older than MESH_AUDIT_RETENTION_DAYS.
+        INVALID_ARGUMENT for a negative page_size, a malformed or foreign page_token (reason
+        INVALID_PAGE_TOKEN) or an end_time not after start_time (reason INVALID_TIME_RANGE);
+        FAILED_PRECONDITION (reason NO_AUDIT_LOG) if the process has no database;
+        UNAVAILABLE (reason DATABASE_NOT_READY) while its database is not running.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -134,6 +152,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ClearCache,
                     request_deserializer=mesh_dot_admin_dot_v1_dot_admin__pb2.ClearCacheRequest.FromString,
                     response_serializer=mesh_dot_admin_dot_v1_dot_admin__pb2.ClearCacheResponse.SerializeToString,
+            ),
+            'ListAuditRecords': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuditRecords,
+                    request_deserializer=mesh_dot_admin_dot_v1_dot_admin__pb2.ListAuditRecordsRequest.FromString,
+                    response_serializer=mesh_dot_admin_dot_v1_dot_admin__pb2.ListAuditRecordsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -250,6 +273,33 @@ class AdminService:
             '/mesh.admin.v1.AdminService/ClearCache',
             mesh_dot_admin_dot_v1_dot_admin__pb2.ClearCacheRequest.SerializeToString,
             mesh_dot_admin_dot_v1_dot_admin__pb2.ClearCacheResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAuditRecords(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mesh.admin.v1.AdminService/ListAuditRecords',
+            mesh_dot_admin_dot_v1_dot_admin__pb2.ListAuditRecordsRequest.SerializeToString,
+            mesh_dot_admin_dot_v1_dot_admin__pb2.ListAuditRecordsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -64,6 +64,15 @@ class AdminServiceStub:
     (CACHE_UNAVAILABLE) if Redis did not answer (then only this process's copies were
     dropped: try again).
     """
+    ListAuditRecords: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListAuditRecordsRequest, _admin_pb2.ListAuditRecordsResponse]
+    """Lists the audit records of the resource writes stored in this process's database,
+    newest first, a page at a time, filtered by resource, principal and time range.
+    Records are never changed; they are deleted once older than MESH_AUDIT_RETENTION_DAYS.
+    INVALID_ARGUMENT for a negative page_size, a malformed or foreign page_token (reason
+    INVALID_PAGE_TOKEN) or an end_time not after start_time (reason INVALID_TIME_RANGE);
+    FAILED_PRECONDITION (reason NO_AUDIT_LOG) if the process has no database;
+    UNAVAILABLE (reason DATABASE_NOT_READY) while its database is not running.
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -100,6 +109,15 @@ class AdminServiceAsyncStub(AdminServiceStub):
     FAILED_PRECONDITION (NO_CACHE) if this process has no cache; UNAVAILABLE
     (CACHE_UNAVAILABLE) if Redis did not answer (then only this process's copies were
     dropped: try again).
+    """
+    ListAuditRecords: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListAuditRecordsRequest, _admin_pb2.ListAuditRecordsResponse]  # type: ignore[assignment]
+    """Lists the audit records of the resource writes stored in this process's database,
+    newest first, a page at a time, filtered by resource, principal and time range.
+    Records are never changed; they are deleted once older than MESH_AUDIT_RETENTION_DAYS.
+    INVALID_ARGUMENT for a negative page_size, a malformed or foreign page_token (reason
+    INVALID_PAGE_TOKEN) or an end_time not after start_time (reason INVALID_TIME_RANGE);
+    FAILED_PRECONDITION (reason NO_AUDIT_LOG) if the process has no database;
+    UNAVAILABLE (reason DATABASE_NOT_READY) while its database is not running.
     """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -158,6 +176,21 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         FAILED_PRECONDITION (NO_CACHE) if this process has no cache; UNAVAILABLE
         (CACHE_UNAVAILABLE) if Redis did not answer (then only this process's copies were
         dropped: try again).
+        """
+
+    @_abc_1.abstractmethod
+    def ListAuditRecords(
+        self,
+        request: _admin_pb2.ListAuditRecordsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListAuditRecordsResponse, _abc.Awaitable[_admin_pb2.ListAuditRecordsResponse]]:
+        """Lists the audit records of the resource writes stored in this process's database,
+        newest first, a page at a time, filtered by resource, principal and time range.
+        Records are never changed; they are deleted once older than MESH_AUDIT_RETENTION_DAYS.
+        INVALID_ARGUMENT for a negative page_size, a malformed or foreign page_token (reason
+        INVALID_PAGE_TOKEN) or an end_time not after start_time (reason INVALID_TIME_RANGE);
+        FAILED_PRECONDITION (reason NO_AUDIT_LOG) if the process has no database;
+        UNAVAILABLE (reason DATABASE_NOT_READY) while its database is not running.
         """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

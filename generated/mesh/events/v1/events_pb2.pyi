@@ -157,7 +157,10 @@ class Event(_message.Message):
 
     @_builtins.property
     def attributes(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Extension attributes; `traceparent` carries the W3C trace context."""
+        """Extension attributes; `traceparent` carries the W3C trace context, `owner` the
+        subject owning the resource the event is about and `principal` the subject of the
+        caller that caused it.
+        """
 
     def __init__(
         self,

@@ -41,6 +41,11 @@ class EventServiceStub:
     Any RPC may return UNAUTHENTICATED (one message, whatever was wrong with the credentials)
     and PERMISSION_DENIED (ErrorInfo reason MISSING_SCOPE, metadata `scope`) when the caller
     lacks the scope its (mesh.access.v1.access) option names.
+
+    Events follow their owner (the `owner` attribute). A caller holding `events.admin` (or
+    `admin`) sees every event; any other caller sees only the events it owns, in
+    subscriptions, listings, dead letters and GetEventStatus (someone else's event is
+    NOT_FOUND like a missing one), and may not use consumer groups.
     """
 
     def __init__(self, channel):
@@ -112,12 +117,20 @@ class EventServiceServicer:
     Any RPC may return UNAUTHENTICATED (one message, whatever was wrong with the credentials)
     and PERMISSION_DENIED (ErrorInfo reason MISSING_SCOPE, metadata `scope`) when the caller
     lacks the scope its (mesh.access.v1.access) option names.
+
+    Events follow their owner (the `owner` attribute). A caller holding `events.admin` (or
+    `admin`) sees every event; any other caller sees only the events it owns, in
+    subscriptions, listings, dead letters and GetEventStatus (someone else's event is
+    NOT_FOUND like a missing one), and may not use consumer groups.
     """
 
     def Publish(self, request, context):
         """Stores one event. INVALID_ARGUMENT for an empty type or source, a malformed id or an
         event over the size limit. Publishing an id that is already stored returns the
-        stored position with duplicate set, and stores nothing.
+        stored position with duplicate set, and stores nothing. Sets the `principal`
+        attribute to the caller and `owner` to the caller when absent; without
+        `events.admin`, `principal` is always the caller and PERMISSION_DENIED (reason
+        OWNER_NOT_CALLER) if `owner` names someone else.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -126,7 +139,7 @@ class EventServiceServicer:
     def PublishBatch(self, request, context):
         """Stores several events, all or none, in the order given. INVALID_ARGUMENT (naming
         each bad event as events[i]) if any event is invalid or there are more than the
-        configured maximum (MESH_EVENTS_MAX_BATCH, default 500).
+        configured maximum (MESH_EVENTS_MAX_BATCH, default 500). PERMISSION_DENIED as Publish.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -143,7 +156,8 @@ class EventServiceServicer:
         With a group: events matching the group's selector are shared among the group's
         members, each to one member, until acked. Unacked events are redelivered after the
         visibility timeout, or at once when their member disconnects. FAILED_PRECONDITION
-        (reason GROUP_SELECTOR_MISMATCH) if the group exists with other types or subject.
+        (reason GROUP_SELECTOR_MISMATCH) if the group exists with other types or subject;
+        PERMISSION_DENIED (reason EVENTS_ADMIN_REQUIRED) if the caller lacks `events.admin`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -152,7 +166,8 @@ class EventServiceServicer:
     def Ack(self, request, context):
         """Acknowledges events delivered to a group: they are done. NOT_FOUND (reason
         DELIVERY_NOT_FOUND) naming the first id never delivered to the group. Acking an
-        acked event again is allowed and changes nothing.
+        acked event again is allowed and changes nothing. PERMISSION_DENIED (reason
+        EVENTS_ADMIN_REQUIRED) if the caller lacks `events.admin`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -161,7 +176,8 @@ class EventServiceServicer:
     def Nack(self, request, context):
         """Gives an event back: retried after retry_delay, or parked in the group's dead
         letters. After the group's maximum attempts it is dead-lettered. NOT_FOUND if it was
-        never delivered to the group; FAILED_PRECONDITION if it is already acked.
+        never delivered to the group; FAILED_PRECONDITION if it is already acked;
+        PERMISSION_DENIED (reason EVENTS_ADMIN_REQUIRED) if the caller lacks `events.admin`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -272,6 +288,11 @@ class EventService:
     Any RPC may return UNAUTHENTICATED (one message, whatever was wrong with the credentials)
     and PERMISSION_DENIED (ErrorInfo reason MISSING_SCOPE, metadata `scope`) when the caller
     lacks the scope its (mesh.access.v1.access) option names.
+
+    Events follow their owner (the `owner` attribute). A caller holding `events.admin` (or
+    `admin`) sees every event; any other caller sees only the events it owns, in
+    subscriptions, listings, dead letters and GetEventStatus (someone else's event is
+    NOT_FOUND like a missing one), and may not use consumer groups.
     """
 
     @staticmethod

@@ -42,6 +42,11 @@ class EventServiceStub:
     Any RPC may return UNAUTHENTICATED (one message, whatever was wrong with the credentials)
     and PERMISSION_DENIED (ErrorInfo reason MISSING_SCOPE, metadata `scope`) when the caller
     lacks the scope its (mesh.access.v1.access) option names.
+
+    Events follow their owner (the `owner` attribute). A caller holding `events.admin` (or
+    `admin`) sees every event; any other caller sees only the events it owns, in
+    subscriptions, listings, dead letters and GetEventStatus (someone else's event is
+    NOT_FOUND like a missing one), and may not use consumer groups.
     """
 
     @_typing.overload
@@ -51,12 +56,15 @@ class EventServiceStub:
     Publish: _grpc.UnaryUnaryMultiCallable[_events_pb2.PublishRequest, _events_pb2.PublishResponse]
     """Stores one event. INVALID_ARGUMENT for an empty type or source, a malformed id or an
     event over the size limit. Publishing an id that is already stored returns the
-    stored position with duplicate set, and stores nothing.
+    stored position with duplicate set, and stores nothing. Sets the `principal`
+    attribute to the caller and `owner` to the caller when absent; without
+    `events.admin`, `principal` is always the caller and PERMISSION_DENIED (reason
+    OWNER_NOT_CALLER) if `owner` names someone else.
     """
     PublishBatch: _grpc.UnaryUnaryMultiCallable[_events_pb2.PublishBatchRequest, _events_pb2.PublishBatchResponse]
     """Stores several events, all or none, in the order given. INVALID_ARGUMENT (naming
     each bad event as events[i]) if any event is invalid or there are more than the
-    configured maximum (MESH_EVENTS_MAX_BATCH, default 500).
+    configured maximum (MESH_EVENTS_MAX_BATCH, default 500). PERMISSION_DENIED as Publish.
     """
     Subscribe: _grpc.UnaryStreamMultiCallable[_events_pb2.SubscribeRequest, _events_pb2.SubscribeResponse]
     """Streams events. Without a group: the stored events after the start position, then a
@@ -69,17 +77,20 @@ class EventServiceStub:
     With a group: events matching the group's selector are shared among the group's
     members, each to one member, until acked. Unacked events are redelivered after the
     visibility timeout, or at once when their member disconnects. FAILED_PRECONDITION
-    (reason GROUP_SELECTOR_MISMATCH) if the group exists with other types or subject.
+    (reason GROUP_SELECTOR_MISMATCH) if the group exists with other types or subject;
+    PERMISSION_DENIED (reason EVENTS_ADMIN_REQUIRED) if the caller lacks `events.admin`.
     """
     Ack: _grpc.UnaryUnaryMultiCallable[_events_pb2.AckRequest, _events_pb2.AckResponse]
     """Acknowledges events delivered to a group: they are done. NOT_FOUND (reason
     DELIVERY_NOT_FOUND) naming the first id never delivered to the group. Acking an
-    acked event again is allowed and changes nothing.
+    acked event again is allowed and changes nothing. PERMISSION_DENIED (reason
+    EVENTS_ADMIN_REQUIRED) if the caller lacks `events.admin`.
     """
     Nack: _grpc.UnaryUnaryMultiCallable[_events_pb2.NackRequest, _events_pb2.NackResponse]
     """Gives an event back: retried after retry_delay, or parked in the group's dead
     letters. After the group's maximum attempts it is dead-lettered. NOT_FOUND if it was
-    never delivered to the group; FAILED_PRECONDITION if it is already acked.
+    never delivered to the group; FAILED_PRECONDITION if it is already acked;
+    PERMISSION_DENIED (reason EVENTS_ADMIN_REQUIRED) if the caller lacks `events.admin`.
     """
     GetEventStatus: _grpc.UnaryUnaryMultiCallable[_events_pb2.GetEventStatusRequest, _events_pb2.GetEventStatusResponse]
     """The state of one event: whether it is stored and, for every group, how far its
@@ -116,18 +127,26 @@ class EventServiceAsyncStub(EventServiceStub):
     Any RPC may return UNAUTHENTICATED (one message, whatever was wrong with the credentials)
     and PERMISSION_DENIED (ErrorInfo reason MISSING_SCOPE, metadata `scope`) when the caller
     lacks the scope its (mesh.access.v1.access) option names.
+
+    Events follow their owner (the `owner` attribute). A caller holding `events.admin` (or
+    `admin`) sees every event; any other caller sees only the events it owns, in
+    subscriptions, listings, dead letters and GetEventStatus (someone else's event is
+    NOT_FOUND like a missing one), and may not use consumer groups.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Publish: _aio.UnaryUnaryMultiCallable[_events_pb2.PublishRequest, _events_pb2.PublishResponse]  # type: ignore[assignment]
     """Stores one event. INVALID_ARGUMENT for an empty type or source, a malformed id or an
     event over the size limit. Publishing an id that is already stored returns the
-    stored position with duplicate set, and stores nothing.
+    stored position with duplicate set, and stores nothing. Sets the `principal`
+    attribute to the caller and `owner` to the caller when absent; without
+    `events.admin`, `principal` is always the caller and PERMISSION_DENIED (reason
+    OWNER_NOT_CALLER) if `owner` names someone else.
     """
     PublishBatch: _aio.UnaryUnaryMultiCallable[_events_pb2.PublishBatchRequest, _events_pb2.PublishBatchResponse]  # type: ignore[assignment]
     """Stores several events, all or none, in the order given. INVALID_ARGUMENT (naming
     each bad event as events[i]) if any event is invalid or there are more than the
-    configured maximum (MESH_EVENTS_MAX_BATCH, default 500).
+    configured maximum (MESH_EVENTS_MAX_BATCH, default 500). PERMISSION_DENIED as Publish.
     """
     Subscribe: _aio.UnaryStreamMultiCallable[_events_pb2.SubscribeRequest, _events_pb2.SubscribeResponse]  # type: ignore[assignment]
     """Streams events. Without a group: the stored events after the start position, then a
@@ -140,17 +159,20 @@ class EventServiceAsyncStub(EventServiceStub):
     With a group: events matching the group's selector are shared among the group's
     members, each to one member, until acked. Unacked events are redelivered after the
     visibility timeout, or at once when their member disconnects. FAILED_PRECONDITION
-    (reason GROUP_SELECTOR_MISMATCH) if the group exists with other types or subject.
+    (reason GROUP_SELECTOR_MISMATCH) if the group exists with other types or subject;
+    PERMISSION_DENIED (reason EVENTS_ADMIN_REQUIRED) if the caller lacks `events.admin`.
     """
     Ack: _aio.UnaryUnaryMultiCallable[_events_pb2.AckRequest, _events_pb2.AckResponse]  # type: ignore[assignment]
     """Acknowledges events delivered to a group: they are done. NOT_FOUND (reason
     DELIVERY_NOT_FOUND) naming the first id never delivered to the group. Acking an
-    acked event again is allowed and changes nothing.
+    acked event again is allowed and changes nothing. PERMISSION_DENIED (reason
+    EVENTS_ADMIN_REQUIRED) if the caller lacks `events.admin`.
     """
     Nack: _aio.UnaryUnaryMultiCallable[_events_pb2.NackRequest, _events_pb2.NackResponse]  # type: ignore[assignment]
     """Gives an event back: retried after retry_delay, or parked in the group's dead
     letters. After the group's maximum attempts it is dead-lettered. NOT_FOUND if it was
-    never delivered to the group; FAILED_PRECONDITION if it is already acked.
+    never delivered to the group; FAILED_PRECONDITION if it is already acked;
+    PERMISSION_DENIED (reason EVENTS_ADMIN_REQUIRED) if the caller lacks `events.admin`.
     """
     GetEventStatus: _aio.UnaryUnaryMultiCallable[_events_pb2.GetEventStatusRequest, _events_pb2.GetEventStatusResponse]  # type: ignore[assignment]
     """The state of one event: whether it is stored and, for every group, how far its
@@ -186,6 +208,11 @@ class EventServiceServicer(metaclass=_abc_1.ABCMeta):
     Any RPC may return UNAUTHENTICATED (one message, whatever was wrong with the credentials)
     and PERMISSION_DENIED (ErrorInfo reason MISSING_SCOPE, metadata `scope`) when the caller
     lacks the scope its (mesh.access.v1.access) option names.
+
+    Events follow their owner (the `owner` attribute). A caller holding `events.admin` (or
+    `admin`) sees every event; any other caller sees only the events it owns, in
+    subscriptions, listings, dead letters and GetEventStatus (someone else's event is
+    NOT_FOUND like a missing one), and may not use consumer groups.
     """
 
     @_abc_1.abstractmethod
@@ -196,7 +223,10 @@ class EventServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_events_pb2.PublishResponse, _abc.Awaitable[_events_pb2.PublishResponse]]:
         """Stores one event. INVALID_ARGUMENT for an empty type or source, a malformed id or an
         event over the size limit. Publishing an id that is already stored returns the
-        stored position with duplicate set, and stores nothing.
+        stored position with duplicate set, and stores nothing. Sets the `principal`
+        attribute to the caller and `owner` to the caller when absent; without
+        `events.admin`, `principal` is always the caller and PERMISSION_DENIED (reason
+        OWNER_NOT_CALLER) if `owner` names someone else.
         """
 
     @_abc_1.abstractmethod
@@ -207,7 +237,7 @@ class EventServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_events_pb2.PublishBatchResponse, _abc.Awaitable[_events_pb2.PublishBatchResponse]]:
         """Stores several events, all or none, in the order given. INVALID_ARGUMENT (naming
         each bad event as events[i]) if any event is invalid or there are more than the
-        configured maximum (MESH_EVENTS_MAX_BATCH, default 500).
+        configured maximum (MESH_EVENTS_MAX_BATCH, default 500). PERMISSION_DENIED as Publish.
         """
 
     @_abc_1.abstractmethod
@@ -226,7 +256,8 @@ class EventServiceServicer(metaclass=_abc_1.ABCMeta):
         With a group: events matching the group's selector are shared among the group's
         members, each to one member, until acked. Unacked events are redelivered after the
         visibility timeout, or at once when their member disconnects. FAILED_PRECONDITION
-        (reason GROUP_SELECTOR_MISMATCH) if the group exists with other types or subject.
+        (reason GROUP_SELECTOR_MISMATCH) if the group exists with other types or subject;
+        PERMISSION_DENIED (reason EVENTS_ADMIN_REQUIRED) if the caller lacks `events.admin`.
         """
 
     @_abc_1.abstractmethod
@@ -237,7 +268,8 @@ class EventServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_events_pb2.AckResponse, _abc.Awaitable[_events_pb2.AckResponse]]:
         """Acknowledges events delivered to a group: they are done. NOT_FOUND (reason
         DELIVERY_NOT_FOUND) naming the first id never delivered to the group. Acking an
-        acked event again is allowed and changes nothing.
+        acked event again is allowed and changes nothing. PERMISSION_DENIED (reason
+        EVENTS_ADMIN_REQUIRED) if the caller lacks `events.admin`.
         """
 
     @_abc_1.abstractmethod
@@ -248,7 +280,8 @@ class EventServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_events_pb2.NackResponse, _abc.Awaitable[_events_pb2.NackResponse]]:
         """Gives an event back: retried after retry_delay, or parked in the group's dead
         letters. After the group's maximum attempts it is dead-lettered. NOT_FOUND if it was
-        never delivered to the group; FAILED_PRECONDITION if it is already acked.
+        never delivered to the group; FAILED_PRECONDITION if it is already acked;
+        PERMISSION_DENIED (reason EVENTS_ADMIN_REQUIRED) if the caller lacks `events.admin`.
         """
 
     @_abc_1.abstractmethod

@@ -112,7 +112,11 @@ class Project(_message.Message):
     project_type: Global___Project.ProjectType.ValueType
     """Required."""
     owner: _builtins.str
-    """Required. Who owns the project, e.g. `users/alice`; at most 200 characters."""
+    """Who owns the project: the subject of the principal that created it, e.g. `alice`,
+    when left empty. Only a caller with the `admin` scope may name another owner, on
+    create or update; anyone else sees and changes only the projects it owns. At most
+    200 characters.
+    """
     state: Global___Project.State.ValueType
     """Output only."""
     etag: _builtins.str

@@ -44,6 +44,10 @@ class ProjectServiceStub:
     (the shared tier, Redis), `miss` (read from the database and cached) or `bypass` (read
     from the database past the cache: BatchGetProjects always, and GetProject while the
     cache cannot be trusted, as when Redis is unreachable). Other RPCs send no `mesh-cache`.
+
+    Every project has an owner. A caller without the `admin` scope acts only on its own
+    projects: someone else's is NOT_FOUND exactly like a missing one, and never appears in
+    a list or a count. Every write is recorded in the audit log (AdminService.ListAuditRecords).
     """
 
     def __init__(self, channel):
@@ -113,13 +117,18 @@ class ProjectServiceServicer:
     (the shared tier, Redis), `miss` (read from the database and cached) or `bypass` (read
     from the database past the cache: BatchGetProjects always, and GetProject while the
     cache cannot be trusted, as when Redis is unreachable). Other RPCs send no `mesh-cache`.
+
+    Every project has an owner. A caller without the `admin` scope acts only on its own
+    projects: someone else's is NOT_FOUND exactly like a missing one, and never appears in
+    a list or a count. Every write is recorded in the audit log (AdminService.ListAuditRecords).
     """
 
     def CreateProject(self, request, context):
         """Creates a project. Returns INVALID_ARGUMENT for a bad project_id, field or request_id,
         or a request_id reused with a different request; ALREADY_EXISTS if the project_id is
-        taken (also by a soft-deleted project). A retry with the same request_id returns
-        the first response and creates nothing.
+        taken (also by a soft-deleted project); PERMISSION_DENIED (reason OWNER_NOT_CALLER)
+        if a caller without `admin` names another owner. A retry with the same request_id
+        by the same caller returns the first response and creates nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -162,7 +171,9 @@ class ProjectServiceServicer:
         a bad field, or (reason ETAG_CONFLICT) if etag and project.etag are both set and
         differ; NOT_FOUND if the project does not exist and allow_missing is false;
         ABORTED (reason ETAG_MISMATCH) if etag or project.etag is set and stale;
-        FAILED_PRECONDITION if the project is soft-deleted.
+        FAILED_PRECONDITION if the project is soft-deleted; PERMISSION_DENIED (reason
+        OWNER_NOT_CALLER) if a caller without `admin` changes the owner. With allow_missing,
+        an id someone else's project holds is ALREADY_EXISTS, as CreateProject answers.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -255,6 +266,10 @@ class ProjectService:
     (the shared tier, Redis), `miss` (read from the database and cached) or `bypass` (read
     from the database past the cache: BatchGetProjects always, and GetProject while the
     cache cannot be trusted, as when Redis is unreachable). Other RPCs send no `mesh-cache`.
+
+    Every project has an owner. A caller without the `admin` scope acts only on its own
+    projects: someone else's is NOT_FOUND exactly like a missing one, and never appears in
+    a list or a count. Every write is recorded in the audit log (AdminService.ListAuditRecords).
     """
 
     @staticmethod

@@ -45,6 +45,10 @@ class ProjectServiceStub:
     (the shared tier, Redis), `miss` (read from the database and cached) or `bypass` (read
     from the database past the cache: BatchGetProjects always, and GetProject while the
     cache cannot be trusted, as when Redis is unreachable). Other RPCs send no `mesh-cache`.
+
+    Every project has an owner. A caller without the `admin` scope acts only on its own
+    projects: someone else's is NOT_FOUND exactly like a missing one, and never appears in
+    a list or a count. Every write is recorded in the audit log (AdminService.ListAuditRecords).
     """
 
     @_typing.overload
@@ -54,8 +58,9 @@ class ProjectServiceStub:
     CreateProject: _grpc.UnaryUnaryMultiCallable[_projects_pb2.CreateProjectRequest, _projects_pb2.CreateProjectResponse]
     """Creates a project. Returns INVALID_ARGUMENT for a bad project_id, field or request_id,
     or a request_id reused with a different request; ALREADY_EXISTS if the project_id is
-    taken (also by a soft-deleted project). A retry with the same request_id returns
-    the first response and creates nothing.
+    taken (also by a soft-deleted project); PERMISSION_DENIED (reason OWNER_NOT_CALLER)
+    if a caller without `admin` names another owner. A retry with the same request_id
+    by the same caller returns the first response and creates nothing.
     """
     GetProject: _grpc.UnaryUnaryMultiCallable[_projects_pb2.GetProjectRequest, _projects_pb2.GetProjectResponse]
     """Returns one project, soft-deleted ones included. INVALID_ARGUMENT for a malformed
@@ -77,7 +82,9 @@ class ProjectServiceStub:
     a bad field, or (reason ETAG_CONFLICT) if etag and project.etag are both set and
     differ; NOT_FOUND if the project does not exist and allow_missing is false;
     ABORTED (reason ETAG_MISMATCH) if etag or project.etag is set and stale;
-    FAILED_PRECONDITION if the project is soft-deleted.
+    FAILED_PRECONDITION if the project is soft-deleted; PERMISSION_DENIED (reason
+    OWNER_NOT_CALLER) if a caller without `admin` changes the owner. With allow_missing,
+    an id someone else's project holds is ALREADY_EXISTS, as CreateProject answers.
     """
     DeleteProject: _grpc.UnaryUnaryMultiCallable[_projects_pb2.DeleteProjectRequest, _projects_pb2.DeleteProjectResponse]
     """Soft-deletes a project: sets delete_time and purge_time; it is purged for good after
@@ -109,14 +116,19 @@ class ProjectServiceAsyncStub(ProjectServiceStub):
     (the shared tier, Redis), `miss` (read from the database and cached) or `bypass` (read
     from the database past the cache: BatchGetProjects always, and GetProject while the
     cache cannot be trusted, as when Redis is unreachable). Other RPCs send no `mesh-cache`.
+
+    Every project has an owner. A caller without the `admin` scope acts only on its own
+    projects: someone else's is NOT_FOUND exactly like a missing one, and never appears in
+    a list or a count. Every write is recorded in the audit log (AdminService.ListAuditRecords).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateProject: _aio.UnaryUnaryMultiCallable[_projects_pb2.CreateProjectRequest, _projects_pb2.CreateProjectResponse]  # type: ignore[assignment]
     """Creates a project. Returns INVALID_ARGUMENT for a bad project_id, field or request_id,
     or a request_id reused with a different request; ALREADY_EXISTS if the project_id is
-    taken (also by a soft-deleted project). A retry with the same request_id returns
-    the first response and creates nothing.
+    taken (also by a soft-deleted project); PERMISSION_DENIED (reason OWNER_NOT_CALLER)
+    if a caller without `admin` names another owner. A retry with the same request_id
+    by the same caller returns the first response and creates nothing.
     """
     GetProject: _aio.UnaryUnaryMultiCallable[_projects_pb2.GetProjectRequest, _projects_pb2.GetProjectResponse]  # type: ignore[assignment]
     """Returns one project, soft-deleted ones included. INVALID_ARGUMENT for a malformed
@@ -138,7 +150,9 @@ class ProjectServiceAsyncStub(ProjectServiceStub):
     a bad field, or (reason ETAG_CONFLICT) if etag and project.etag are both set and
     differ; NOT_FOUND if the project does not exist and allow_missing is false;
     ABORTED (reason ETAG_MISMATCH) if etag or project.etag is set and stale;
-    FAILED_PRECONDITION if the project is soft-deleted.
+    FAILED_PRECONDITION if the project is soft-deleted; PERMISSION_DENIED (reason
+    OWNER_NOT_CALLER) if a caller without `admin` changes the owner. With allow_missing,
+    an id someone else's project holds is ALREADY_EXISTS, as CreateProject answers.
     """
     DeleteProject: _aio.UnaryUnaryMultiCallable[_projects_pb2.DeleteProjectRequest, _projects_pb2.DeleteProjectResponse]  # type: ignore[assignment]
     """Soft-deletes a project: sets delete_time and purge_time; it is purged for good after
@@ -169,6 +183,10 @@ class ProjectServiceServicer(metaclass=_abc_1.ABCMeta):
     (the shared tier, Redis), `miss` (read from the database and cached) or `bypass` (read
     from the database past the cache: BatchGetProjects always, and GetProject while the
     cache cannot be trusted, as when Redis is unreachable). Other RPCs send no `mesh-cache`.
+
+    Every project has an owner. A caller without the `admin` scope acts only on its own
+    projects: someone else's is NOT_FOUND exactly like a missing one, and never appears in
+    a list or a count. Every write is recorded in the audit log (AdminService.ListAuditRecords).
     """
 
     @_abc_1.abstractmethod
@@ -179,8 +197,9 @@ class ProjectServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_projects_pb2.CreateProjectResponse, _abc.Awaitable[_projects_pb2.CreateProjectResponse]]:
         """Creates a project. Returns INVALID_ARGUMENT for a bad project_id, field or request_id,
         or a request_id reused with a different request; ALREADY_EXISTS if the project_id is
-        taken (also by a soft-deleted project). A retry with the same request_id returns
-        the first response and creates nothing.
+        taken (also by a soft-deleted project); PERMISSION_DENIED (reason OWNER_NOT_CALLER)
+        if a caller without `admin` names another owner. A retry with the same request_id
+        by the same caller returns the first response and creates nothing.
         """
 
     @_abc_1.abstractmethod
@@ -232,7 +251,9 @@ class ProjectServiceServicer(metaclass=_abc_1.ABCMeta):
         a bad field, or (reason ETAG_CONFLICT) if etag and project.etag are both set and
         differ; NOT_FOUND if the project does not exist and allow_missing is false;
         ABORTED (reason ETAG_MISMATCH) if etag or project.etag is set and stale;
-        FAILED_PRECONDITION if the project is soft-deleted.
+        FAILED_PRECONDITION if the project is soft-deleted; PERMISSION_DENIED (reason
+        OWNER_NOT_CALLER) if a caller without `admin` changes the owner. With allow_missing,
+        an id someone else's project holds is ALREADY_EXISTS, as CreateProject answers.
         """
 
     @_abc_1.abstractmethod
