@@ -52,7 +52,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 HOSTED = (ADMIN, PROJECTS, EVENTS)
 EXAMPLES = int(os.environ.get("MESH_TEST_FUZZ_EXAMPLES", "0"))
 FUZZ = settings(
-    max_examples=EXAMPLES or 12,
+    max_examples=EXAMPLES or 100,
     derandomize=not EXAMPLES,
     database=None,
     deadline=None,
