@@ -100,7 +100,11 @@ GROUP = "fuzz-group"
 HINTS = {
     "name": st.sampled_from([f"projects/{PROJECT}", "projects/fuzz-other", "projects/"]),
     "names": st.sampled_from([f"projects/{PROJECT}", "projects/fuzz-other"]),
-    "project_id": st.sampled_from([PROJECT, "fuzz-new", "Bad_Id", "abc"]),
+    "project_id": st.one_of(
+        st.sampled_from([PROJECT, "Bad_Id", "abc"]),
+        st.from_regex(r"[a-z][a-z0-9-]{2,20}[a-z0-9]", fullmatch=True),  # new and valid
+    ),
+    "request_id": st.uuids().map(str),
     "id": st.sampled_from([EVENT_ID, "fuzz-new-event", ""]),
     "event_id": st.sampled_from([EVENT_ID, "no-such-event"]),
     "event_ids": st.sampled_from([EVENT_ID, "no-such-event"]),
@@ -145,7 +149,7 @@ P, E, A = projects_pb2, events_pb2, admin_pb2
 SEEDS: dict[str, Message] = {
     "/mesh.admin.v1.AdminService/Ping": A.PingRequest(message="hi"),
     "/mesh.projects.v1.ProjectService/CreateProject": P.CreateProjectRequest(
-        project=_valid_project(), project_id="fuzz-created"
+        project=_valid_project()  # no project_id: the server picks a new one each time
     ),
     "/mesh.projects.v1.ProjectService/UpdateProject": P.UpdateProjectRequest(
         project=_valid_project(), allow_missing=True
