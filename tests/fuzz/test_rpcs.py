@@ -12,8 +12,8 @@ mistake. UNKNOWN, INTERNAL, UNAVAILABLE, a crash or a call that outlives its dea
 fail the test (DEADLINE_EXCEEDED passes only where the request itself asks the server to
 wait that long, like Ping's delay); afterwards the server must still be healthy.
 
-The run is derandomized and small, for CI. To fuzz longer (random, not derandomized;
-Hypothesis prints the seed of a failure)::
+The run is derandomized, 100 examples per method, for CI. To fuzz longer (random, not
+derandomized; a failure prints the `@reproduce_failure` line that replays it)::
 
     MESH_TEST_FUZZ_EXAMPLES=2000 .venv/bin/pytest -p no:cacheprovider tests/fuzz -k sqlite
 """
@@ -45,7 +45,8 @@ from mesh.events.v1 import events_pb2, events_pb2_grpc
 from mesh.projects.v1 import projects_pb2, projects_pb2_grpc
 from tests._services import ADMIN, EVENTS, PROJECTS
 from tests.conftest import PG_ADMIN_DSN
-from tests.fuzz.strategies import messages, raw_bodies, variants
+from tests.fuzz.raw import raw_bodies
+from tests.fuzz.strategies import messages, variants
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
