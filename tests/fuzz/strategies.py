@@ -131,13 +131,15 @@ class _Builder:
         if special is not None:
             return special
         kind = GetMessageClass(descriptor)
-        fields = [(f, self._field(f, depth)) for f in descriptor.fields]
+        fields = [(f, v) for f in descriptor.fields if (v := self._field(f, depth)) is not None]
+        if not fields:  # no fields, or none left above the depth bound
+            return st.builds(kind)
 
         @st.composite
         def build(draw: st.DrawFn) -> Message:
             message = kind()
             for field, values in fields:
-                if values is not None and draw(st.booleans()):
+                if draw(st.booleans()):
                     _assign(message, field, draw(values))
             return message
 
