@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ from google.protobuf.message_factory import GetMessageClass
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
 from core.testing.databases import fresh_database
 from core.testing.services import Running, assemble, serving, settings_for
@@ -211,9 +212,18 @@ def hosted_methods() -> list[Method]:
 METHODS = hosted_methods()
 
 
+@pytest.fixture(scope="module")
+def server_logs() -> Iterator[list[MutableMapping[str, Any]]]:
+    """Every line the fuzzed servers log; an error among them fails the health test."""
+    with capture_logs() as logs:
+        yield logs
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="module", params=["sqlite", "postgresql"])
 async def server(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    server_logs: list[MutableMapping[str, Any]],
 ) -> AsyncIterator[Running]:
     """The hosted services on a fresh database, with a project and an event to aim at."""
     directory: Path = tmp_path_factory.mktemp("fuzz")
@@ -282,7 +292,11 @@ async def test_rpc_answers_fuzzed_requests_with_documented_codes(
     assert code in ACCEPTABLE, f"{method.path} answered {code.name}: {details}"
 
 
-async def test_server_is_healthy_after_fuzzing(server: Running, channel: grpc.aio.Channel) -> None:
+async def test_server_is_healthy_after_fuzzing(
+    server: Running, channel: grpc.aio.Channel, server_logs: list[MutableMapping[str, Any]]
+) -> None:
+    errors = [e for e in server_logs if e["log_level"] in ("error", "critical")]
+    assert not errors, errors[:3]  # rpc.unexpected_error, task.failed, ...
     health = health_pb2_grpc.HealthStub(channel)
     checked = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=DEADLINE)
     assert checked.status == health_pb2.HealthCheckResponse.SERVING
