@@ -300,6 +300,12 @@ async def test_rpc_answers_fuzzed_requests_with_documented_codes(
     assert code in ACCEPTABLE, f"{method.path} answered {code.name}: {details}"
 
 
+async def test_every_hosted_service_is_fuzzed(server: Running) -> None:
+    fuzzed = {m.path.split("/")[1] for m in METHODS}
+    assert fuzzed == set(server.server.service_names)
+    assert len(METHODS) >= 20  # admin 3, projects 8, events 9 when this was written
+
+
 async def test_server_is_healthy_after_fuzzing(
     server: Running, channel: grpc.aio.Channel, server_logs: list[MutableMapping[str, Any]]
 ) -> None:
