@@ -37,6 +37,12 @@ MAX_STACK_CHARS = 4000  # the innermost frames are kept, where the error was rai
 _ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _PATTERN = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*(\.\*)?|\*")
 _GROUP = re.compile(r"[A-Za-z0-9._:-]{1,100}")
+# Unicode's control characters; NUL above all, which PostgreSQL cannot store in text.
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+# google.protobuf.Timestamp's range, 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z, in
+# epoch seconds: what every store can hold (the SQL store keeps microseconds in a BIGINT).
+MIN_TIME = -62135596800
+MAX_TIME = 253402300799
 
 
 class State(enum.IntEnum):
@@ -65,6 +71,8 @@ class Selector:
         ]
         if len(subject) > MAX_SUBJECT:
             bad.append(FieldViolation(f"{field}.subject", f"at most {MAX_SUBJECT} characters"))
+        elif CONTROL.search(subject):
+            bad.append(FieldViolation(f"{field}.subject", "must not contain control characters"))
         if bad:
             raise InvalidArgumentError(
                 "invalid selector", violations=bad, reason="INVALID_SELECTOR"
@@ -375,6 +383,14 @@ def prepare(event: Event, field: str, max_bytes: int, now: Timestamp) -> list[Fi
     need(bool(event.source), "source", "is required")
     need(len(event.source) <= MAX_SOURCE, "source", f"at most {MAX_SOURCE} characters")
     need(len(event.subject) <= MAX_SUBJECT, "subject", f"at most {MAX_SUBJECT} characters")
+    for name in ("type", "source", "subject"):
+        need(not CONTROL.search(getattr(event, name)), name, "must not contain control characters")
+    time = event.time
+    need(
+        MIN_TIME <= time.seconds <= MAX_TIME and 0 <= time.nanos <= 999_999_999,
+        "time",
+        "must be a timestamp from 0001-01-01 to 9999-12-31",
+    )
     need(not event.id or bool(_ID.fullmatch(event.id)), "id", "1-64 letters, digits or ._:-")
     need(len(event.attributes) <= MAX_ATTRIBUTES, "attributes", f"at most {MAX_ATTRIBUTES}")
     need(len(event.version) <= 32, "version", "at most 32 characters")

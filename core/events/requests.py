@@ -24,6 +24,9 @@ from core.data.pagination import PageTokens, page_size
 from core.errors import FieldViolation, InvalidArgumentError, NotFoundError
 from core.events.bus import EventBus
 from core.events.model import (
+    CONTROL,
+    MAX_TIME,
+    MIN_TIME,
     Appended,
     CaughtUp,
     Checkpoint,
@@ -76,6 +79,8 @@ class EventRequests:
         """
         if group:
             require_events_admin("a consumer group")
+        if CONTROL.search(consumer):
+            raise _invalid("consumer", "must not contain control characters")
         start = await self._bus.resolve(after=after, beginning=beginning)
         if not group:
             stream = self._bus.subscribe(selector, start)
@@ -124,6 +129,9 @@ class EventRequests:
         self, query: HistoryQuery, requested_size: int, token: str
     ) -> tuple[list[Event], str]:
         """A page of stored events and the token of the next ("" after the last)."""
+        for field, time in (("start_time", query.start_time), ("end_time", query.end_time)):
+            if time is not None and not MIN_TIME <= time < MAX_TIME + 1:
+                raise _invalid(field, "must be a timestamp from 0001-01-01 to 9999-12-31")
 
         async def read(after: str, size: int) -> list[Event]:
             return await self._bus.history(query, after, size)
@@ -207,6 +215,8 @@ def _event_ids(ids: Sequence[str], *, required: bool, field: str = "event_ids") 
         raise _invalid(field, f"at most {MAX_ACK_IDS} ids")
     if any(len(i) > 64 for i in ids):
         raise _invalid(field, "an event id has at most 64 characters")
+    if any(CONTROL.search(i) for i in ids):
+        raise _invalid(field, "an event id has no control characters")
     return list(ids)
 
 

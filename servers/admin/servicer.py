@@ -74,7 +74,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def Ping(
         self, request: admin_pb2.PingRequest, context: Context
     ) -> admin_pb2.PingResponse:
-        delay = request.delay.ToTimedelta().total_seconds()
+        # Not ToTimedelta(): it overflows (INTERNAL) on a Duration of billions of years.
+        delay = request.delay.seconds + request.delay.nanos / 1e9
         if not 0 <= delay <= MAX_PING_DELAY:
             raise InvalidArgumentError(
                 "delay must be between 0 and 60 seconds",

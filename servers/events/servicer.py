@@ -6,6 +6,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from core.events.bus import EventBus
@@ -87,7 +88,7 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
         state = await self._requests.nack(
             request.group,
             request.event_id,
-            delay=request.retry_delay.ToTimedelta().total_seconds(),
+            delay=_seconds(request.retry_delay),  # ToTimedelta() overflows on huge ones
             park=request.park,
             error=request.error,
             failure=Failure(request.error, request.error_type, request.stack),
@@ -173,5 +174,5 @@ def _timestamp(seconds: float) -> Timestamp:
     return stamp
 
 
-def _seconds(stamp: Timestamp) -> float:
+def _seconds(stamp: Timestamp | Duration) -> float:
     return stamp.seconds + stamp.nanos / 1e9

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
+import grpc
+import pytest
+from google.protobuf.duration_pb2 import Duration
+
 from clients.admin import AdminClient
 from core.runtime.health import Health
 from core.runtime.lifecycle import Component
-from mesh.admin.v1 import admin_pb2
+from mesh.admin.v1 import admin_pb2, admin_pb2_grpc
 from tests.conftest import add_server, make_container, running
 
 
@@ -97,3 +101,18 @@ async def test_watch_streams_changes_and_ends_at_shutdown() -> None:
             await watching
     assert seen[0] == admin_pb2.COMPONENT_STATUS_RUNNING
     assert admin_pb2.COMPONENT_STATUS_STOPPING in seen
+
+
+async def test_a_ping_delay_beyond_any_timedelta_is_invalid_argument() -> None:
+    # Found by the fuzzer (tests/fuzz): this Duration overflowed ToTimedelta, INTERNAL.
+    container = make_container()
+    async with (
+        running(container, add_server(container)) as mesh,
+        grpc.aio.insecure_channel(mesh.address) as channel,
+    ):
+        stub = admin_pb2_grpc.AdminServiceStub(channel)
+        huge = Duration(seconds=-129963207659323, nanos=-846)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.Ping(admin_pb2.PingRequest(delay=huge), timeout=10)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "delay" in (caught.value.details() or "")
