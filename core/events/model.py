@@ -22,6 +22,8 @@ from typing import Protocol
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from core.errors import FieldViolation, InvalidArgumentError
+from core.timestamps import MAX_SECONDS, MIN_SECONDS, in_range
+from core.timestamps import RANGE as TIME_RANGE
 from mesh.events.v1 import events_pb2
 
 Event = events_pb2.Event
@@ -39,10 +41,8 @@ _PATTERN = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*(\.\*)?|\*")
 _GROUP = re.compile(r"[A-Za-z0-9._:-]{1,100}")
 # Unicode's control characters; NUL above all, which PostgreSQL cannot store in text.
 CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
-# google.protobuf.Timestamp's range, 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z, in
-# epoch seconds: what every store can hold (the SQL store keeps microseconds in a BIGINT).
-MIN_TIME = -62135596800
-MAX_TIME = 253402300799
+# What every store can hold (the SQL store keeps microseconds in a BIGINT), in epoch seconds.
+MIN_TIME, MAX_TIME = MIN_SECONDS, MAX_SECONDS  # the years 1 to 9999 (core.timestamps)
 
 
 class State(enum.IntEnum):
@@ -386,11 +386,7 @@ def prepare(event: Event, field: str, max_bytes: int, now: Timestamp) -> list[Fi
     for name in ("type", "source", "subject"):
         need(not CONTROL.search(getattr(event, name)), name, "must not contain control characters")
     time = event.time
-    need(
-        MIN_TIME <= time.seconds <= MAX_TIME and 0 <= time.nanos <= 999_999_999,
-        "time",
-        "must be a timestamp from 0001-01-01 to 9999-12-31",
-    )
+    need(in_range(time), "time", TIME_RANGE)
     need(not event.id or bool(_ID.fullmatch(event.id)), "id", "1-64 letters, digits or ._:-")
     need(len(event.attributes) <= MAX_ATTRIBUTES, "attributes", f"at most {MAX_ATTRIBUTES}")
     need(len(event.version) <= 32, "version", "at most 32 characters")

@@ -13,6 +13,7 @@ from core.errors import FailedPreconditionError, UnavailableError
 from core.resources.audit_log import AuditLog, AuditQuery, AuditRecord
 from core.runtime.container import Container
 from core.runtime.lifecycle import Status
+from core.timestamps import checked_datetime as _time
 from mesh.admin.v1 import admin_pb2
 
 
@@ -29,8 +30,10 @@ class AuditRecords:
         query = AuditQuery(
             resource=request.resource,
             principal=request.principal,
-            start=request.start_time.ToDatetime() if request.HasField("start_time") else None,
-            end=request.end_time.ToDatetime() if request.HasField("end_time") else None,
+            start=_time(request.start_time, "start_time")
+            if request.HasField("start_time")
+            else None,
+            end=_time(request.end_time, "end_time") if request.HasField("end_time") else None,
         )
         records, token = await self._audit_log().page(
             query, size=request.page_size, token=request.page_token

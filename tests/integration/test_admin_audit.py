@@ -5,16 +5,18 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import grpc
 import pytest
 
 from clients.admin import AdminClient
 from clients.projects import ProjectsClient
+from core.calls.status import from_rpc_error
 from core.data.database import Database
 from core.errors import FailedPreconditionError, InvalidArgumentError, UnavailableError
 from core.runtime.container import Container
 from core.security.principal import Principal
 from core.testing.services import FAST_START
-from mesh.admin.v1 import admin_pb2
+from mesh.admin.v1 import admin_pb2, admin_pb2_grpc
 from mesh.projects.v1.projects_pb2 import Project
 from servers.admin.audit import AuditRecords
 from tests.conftest import Running
@@ -134,3 +136,21 @@ async def test_a_database_not_running_yet_is_unavailable(tmp_path: Path) -> None
         await AuditRecords(container).list(admin_pb2.ListAuditRecordsRequest())
 
     assert caught.value.reason == "DATABASE_NOT_READY"
+
+
+async def test_a_timestamp_out_of_range_is_invalid_argument_naming_it(
+    projects_server: Running,
+) -> None:
+    """Found by the fuzzer: nanos of -1 made ListAuditRecords INTERNAL."""
+    async with grpc.aio.insecure_channel(projects_server.address) as channel:
+        stub = admin_pb2_grpc.AdminServiceStub(channel)
+        request = admin_pb2.ListAuditRecordsRequest()
+        request.start_time.nanos = -1
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await stub.ListAuditRecords(request, timeout=5)
+    error = from_rpc_error(failed.value)
+    assert isinstance(error, InvalidArgumentError)
+    assert (error.reason, [v.field for v in error.violations]) == (
+        "INVALID_TIMESTAMP",
+        ["start_time"],
+    )
