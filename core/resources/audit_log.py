@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from core.data.database import Database
 from core.data.pagination import PageTokens, page_size
 from core.errors import FieldViolation, InvalidArgumentError
+from core.events.model import CONTROL
 from core.resources.audit import audit_records
 from core.resources.resource import utc
 from core.resources.shared_secrets import PAGE_TOKEN, read_secret
@@ -36,7 +37,15 @@ class AuditQuery:
     end: datetime | None = None  # before
 
     def check(self) -> None:
-        """Raises INVALID_ARGUMENT (reason INVALID_TIME_RANGE) for an empty time range."""
+        """Raises INVALID_ARGUMENT for a filter with control characters (PostgreSQL cannot
+        even compare a NUL) and, reason INVALID_TIME_RANGE, for an empty time range."""
+        for field in ("resource", "principal"):
+            if CONTROL.search(getattr(self, field)):
+                raise InvalidArgumentError(
+                    f"{field} must not contain control characters",
+                    reason="INVALID_FILTER",
+                    violations=[FieldViolation(field, "must not contain control characters")],
+                )
         if self.start is not None and self.end is not None and self.end <= self.start:
             raise InvalidArgumentError(
                 "end_time must be after start_time",

@@ -154,3 +154,10 @@ async def test_a_timestamp_out_of_range_is_invalid_argument_naming_it(
         "INVALID_TIMESTAMP",
         ["start_time"],
     )
+
+
+async def test_a_filter_with_a_nul_is_invalid_argument(admin: AdminClient) -> None:
+    """Found by the fuzzer: PostgreSQL cannot compare text with a NUL (it was INTERNAL)."""
+    with pytest.raises(InvalidArgumentError) as caught:
+        await admin.list_audit_records(resource="projects/\x00")
+    assert caught.value.reason == "INVALID_FILTER"

@@ -56,7 +56,9 @@ def mesh_env(**values: str) -> dict[str, str]:
     return base | {"MESH_LOG_FORMAT": "json", "MESH_ADDRESS": "127.0.0.1:0"} | values
 
 
-async def _read_logs(process: MeshProcess, listening: asyncio.Event) -> None:
+async def _read_logs(
+    process: MeshProcess, listening: asyncio.Event, running: asyncio.Event
+) -> None:
     assert process.proc.stderr is not None
     async for raw in process.proc.stderr:
         line = raw.decode(errors="replace")
@@ -71,6 +73,8 @@ async def _read_logs(process: MeshProcess, listening: asyncio.Event) -> None:
         if event.get("event") == "server.listening":
             process.address = str(event["address"])
             listening.set()
+        elif event.get("event") == "service.running":
+            running.set()
 
 
 @asynccontextmanager
@@ -93,17 +97,21 @@ async def subscribing(
 
 
 @asynccontextmanager
-async def serving(*services: str, env: Mapping[str, str]) -> AsyncIterator[MeshProcess]:
-    """`mesh serve SERVICE...` until the block ends; yields once it listens."""
-    async with listening_process([MESH, "serve", *services], env) as process:
+async def serving(
+    *services: str, env: Mapping[str, str], ready: bool = True
+) -> AsyncIterator[MeshProcess]:
+    """`mesh serve SERVICE...` until the block ends; yields once every component started
+    (or, with `ready=False`, once the port is open: it opens before the components start)."""
+    async with listening_process([MESH, "serve", *services], env, ready=ready) as process:
         yield process
 
 
 @asynccontextmanager
 async def listening_process(
-    argv: list[str], env: Mapping[str, str], cwd: Path | None = None
+    argv: list[str], env: Mapping[str, str], cwd: Path | None = None, *, ready: bool = True
 ) -> AsyncIterator[MeshProcess]:
-    """Runs `argv` until the block ends; yields once it logs "server.listening"."""
+    """Runs `argv` until the block ends; yields once it logs "server.listening" and, when
+    `ready`, "service.running" (every component started)."""
     proc = await asyncio.create_subprocess_exec(
         *argv,
         cwd=cwd,
@@ -112,9 +120,9 @@ async def listening_process(
         stderr=asyncio.subprocess.PIPE,
     )
     process = MeshProcess(proc)
-    listening = asyncio.Event()
-    reader = asyncio.create_task(_read_logs(process, listening))
-    waiter = asyncio.create_task(listening.wait())
+    listening, running = asyncio.Event(), asyncio.Event()
+    reader = asyncio.create_task(_read_logs(process, listening, running))
+    waiter = asyncio.create_task((running if ready else listening).wait())
     try:
         # Whichever comes first: the "server.listening" line, or the end of the log.
         done, _ = await asyncio.wait(
@@ -122,8 +130,8 @@ async def listening_process(
         )
         if not done:
             raise AssertionError(f"{argv[0]} did not listen within {STARTUP:g}s:\n{process.tail()}")
-        if not listening.is_set():
-            raise AssertionError(f"{argv[0]} exited before listening:\n{process.tail()}")
+        if not listening.is_set() or (ready and not running.is_set()):
+            raise AssertionError(f"{argv[0]} exited before it ran:\n{process.tail()}")
         yield process
     finally:
         waiter.cancel()

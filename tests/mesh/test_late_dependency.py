@@ -34,7 +34,7 @@ async def test_the_port_opens_before_a_late_redis_and_serves_soon_after_it(
 ) -> None:
     redis = RedisServer(tmp_path / "redis")  # not started yet
     try:
-        async with serving("events", env=_late_redis_env(redis, tmp_path)) as server:
+        async with serving("events", env=_late_redis_env(redis, tmp_path), ready=False) as server:
             async with HealthClient(server.address) as health:
                 assert await health.check("liveness") == "SERVING"
                 assert await health.check("readiness") == "NOT_SERVING"
@@ -64,7 +64,7 @@ async def test_past_the_start_deadline_the_process_exits_naming_the_dependency(
 ) -> None:
     redis = RedisServer(tmp_path / "redis")  # never started
     env = _late_redis_env(redis, tmp_path, MESH_START_DEADLINE_SECONDS="2")
-    async with serving("events", env=env) as server:
+    async with serving("events", env=env, ready=False) as server:
         async with asyncio.timeout(30):
             code = await server.proc.wait()
         await asyncio.sleep(0)  # let the log reader take the last lines
