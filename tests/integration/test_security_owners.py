@@ -1,0 +1,181 @@
+"""Owners and the audit log through real tokens: alice's project is invisible to bob.
+
+A server that requires HS256 tokens hosts projects, events and admin on SQLite and
+PostgreSQL; every call goes over the network with `authorization: Bearer ...`, so the
+principal is what the boundary made of the token (not one set in-process). The outbox
+relays through the in-process bus, which needs no credentials of its own; a relay to a
+remote events service sends MESH_TOKEN, which needs events.publish and events.admin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from clients.admin import AdminClient
+from clients.events import EventsClient
+from clients.projects import ProjectsClient
+from core.config import EventSettings
+from core.errors import AbortedError, DomainError, NotFoundError
+from core.testing.services import Running, serving, settings_for
+from mesh.projects.v1 import projects_pb2 as pb
+from tests._services import ADMIN, EVENTS, PROJECTS
+from tests.integration._owners import (
+    ALICE,
+    AUDITOR,
+    AUTH,
+    BOB,
+    ROOT,
+    bearer,
+    client,
+    failure,
+    secured_server,
+)
+from tests.integration._projects import a_project
+
+
+@pytest.fixture
+async def secured(database_url: str) -> AsyncIterator[Running]:
+    async with secured_server(database_url) as running:
+        yield running
+
+
+def answer(error: DomainError) -> tuple[Any, ...]:
+    return (type(error), error.message, error.reason, error.metadata)
+
+
+async def test_another_owners_project_is_missing_and_uncounted(secured: Running) -> None:
+    alice = await client(secured, ProjectsClient, ALICE)
+    bob = await client(secured, ProjectsClient, BOB)
+    root = await client(secured, ProjectsClient, ROOT)
+    mine = await alice.create_project(a_project(owner=""), project_id="alices")
+    await bob.create_project(a_project(owner=""), project_id="bobs")
+    assert mine.owner == "alice"
+
+    name = mine.name
+    missing = "projects/nobody-has-this"
+    theirs = [
+        await failure(bob.get_project(name)),
+        await failure(bob.batch_get_projects([name])),
+        await failure(
+            bob.update_project(
+                pb.Project(name=name, display_name="x"), update_mask=["display_name"]
+            )
+        ),
+        await failure(bob.delete_project(name)),
+        await failure(bob.undelete_project(name)),
+    ]
+    absent = [
+        await failure(bob.get_project(missing)),
+        await failure(bob.batch_get_projects([missing])),
+        await failure(
+            bob.update_project(
+                pb.Project(name=missing, display_name="x"), update_mask=["display_name"]
+            )
+        ),
+        await failure(bob.delete_project(missing)),
+        await failure(bob.undelete_project(missing)),
+    ]
+    assert all(isinstance(e, NotFoundError) for e in theirs)
+    # The same answer as for a project that does not exist, up to the name asked for.
+    assert [str(answer(e)) for e in theirs] == [
+        str(answer(e)).replace(missing, name) for e in absent
+    ]
+    # A name is unique across owners: creating one that is taken says so, whoever owns
+    # it (the one existence a caller can learn, by choosing the name; see README).
+    taken = await failure(bob.create_project(a_project(owner=""), project_id="alices"))
+    assert (taken.code, taken.reason) == (grpc.StatusCode.ALREADY_EXISTS, "PROJECT_ALREADY_EXISTS")
+
+    seen = [p.name for p in (await bob.list_projects(show_deleted=True)).projects]
+    assert seen == ["projects/bobs"]
+    assert await bob.count_projects(show_deleted=True) == 1
+    everyone = [p.name for p in (await root.list_projects()).projects]
+    assert sorted(everyone) == ["projects/alices", "projects/bobs"]
+    assert await root.count_projects() == 2
+    assert (await root.get_project(name)).owner == "alice"
+    assert (await alice.get_project(name)).display_name == mine.display_name
+
+
+async def test_the_audit_log_records_the_token_subject(secured: Running) -> None:
+    alice = await client(secured, ProjectsClient, ALICE)
+    auditor = await client(secured, AdminClient, AUDITOR)
+    created = await alice.create_project(a_project(owner=""), project_id="audited")
+    updated = await alice.update_project(
+        pb.Project(name=created.name, display_name="Final cut"), update_mask=["display_name"]
+    )
+    stale = await failure(
+        alice.update_project(
+            pb.Project(name=created.name, display_name="Lost"),
+            update_mask=["display_name"],
+            etag=created.etag,
+        )
+    )
+    assert isinstance(stale, AbortedError)
+    await alice.delete_project(created.name, etag=updated.etag)
+
+    page = await auditor.list_audit_records(resource=created.name)
+    records = list(reversed(page.records))  # oldest first
+    assert [(r.principal, r.action) for r in records] == [
+        ("alice", "create"),
+        ("alice", "update"),
+        ("alice", "delete"),
+    ]
+    assert {r.method for r in records} == {
+        "/mesh.projects.v1.ProjectService/CreateProject",
+        "/mesh.projects.v1.ProjectService/UpdateProject",
+        "/mesh.projects.v1.ProjectService/DeleteProject",
+    }
+    changed = [{c.field for c in r.changes} for r in records]
+    assert {"display_name", "owner"} <= changed[0]
+    assert changed[1] == {"display_name"}
+    assert {"state", "delete_time"} <= changed[2]
+    assert "Lost" not in str(page)  # the rolled-back write left nothing
+    by_alice = await auditor.list_audit_records(principal="alice")
+    assert len(by_alice.records) == 3
+
+
+async def test_events_of_alices_project_follow_her(secured: Running) -> None:
+    alice_projects = await client(secured, ProjectsClient, ALICE)
+    alice = await client(secured, EventsClient, ALICE)
+    bob = await client(secured, EventsClient, BOB)
+    root = await client(secured, EventsClient, ROOT)
+    created = await alice_projects.create_project(a_project(owner=""), project_id="evented")
+    event = await secured.wait_for_event("mesh.projects.v1.project.*", subject=created.name)
+    assert (event.attributes["owner"], event.attributes["principal"]) == ("alice", "alice")
+
+    assert (await alice.status(event.id)).event.id == event.id
+    assert isinstance(await failure(bob.status(event.id)), NotFoundError)
+    assert isinstance(await failure(bob.status("no-such-event")), NotFoundError)
+    assert event.id in [e.id for e in (await alice.history()).events]
+    assert event.id not in [e.id for e in (await bob.history()).events]
+    assert event.id in [e.id for e in (await root.history()).events]
+
+
+async def test_a_relay_to_a_remote_events_service_needs_events_admin(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Projects in one process relay to events in another, both requiring tokens: the
+    relay's MESH_TOKEN needs events.publish and events.admin, which keeps the owner and
+    principal of alice's events (with events.publish alone the events service refuses
+    to publish another owner's events: PERMISSION_DENIED)."""
+    events_settings = replace(
+        settings_for(f"sqlite+aiosqlite:///{tmp_path / 'events.db'}"), auth=AUTH
+    )
+    async with serving(EVENTS, settings=events_settings) as events:
+        relay = bearer("projects-service", "events.publish events.admin")
+        settings = replace(
+            settings_for(database_url),
+            auth=AUTH,
+            token=relay,
+            events=EventSettings(address=events.address, system_events=False),
+        )
+        async with serving(ADMIN, PROJECTS, settings=settings) as projects:
+            alice = await client(projects, ProjectsClient, ALICE)
+            created = await alice.create_project(a_project(owner=""), project_id="far-away")
+            event = await events.wait_for_event("mesh.projects.v1.project.*", subject=created.name)
+    assert (event.attributes["owner"], event.attributes["principal"]) == ("alice", "alice")
