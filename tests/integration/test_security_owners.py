@@ -9,6 +9,7 @@ remote events service sends MESH_TOKEN, which needs events.publish and events.ad
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -179,3 +180,26 @@ async def test_a_relay_to_a_remote_events_service_needs_events_admin(
             created = await alice.create_project(a_project(owner=""), project_id="far-away")
             event = await events.wait_for_event("mesh.projects.v1.project.*", subject=created.name)
     assert (event.attributes["owner"], event.attributes["principal"]) == ("alice", "alice")
+
+
+async def test_request_ids_and_page_tokens_do_not_carry_over_to_another_caller(
+    secured: Running,
+) -> None:
+    alice = await client(secured, ProjectsClient, ALICE)
+    bob = await client(secured, ProjectsClient, BOB)
+    request_id = str(uuid.uuid4())
+    await alice.create_project(a_project(owner=""), project_id="alices-one", request_id=request_id)
+    await alice.create_project(a_project(owner=""), project_id="alices-two")
+    # Bob repeating alice's request (her request id, the same body) is not answered with
+    # her project: the request id is bound to its caller.
+    replayed = await failure(
+        bob.create_project(a_project(owner=""), project_id="alices-one", request_id=request_id)
+    )
+    assert (replayed.code, replayed.reason) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "REQUEST_ID_REUSED",
+    )
+    page = await alice.list_projects(page_size=1)
+    assert page.next_page_token
+    stolen = await failure(bob.list_projects(page_size=1, page_token=page.next_page_token))
+    assert stolen.code is grpc.StatusCode.INVALID_ARGUMENT
