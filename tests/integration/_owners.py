@@ -13,6 +13,7 @@ import pytest
 from core.config import AuthSettings, ChannelSettings
 from core.errors import DomainError
 from core.testing.credentials import hs256_token
+from core.testing.databases import forget_namespace
 from core.testing.services import Running, serving, settings_for
 from tests._services import ADMIN, EVENTS, PROJECTS
 
@@ -33,11 +34,16 @@ AUDITOR = bearer("auditor", "audit.read")
 
 
 @asynccontextmanager
-async def secured_server(database_url: str) -> AsyncIterator[Running]:
-    """Projects, events (on the in-process bus) and admin in one process requiring tokens."""
-    settings = replace(settings_for(database_url), auth=AUTH)
-    async with serving(ADMIN, PROJECTS, EVENTS, settings=settings) as running:
-        yield running
+async def secured_server(database_url: str, redis_url: str = "") -> AsyncIterator[Running]:
+    """Projects, events (on the in-process bus, or Redis with `redis_url`) and admin in
+    one process requiring tokens; its Redis keys are deleted afterwards."""
+    settings = replace(settings_for(database_url, redis_url=redis_url), auth=AUTH)
+    try:
+        async with serving(ADMIN, PROJECTS, EVENTS, settings=settings) as running:
+            yield running
+    finally:
+        if redis_url:
+            await forget_namespace(redis_url, settings.cache_namespace)
 
 
 async def client(running: Running, kind: Any, token: str) -> Any:

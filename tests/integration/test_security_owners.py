@@ -26,6 +26,7 @@ from core.errors import AbortedError, DomainError, NotFoundError
 from core.testing.services import Running, serving, settings_for
 from mesh.projects.v1 import projects_pb2 as pb
 from tests._services import ADMIN, EVENTS, PROJECTS
+from tests.integration._events import REDIS_URL
 from tests.integration._owners import (
     ALICE,
     AUDITOR,
@@ -43,6 +44,13 @@ from tests.integration._projects import a_project
 @pytest.fixture
 async def secured(database_url: str) -> AsyncIterator[Running]:
     async with secured_server(database_url) as running:
+        yield running
+
+
+@pytest.fixture
+async def cached(database_url: str) -> AsyncIterator[Running]:
+    """The same server with its cache and events on Redis."""
+    async with secured_server(database_url, REDIS_URL) as running:
         yield running
 
 
@@ -203,3 +211,38 @@ async def test_request_ids_and_page_tokens_do_not_carry_over_to_another_caller(
     assert page.next_page_token
     stolen = await failure(bob.list_projects(page_size=1, page_token=page.next_page_token))
     assert stolen.code is grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_a_project_in_the_shared_cache_is_still_its_owners(cached: Running) -> None:
+    alice = await client(cached, ProjectsClient, ALICE)
+    bob = await client(cached, ProjectsClient, BOB)
+    created = await alice.create_project(a_project(owner=""), project_id="cached-one")
+    for _ in range(2):  # the second read is served from the cache
+        assert (await alice.get_project(created.name)).etag == created.etag
+    assert isinstance(await failure(bob.get_project(created.name)), NotFoundError)
+    assert isinstance(await failure(bob.batch_get_projects([created.name])), NotFoundError)
+    event = await cached.wait_for_event("mesh.projects.v1.project.*", subject=created.name)
+    assert (event.attributes["owner"], event.attributes["principal"]) == ("alice", "alice")
+    events = await client(cached, EventsClient, BOB)
+    assert isinstance(await failure(events.status(event.id)), NotFoundError)
+
+
+async def test_only_an_admin_gives_a_project_away_and_a_deleted_one_stays_hidden(
+    secured: Running,
+) -> None:
+    alice = await client(secured, ProjectsClient, ALICE)
+    bob = await client(secured, ProjectsClient, BOB)
+    root = await client(secured, ProjectsClient, ROOT)
+    created = await alice.create_project(a_project(owner=""), project_id="given")
+    away = pb.Project(name=created.name, owner="bob")
+    denied = await failure(alice.update_project(away, update_mask=["owner"]))
+    assert (denied.code, denied.reason) == (grpc.StatusCode.PERMISSION_DENIED, "OWNER_NOT_CALLER")
+    for_bob = await root.create_project(a_project(owner="bob"), project_id="for-bob")
+    assert for_bob.owner == "bob"
+    assert (await root.update_project(away, update_mask=["owner"])).owner == "bob"
+    assert isinstance(await failure(alice.get_project(created.name)), NotFoundError)
+    await bob.delete_project(created.name)
+    assert isinstance(await failure(alice.undelete_project(created.name)), NotFoundError)
+    listed = await alice.list_projects(show_deleted=True)
+    assert [p.name for p in listed.projects] == []
+    assert (await bob.undelete_project(created.name)).owner == "bob"
