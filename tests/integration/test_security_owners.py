@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from clients.events import EventsClient
 from clients.projects import ProjectsClient
 from core.config import EventSettings
 from core.errors import AbortedError, DomainError, NotFoundError
+from core.events.relay import OutboxRelay
+from core.runtime.health import HealthState
 from core.testing.services import Running, serving, settings_for
 from mesh.projects.v1 import projects_pb2 as pb
 from tests._services import ADMIN, EVENTS, PROJECTS
@@ -38,7 +41,7 @@ from tests.integration._owners import (
     failure,
     secured_server,
 )
-from tests.integration._projects import a_project
+from tests.integration._projects import a_project, until
 
 
 @pytest.fixture
@@ -165,29 +168,54 @@ async def test_events_of_alices_project_follow_her(secured: Running) -> None:
     assert event.id in [e.id for e in (await root.history()).events]
 
 
-async def test_a_relay_to_a_remote_events_service_needs_events_admin(
-    database_url: str, tmp_path: Path
-) -> None:
-    """Projects in one process relay to events in another, both requiring tokens: the
-    relay's MESH_TOKEN needs events.publish and events.admin, which keeps the owner and
-    principal of alice's events (with events.publish alone the events service refuses
-    to publish another owner's events: PERMISSION_DENIED)."""
+@asynccontextmanager
+async def relaying(
+    database_url: str, tmp_path: Path, scope: str
+) -> AsyncIterator[tuple[Running, Running]]:
+    """Events in one process and projects in another, both requiring tokens; the projects
+    outbox relays to the events service with a MESH_TOKEN holding `scope`."""
     events_settings = replace(
         settings_for(f"sqlite+aiosqlite:///{tmp_path / 'events.db'}"), auth=AUTH
     )
     async with serving(EVENTS, settings=events_settings) as events:
-        relay = bearer("projects-service", "events.publish events.admin")
         settings = replace(
             settings_for(database_url),
             auth=AUTH,
-            token=relay,
+            token=bearer("projects-service", scope),
             events=EventSettings(address=events.address, system_events=False),
         )
         async with serving(ADMIN, PROJECTS, settings=settings) as projects:
-            alice = await client(projects, ProjectsClient, ALICE)
-            created = await alice.create_project(a_project(owner=""), project_id="far-away")
-            event = await events.wait_for_event("mesh.projects.v1.project.*", subject=created.name)
+            yield events, projects
+
+
+async def test_a_relay_with_events_admin_passes_on_the_owner_to_a_remote_events_service(
+    database_url: str, tmp_path: Path
+) -> None:
+    async with relaying(database_url, tmp_path, "events.publish events.admin") as (
+        events,
+        projects,
+    ):
+        alice = await client(projects, ProjectsClient, ALICE)
+        created = await alice.create_project(a_project(owner=""), project_id="far-away")
+        event = await events.wait_for_event("mesh.projects.v1.project.*", subject=created.name)
     assert (event.attributes["owner"], event.attributes["principal"]) == ("alice", "alice")
+
+
+async def test_a_relay_without_events_admin_is_refused_and_holds_the_events(
+    database_url: str, tmp_path: Path
+) -> None:
+    async with relaying(database_url, tmp_path, "events.publish") as (_, projects):
+        alice = await client(projects, ProjectsClient, ALICE)
+        await alice.create_project(a_project(owner=""), project_id="far-away")
+        relay = projects.container.get(OutboxRelay)
+
+        async def degraded() -> bool:
+            return (await relay.check_health()).state is HealthState.DEGRADED
+
+        await until(degraded)
+        health = await relay.check_health()
+    assert "outbox delivery failing (PermissionDeniedError)" in health.reason
+    assert "1 events wait" in health.reason
 
 
 async def test_request_ids_and_page_tokens_do_not_carry_over_to_another_caller(
