@@ -217,7 +217,10 @@ async def test_every_rpc_answers_another_owners_resource_with_its_code(secured: 
                 request, reply, view = cases[path]
                 code, detail = await outcome(channel, path, request, reply)
                 observed[path] = (code, view(detail) if code == "OK" and view else detail)
+        # Joining the group that holds alice's event: a group shares every owner's events.
+        joined = await subscribed(channel, epb.SubscribeRequest(group="g"))
     assert observed == expected
+    assert joined == ("PERMISSION_DENIED", "EVENTS_ADMIN_REQUIRED")
 
 
 async def subscribed_admin(channel: grpc.aio.Channel) -> tuple[str, Any]:
