@@ -178,3 +178,5 @@ async def test_projects_publish_to_events_with_their_certificate_alone(
             # The outbox relay published it to the events process over mutual TLS.
             event = await events.wait_for_event(CREATED, subject=created.name, timeout=20)
     assert event.subject == created.name
+    # The relay's certificate (scopes `admin` by default) passes on who caused the event.
+    assert event.attributes == {"owner": "users/a", "principal": SPIFFE.format("operator")}
