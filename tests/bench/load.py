@@ -110,6 +110,9 @@ class H2Load:
             self.path, "-D", f"{round(seconds * 1000)}ms", "-c", str(self.connections),
             "-m", str(self.streams), "-t", "1", "-d", str(body),
             "-H", "content-type: application/grpc", "-H", "te: trailers",
+            # A deadline, as the typed clients and the Python driver send (timeout=10):
+            # a call without one runs under the server's default, an extra timer.
+            "-H", "grpc-timeout: 10S",
         ]  # fmt: skip
         for key, value in target.headers:
             args += ["-H", f"{key}: {value}"]

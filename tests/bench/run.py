@@ -63,7 +63,8 @@ BASELINE_TABLE = "bench_projects"
 SPAN_COUNT_FILE = "otlp-spans"  # in the run's log folder, written by otlp_sink.py
 AUTH_SECRET = "bench-secret-of-at-least-thirty-two-bytes"
 BENCH_TOKEN = jwt.encode(
-    {"sub": "bench", "scope": "projects.read", "exp": int(time.time()) + 24 * 3600},
+    # The seed project's owner: the secured read passes the ownership check too.
+    {"sub": "users/bench", "scope": "projects.read", "exp": int(time.time()) + 24 * 3600},
     AUTH_SECRET,
     algorithm="HS256",
 )
