@@ -17,6 +17,10 @@ same load generator, interleaved round by round so machine noise hits both sides
 5. the cost of authentication: cached GetProject with a valid HS256 bearer token on the
    service with MESH_AUTH=required, against the same service with MESH_AUTH=off.
 
+6. SQLite under mixed load (tests/bench/sqlite_mixed.py): write latency on the embedded
+   default beside 16 concurrent readers, against the same writes alone, and the highest
+   write rate whose p99 stays under a second.
+
 It prints calls/s, latency and CPU per call of each server process, and the ratios
 against their targets, and writes the same as JSON (default /tmp/mesh-bench-results.json).
 A missed target is reported, not failed: the exit status is non-zero only when a server
@@ -48,6 +52,7 @@ import grpc
 import jwt
 import load
 import procs
+import sqlite_mixed
 from google.protobuf.message import Message
 from report import Pair, Run, Side, build_report, print_report, rounded
 
@@ -433,7 +438,7 @@ def main() -> None:
     parser.add_argument(
         "--json", type=Path, default=Path(tempfile.gettempdir()) / "mesh-bench-results.json"
     )
-    parser.add_argument("--suite", choices=["projects", "events", "all"], default="all")
+    parser.add_argument("--suite", choices=["projects", "events", "sqlite", "all"], default="all")
     parser.add_argument(
         "--only", default="", help="measure only the pairs whose name contains this, e.g. auth"
     )
@@ -442,10 +447,15 @@ def main() -> None:
 
 
 async def run_suites(args: argparse.Namespace) -> int:
-    """The projects suite (above), the events suite (tests/bench/events.py), or both."""
-    status = await run(args) if args.suite != "events" else 0
-    if args.suite != "projects":
+    """The projects suite (above), the events suite (tests/bench/events.py), SQLite under
+    mixed load (tests/bench/sqlite_mixed.py), or all three."""
+    status = await run(args) if args.suite in ("projects", "all") else 0
+    if args.suite in ("events", "all"):
         status = max(status, await events.run(args))
+    if args.suite in ("sqlite", "all"):
+        with tempfile.TemporaryDirectory(prefix="mesh-bench-sqlite-") as logs:
+            results = await sqlite_mixed.measure(args.seconds, 16, Path(logs))
+        sqlite_mixed.print_results(results)
     return status
 
 
