@@ -19,13 +19,15 @@ Usage::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 import structlog
+from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
@@ -69,12 +71,15 @@ class Change:
 
 
 def diff(resource: Resource[Any], old: Message | None, new: Message) -> list[Change]:
-    """The top-level fields that differ between `old` (None: created) and `new`, by name."""
+    """The top-level fields that differ between `old` (None: created) and `new`, by name.
+
+    Values are as `MessageToDict` (preserving field names) gives them; see `_fields`.
+    """
     before = _fields(old)
     after = _fields(new)
-    secret = set(resource.secret_fields)
+    secret = resource.secret_fields
     changes = []
-    for name in sorted((before.keys() | after.keys()) - _NOISE):
+    for name in sorted(before.keys() | after.keys()):
         if before.get(name) == after.get(name):
             continue
         if name in secret:
@@ -85,9 +90,88 @@ def diff(resource: Resource[Any], old: Message | None, new: Message) -> list[Cha
 
 
 def _fields(message: Message | None) -> dict[str, Any]:
+    """The set top-level fields of `message` but the noise, as JSON values.
+
+    The same values as `MessageToDict(message, preserving_proto_field_name=True)`, but
+    only the fields kept are converted, and the common kinds (strings, bools, 32-bit
+    integers, enums, string maps) skip json_format's walk, which was two thirds of the
+    CPU a create spent in Python on its audit record.
+    """
     if message is None:
         return {}
-    return MessageToDict(message, preserving_proto_field_name=True)
+    converters = _converters(message.DESCRIPTOR)
+    found: dict[str, Any] = {}
+    whole: dict[str, Any] | None = None
+    for field, value in message.ListFields():
+        name = field.name
+        if name in _NOISE:
+            continue
+        convert = converters.get(name)
+        if convert is None:  # anything else: json_format's own conversion
+            if whole is None:
+                whole = MessageToDict(message, preserving_proto_field_name=True)
+            found[name] = whole[name]
+        else:
+            found[name] = convert(value)
+    return found
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def _enum_name(names: dict[int, str], number: int) -> str | int:
+    return names.get(number, number)  # an open enum's unknown value stays a number
+
+
+def _json_value(value: Message) -> Any:
+    return MessageToDict(value, preserving_proto_field_name=True)
+
+
+@functools.cache
+def _converters(message: Descriptor) -> dict[str, Callable[[Any], Any]]:
+    """How to turn each field of `message` that has a plain JSON form into it; the
+    fields left out take `MessageToDict`'s path."""
+    found: dict[str, Callable[[Any], Any]] = {}
+    for field in message.fields:
+        entry = field.message_type
+        if entry is not None and entry.GetOptions().map_entry:
+            key, value = entry.fields_by_name["key"], entry.fields_by_name["value"]
+            if key.type == FieldDescriptor.TYPE_STRING and value.type in _PLAIN:
+                found[field.name] = dict
+        elif field.is_repeated:
+            continue
+        elif field.type in _PLAIN:
+            found[field.name] = _identity
+        elif field.type == FieldDescriptor.TYPE_MESSAGE:
+            found[field.name] = _json_value
+        elif field.enum_type is not None and (names := _enum_names(field.enum_type)):
+            found[field.name] = functools.partial(_enum_name, names)
+    return found
+
+
+def _enum_names(enum: EnumDescriptor) -> dict[int, str] | None:
+    """The JSON names of an open enum's values, or None when json_format must decide (a
+    closed enum, NullValue, or a value with options of its own such as a JSON name)."""
+    if enum.full_name == "google.protobuf.NullValue" or enum.is_closed:
+        return None
+    if any(v.GetOptions().ListFields() for v in enum.values):
+        return None
+    return {v.number: v.name for v in enum.values}
+
+
+_PLAIN = frozenset(
+    {
+        FieldDescriptor.TYPE_STRING,
+        FieldDescriptor.TYPE_BOOL,
+        FieldDescriptor.TYPE_INT32,
+        FieldDescriptor.TYPE_SINT32,
+        FieldDescriptor.TYPE_SFIXED32,
+        FieldDescriptor.TYPE_UINT32,
+        FieldDescriptor.TYPE_FIXED32,
+    }
+)
+"""Field types whose JSON value is the Python value itself."""
 
 
 def audit_row(
