@@ -37,19 +37,32 @@ class WriteEffects(Generic[M]):
         self._cache = cache
         # The row, its event and its record in one statement (PostgreSQL creates).
         self.insert_at_once: sa.Insert = audit.insert_with_event_and_audit(resource.table)
+        # A write's event and record in one statement (PostgreSQL, inside a transaction).
+        self._event_and_record: sa.Insert = audit.insert_event_and_audit()
 
     async def written(
         self, tx: Transaction, verb: str, message: M, *, old: M | None, request_id: str | None
     ) -> None:
         """Emits the event of a write and records it in the audit log, unless `request_id`
         is None (not a caller's write: a purge); drops the cached copy after commit."""
-        await emit(tx, **self.event(message, verb))
-        if request_id is not None:
+        if request_id is None:
+            await emit(tx, **self.event(message, verb))
+        else:
             changes = audit.diff(self.resource, old, message)
             name = cast(Any, message).name
-            await audit.record(
-                tx, resource=name, action=_ACTIONS[verb], request_id=request_id, changes=changes
-            )
+            action = _ACTIONS[verb]
+            if tx.conn.dialect.name == "postgresql":  # one round trip for both
+                event = event_row(**self.event(message, verb))
+                record = audit.audit_row(
+                    resource=name, action=action, request_id=request_id, changes=changes
+                )
+                parameters = audit.with_audit(with_event({}, event), record)
+                await tx.conn.execute(self._event_and_record, parameters)
+            else:
+                await emit(tx, **self.event(message, verb))
+                await audit.record(
+                    tx, resource=name, action=action, request_id=request_id, changes=changes
+                )
         if self._cache is not None:
             cache, key = self._cache, cast(Any, message).name
             tx.after_commit(lambda: cache.invalidate(key))
