@@ -12,20 +12,19 @@ Usage::
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TypeVar
 
+from core import variables as value
 from core.errors import ConfigError
+from core.variables import Override, Reader
 
 
 def sqlite_url(data_dir: Path) -> str:
     """The embedded default: one SQLite file in the data folder."""
     return f"sqlite+aiosqlite:///{(data_dir / 'mesh.db').resolve()}"
 
-
-T = TypeVar("T")
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 
@@ -53,16 +52,6 @@ PROFILES: Mapping[str, Mapping[str, str]] = {
     },
 }
 DEFAULT_PROFILE = "development"
-
-
-@dataclass(frozen=True, slots=True)
-class Override:
-    """A variable set to something else than its profile's default; a secret's `value` is
-    empty, for what is shown of a configuration (`mesh status`) never holds a secret."""
-
-    name: str
-    value: str
-    secret: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,88 +276,102 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Reads and validates every `MESH_*` variable; raises ConfigError naming the bad one."""
         env = os.environ if env is None else env
-        first = _Reader(env, {})  # MESH_ENV itself: shown as the profile, not as an override
-        profile = first.get("MESH_ENV", _choice(*PROFILES), DEFAULT_PROFILE)
-        reader = _Reader(env, PROFILES[profile])
+        first = Reader(env, {})  # MESH_ENV itself: shown as the profile, not as an override
+        profile = first.get("MESH_ENV", value.choice(*PROFILES), DEFAULT_PROFILE)
+        reader = Reader(env, PROFILES[profile])
         reader.errors += first.errors
         settings = cls(
             service_name=reader.get("MESH_SERVICE_NAME", str, "mesh"),
-            address=reader.get("MESH_ADDRESS", _address, DEFAULT_ADDRESS),
+            address=reader.get("MESH_ADDRESS", value.address, DEFAULT_ADDRESS),
             profile=profile,
-            reflection=reader.get("MESH_REFLECTION", _bool, True),
-            probe_address=reader.get("MESH_PROBE_ADDRESS", _address, ""),
+            reflection=reader.get("MESH_REFLECTION", value.boolean, True),
+            probe_address=reader.get("MESH_PROBE_ADDRESS", value.address, ""),
             limits=LimitSettings(
-                max_calls=reader.get("MESH_MAX_CONCURRENT_CALLS", _positive_int, 1000),
-                max_streams=reader.get("MESH_MAX_STREAMS", _positive_int, 1000),
+                max_calls=reader.get("MESH_MAX_CONCURRENT_CALLS", value.positive_int, 1000),
+                max_streams=reader.get("MESH_MAX_STREAMS", value.positive_int, 1000),
                 streams_per_connection=reader.get(
-                    "MESH_MAX_STREAMS_PER_CONNECTION", _positive_int, 100
+                    "MESH_MAX_STREAMS_PER_CONNECTION", value.positive_int, 100
                 ),
-                default_deadline=reader.get("MESH_DEFAULT_DEADLINE_SECONDS", _non_negative, 30.0),
-                max_metadata_bytes=reader.get("MESH_MAX_METADATA_BYTES", _positive_int, 16384),
+                default_deadline=reader.get(
+                    "MESH_DEFAULT_DEADLINE_SECONDS", value.non_negative, 30.0
+                ),
+                max_metadata_bytes=reader.get("MESH_MAX_METADATA_BYTES", value.positive_int, 16384),
             ),
             data_dir=Path(reader.get("MESH_DATA_DIR", str, "var")),
-            grace_seconds=reader.get("MESH_GRACE_SECONDS", _non_negative, 10.0),
-            drain_delay=reader.get("MESH_DRAIN_DELAY_SECONDS", _non_negative, 0.0),
-            max_message_bytes=reader.get("MESH_MAX_MESSAGE_BYTES", _positive_int, 4 * 1024 * 1024),
-            log_format=reader.get("MESH_LOG_FORMAT", _choice("auto", "json", "console"), "auto"),
-            log_level=reader.get(
-                "MESH_LOG_LEVEL", _choice("debug", "info", "warning", "error"), "info"
+            grace_seconds=reader.get("MESH_GRACE_SECONDS", value.non_negative, 10.0),
+            drain_delay=reader.get("MESH_DRAIN_DELAY_SECONDS", value.non_negative, 0.0),
+            max_message_bytes=reader.get(
+                "MESH_MAX_MESSAGE_BYTES", value.positive_int, 4 * 1024 * 1024
             ),
-            health_interval=reader.get("MESH_HEALTH_INTERVAL_SECONDS", _positive, 5.0),
-            health_timeout=reader.get("MESH_HEALTH_TIMEOUT_SECONDS", _positive, 2.0),
-            database_url=reader.get("MESH_DATABASE_URL", _database_url, "", secret=True),
-            redis_url=reader.get("MESH_REDIS_URL", _redis_url, "", secret=True),
-            migrate_on_start=reader.get("MESH_MIGRATE_ON_START", _bool, None),
-            database_pool_size=reader.get("MESH_DATABASE_POOL_SIZE", _positive_int, 20),
-            purge_interval=reader.get("MESH_PURGE_INTERVAL_SECONDS", _positive, 60.0),
-            audit_retention_days=reader.get("MESH_AUDIT_RETENTION_DAYS", _positive, 365.0),
-            cache_namespace=reader.get("MESH_CACHE_NAMESPACE", _namespace, "mesh"),
+            log_format=reader.get(
+                "MESH_LOG_FORMAT", value.choice("auto", "json", "console"), "auto"
+            ),
+            log_level=reader.get(
+                "MESH_LOG_LEVEL", value.choice("debug", "info", "warning", "error"), "info"
+            ),
+            health_interval=reader.get("MESH_HEALTH_INTERVAL_SECONDS", value.positive, 5.0),
+            health_timeout=reader.get("MESH_HEALTH_TIMEOUT_SECONDS", value.positive, 2.0),
+            database_url=reader.get("MESH_DATABASE_URL", value.database_url, "", secret=True),
+            redis_url=reader.get("MESH_REDIS_URL", value.redis_url, "", secret=True),
+            migrate_on_start=reader.get("MESH_MIGRATE_ON_START", value.boolean, None),
+            database_pool_size=reader.get("MESH_DATABASE_POOL_SIZE", value.positive_int, 20),
+            purge_interval=reader.get("MESH_PURGE_INTERVAL_SECONDS", value.positive, 60.0),
+            audit_retention_days=reader.get("MESH_AUDIT_RETENTION_DAYS", value.positive, 365.0),
+            cache_namespace=reader.get("MESH_CACHE_NAMESPACE", value.namespace, "mesh"),
             events=EventSettings(
-                backend=reader.get("MESH_EVENTS_BACKEND", _choice("auto", "sql", "redis"), "auto"),
-                address=reader.get("MESH_EVENTS_ADDRESS", _address, ""),
-                max_batch=reader.get("MESH_EVENTS_MAX_BATCH", _positive_int, 500),
-                max_event_bytes=reader.get("MESH_EVENTS_MAX_EVENT_BYTES", _positive_int, 262144),
-                visibility=reader.get("MESH_EVENTS_VISIBILITY_SECONDS", _positive, 30.0),
-                max_attempts=reader.get("MESH_EVENTS_MAX_ATTEMPTS", _positive_int, 5),
-                retention=reader.get("MESH_EVENTS_RETENTION", _positive_int, 1_000_000),
-                return_stacks=reader.get("MESH_EVENTS_RETURN_STACKS", _bool, True),
-                system_events=reader.get("MESH_EVENTS_SYSTEM_EVENTS", _bool, True),
+                backend=reader.get(
+                    "MESH_EVENTS_BACKEND", value.choice("auto", "sql", "redis"), "auto"
+                ),
+                address=reader.get("MESH_EVENTS_ADDRESS", value.address, ""),
+                max_batch=reader.get("MESH_EVENTS_MAX_BATCH", value.positive_int, 500),
+                max_event_bytes=reader.get(
+                    "MESH_EVENTS_MAX_EVENT_BYTES", value.positive_int, 262144
+                ),
+                visibility=reader.get("MESH_EVENTS_VISIBILITY_SECONDS", value.positive, 30.0),
+                max_attempts=reader.get("MESH_EVENTS_MAX_ATTEMPTS", value.positive_int, 5),
+                retention=reader.get("MESH_EVENTS_RETENTION", value.positive_int, 1_000_000),
+                return_stacks=reader.get("MESH_EVENTS_RETURN_STACKS", value.boolean, True),
+                system_events=reader.get("MESH_EVENTS_SYSTEM_EVENTS", value.boolean, True),
             ),
             telemetry=TelemetrySettings(
                 traces_exporter=reader.get(
-                    "MESH_TRACES_EXPORTER", _choice("none", "console", "otlp"), "none"
+                    "MESH_TRACES_EXPORTER", value.choice("none", "console", "otlp"), "none"
                 ),
-                sample_ratio=reader.get("MESH_TRACES_SAMPLE_RATIO", _ratio, 1.0),
-                metrics=reader.get("MESH_METRICS", _bool, True),
-                metrics_address=reader.get("MESH_METRICS_ADDRESS", _address, ""),
+                sample_ratio=reader.get("MESH_TRACES_SAMPLE_RATIO", value.ratio, 1.0),
+                metrics=reader.get("MESH_METRICS", value.boolean, True),
+                metrics_address=reader.get("MESH_METRICS_ADDRESS", value.address, ""),
             ),
-            keepalive=reader.get("MESH_KEEPALIVE_SECONDS", _positive, 30.0),
-            keepalive_timeout=reader.get("MESH_KEEPALIVE_TIMEOUT_SECONDS", _positive, 10.0),
+            keepalive=reader.get("MESH_KEEPALIVE_SECONDS", value.positive, 30.0),
+            keepalive_timeout=reader.get("MESH_KEEPALIVE_TIMEOUT_SECONDS", value.positive, 10.0),
             tls=TlsSettings(
-                ca_file=reader.get("MESH_TLS_CA_FILE", _file, ""),
-                cert_file=reader.get("MESH_TLS_CERT_FILE", _file, ""),
-                key_file=reader.get("MESH_TLS_KEY_FILE", _file, ""),
-                client_auth=reader.get("MESH_TLS_CLIENT_AUTH", _bool, False),
+                ca_file=reader.get("MESH_TLS_CA_FILE", value.existing_file, ""),
+                cert_file=reader.get("MESH_TLS_CERT_FILE", value.existing_file, ""),
+                key_file=reader.get("MESH_TLS_KEY_FILE", value.existing_file, ""),
+                client_auth=reader.get("MESH_TLS_CLIENT_AUTH", value.boolean, False),
             ),
             auth=AuthSettings(
-                mode=reader.get("MESH_AUTH", _choice("required", "optional", "off"), "optional"),
-                jwt_secret=reader.get("MESH_AUTH_JWT_SECRET", str, "", secret=True),
-                jwt_public_key_file=reader.get("MESH_AUTH_JWT_PUBLIC_KEY_FILE", _file, ""),
-                jwks_url=reader.get("MESH_AUTH_JWKS_URL", str, ""),
+                mode=reader.get(
+                    "MESH_AUTH", value.choice("required", "optional", "off"), "optional"
+                ),
+                jwt_secret=reader.get("MESH_AUTH_JWT_SECRET", value.hmac_key, "", secret=True),
+                jwt_public_key_file=reader.get(
+                    "MESH_AUTH_JWT_PUBLIC_KEY_FILE", value.existing_file, ""
+                ),
+                jwks_url=reader.get("MESH_AUTH_JWKS_URL", value.http_url, ""),
                 issuer=reader.get("MESH_AUTH_ISSUER", str, ""),
                 audience=reader.get("MESH_AUTH_AUDIENCE", str, ""),
-                leeway=reader.get("MESH_AUTH_LEEWAY_SECONDS", _non_negative, 30.0),
-                cert_scopes=reader.get("MESH_AUTH_CERT_SCOPES", _scopes, ("admin",)),
+                leeway=reader.get("MESH_AUTH_LEEWAY_SECONDS", value.non_negative, 30.0),
+                cert_scopes=reader.get("MESH_AUTH_CERT_SCOPES", value.scopes, ("admin",)),
             ),
             token=reader.get("MESH_TOKEN", str, "", secret=True),
-            token_file=reader.get("MESH_TOKEN_FILE", _file, ""),
+            token_file=reader.get("MESH_TOKEN_FILE", value.existing_file, ""),
             start_policy=StartPolicy(
-                attempts=reader.get("MESH_START_ATTEMPTS", _non_negative_int, 0),
-                base_delay=reader.get("MESH_START_BASE_DELAY_SECONDS", _non_negative, 0.5),
-                max_delay=reader.get("MESH_START_MAX_DELAY_SECONDS", _non_negative, 1.0),
-                deadline=reader.get("MESH_START_DEADLINE_SECONDS", _non_negative, 120.0),
-                start_timeout=reader.get("MESH_START_TIMEOUT_SECONDS", _positive, 30.0),
-                stop_timeout=reader.get("MESH_STOP_TIMEOUT_SECONDS", _positive, 10.0),
+                attempts=reader.get("MESH_START_ATTEMPTS", value.non_negative_int, 0),
+                base_delay=reader.get("MESH_START_BASE_DELAY_SECONDS", value.non_negative, 0.5),
+                max_delay=reader.get("MESH_START_MAX_DELAY_SECONDS", value.non_negative, 1.0),
+                deadline=reader.get("MESH_START_DEADLINE_SECONDS", value.non_negative, 120.0),
+                start_timeout=reader.get("MESH_START_TIMEOUT_SECONDS", value.positive, 30.0),
+                stop_timeout=reader.get("MESH_STOP_TIMEOUT_SECONDS", value.positive, 10.0),
             ),
         )
         if settings.events.backend == "redis" and not settings.redis_url:
@@ -381,137 +384,7 @@ class Settings:
                 "MESH_TLS_CLIENT_AUTH needs MESH_TLS_CA_FILE, MESH_TLS_CERT_FILE and "
                 "MESH_TLS_KEY_FILE"
             )
-        reader.errors += _auth_errors(settings.auth)
         if reader.errors:
             raise ConfigError("invalid configuration: " + "; ".join(reader.errors))
         by_name = sorted(reader.overrides, key=lambda o: o.name)
         return replace(settings, overrides=tuple(by_name))
-
-
-def _auth_errors(auth: AuthSettings) -> list[str]:
-    # Required authentication without identities is refused where a server starts
-    # (Settings.check_serving, GrpcServer), not here: a client or `mesh db` needs none.
-    errors = []
-    if auth.jwt_secret and len(auth.jwt_secret.encode()) < 32:
-        errors.append("MESH_AUTH_JWT_SECRET must be at least 32 bytes (RFC 7518 3.2)")
-    if auth.jwks_url and not auth.jwks_url.startswith(("https://", "http://")):
-        errors.append("MESH_AUTH_JWKS_URL must be an https:// (or http://) URL")
-    return errors
-
-
-class _Reader:
-    """Reads variables over a profile's defaults. Collects every bad variable instead of
-    stopping at the first, so one run shows them all, and every variable set to differ
-    from its default (`overrides`)."""
-
-    def __init__(self, env: Mapping[str, str], profile: Mapping[str, str]) -> None:
-        self._env = env
-        self._profile = profile
-        self.errors: list[str] = []
-        self.overrides: list[Override] = []
-
-    def get(self, name: str, parse: Callable[[str], T], default: T, *, secret: bool = False) -> T:
-        if name in self._profile:
-            default = parse(self._profile[name])  # the table's values are valid: tested
-        raw = self._env.get(name)
-        if raw is None or raw == "":
-            return default
-        try:
-            value = parse(raw.strip())
-        except ValueError as exc:
-            shown = "(hidden)" if secret or name.endswith("_URL") else repr(raw)
-            self.errors.append(f"{name}={shown} is not valid: {exc}")
-            return default
-        if value != default:
-            self.overrides.append(Override(name, "" if secret else raw.strip(), secret))
-        return value
-
-
-def _positive(raw: str) -> float:
-    value = float(raw)
-    if not value > 0:
-        raise ValueError("must be greater than 0")
-    return value
-
-
-def _non_negative(raw: str) -> float:
-    value = float(raw)
-    if not value >= 0:
-        raise ValueError("must be 0 or more")
-    return value
-
-
-def _ratio(raw: str) -> float:
-    value = float(raw)
-    if not 0 <= value <= 1:
-        raise ValueError("must be between 0 and 1")
-    return value
-
-
-def _non_negative_int(raw: str) -> int:
-    value = int(raw)
-    if value < 0:
-        raise ValueError("must be 0 or more")
-    return value
-
-
-def _positive_int(raw: str) -> int:
-    value = int(raw)
-    if value <= 0:
-        raise ValueError("must be a whole number greater than 0")
-    return value
-
-
-def _choice(*allowed: str) -> Callable[[str], str]:
-    def parse(raw: str) -> str:
-        if raw.lower() not in allowed:
-            raise ValueError(f"must be one of {', '.join(allowed)}")
-        return raw.lower()
-
-    return parse
-
-
-def _bool(raw: str) -> bool:
-    value = raw.lower()
-    if value not in ("true", "false", "1", "0"):
-        raise ValueError("must be true or false")
-    return value in ("true", "1")
-
-
-def _database_url(raw: str) -> str:
-    if not raw.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
-        # The value is not echoed: it may hold a password.
-        raise ValueError("must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
-    return raw
-
-
-def _redis_url(raw: str) -> str:
-    if not raw.startswith(("redis://", "rediss://", "unix://")):
-        raise ValueError("must start with redis://, rediss:// or unix://")
-    return raw
-
-
-def _namespace(raw: str) -> str:
-    if not raw.replace("-", "").replace("_", "").isalnum():
-        raise ValueError("must be letters, digits, '-' or '_'")
-    return raw
-
-
-def _scopes(raw: str) -> tuple[str, ...]:
-    scopes = tuple(raw.replace(",", " ").split())
-    if not scopes:
-        raise ValueError("must name scopes, e.g. admin or 'projects.read events.publish'")
-    return scopes
-
-
-def _file(raw: str) -> str:
-    if not Path(raw).is_file():
-        raise ValueError("no such file")
-    return raw
-
-
-def _address(raw: str) -> str:
-    host, sep, port = raw.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:50051")
-    return raw

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from importlib.metadata import version as package_version
 
-from core.config import Override, Settings
+from core.config import Settings
 from core.runtime.container import Container
 from core.runtime.server import GrpcServer, Service
+from core.variables import Override
 from mesh.admin.v1 import admin_pb2, admin_pb2_grpc
 from servers.admin.servicer import AdminServicer
 

@@ -11,13 +11,13 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from core import telemetry
-from core.config import Override
 from core.errors import FailedPreconditionError, FieldViolation, InvalidArgumentError
 from core.resources.cache import Cache
 from core.runtime.boundary import Context
 from core.runtime.container import ComponentSummary, Container, ContainerSummary
 from core.runtime.health import Health, HealthState
 from core.runtime.lifecycle import Status, Transition
+from core.variables import Override
 from mesh.admin.v1 import admin_pb2, admin_pb2_grpc
 from servers.admin.audit import AuditRecords
 from servers.admin.metrics import breakers, method_stats

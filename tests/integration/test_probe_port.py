@@ -18,9 +18,10 @@ from structlog.testing import capture_logs
 
 from clients.admin import AdminClient
 from clients.health import HealthClient
-from core.config import ChannelSettings, Override, Settings, TlsSettings
+from core.config import ChannelSettings, Settings, TlsSettings
 from core.runtime.container import StartError
 from core.testing.services import FAST_START, serving
+from core.variables import Override
 from mesh.admin.v1 import admin_pb2, admin_pb2_grpc
 from tests._services import ADMIN
 from tests.conftest import Running

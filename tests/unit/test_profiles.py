@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from cli.serve import _with_address
-from core.config import PROFILES, Override, Settings
+from core.config import PROFILES, Settings
 from core.errors import ConfigError
+from core.variables import Override
 
 
 def test_development_is_the_default_profile() -> None:
