@@ -36,7 +36,8 @@ from structlog.contextvars import bind_contextvars
 
 from core.calls.deadlines import set_remaining
 from core.calls.status import DETAILS_KEY, to_status
-from core.errors import DeadlineExceededError, DomainError, InternalError, InvalidArgumentError
+from core.errors import DeadlineExceededError, DomainError, InternalError
+from core.runtime._messages import checked, passing_bytes, safe_decoder
 from core.runtime.limits import ALWAYS_READY, UNLIMITED, CallLimits, Readiness
 from core.security.access import is_exempt
 from core.security.guard import Admission, Guard
@@ -45,13 +46,6 @@ from core.telemetry import CACHE_KEY, ServerMethod, cache_outcome
 log = structlog.get_logger()
 
 Context = grpc.aio.ServicerContext[Any, Any]
-
-
-class _Undecodable:
-    """Stands in for a request message whose bytes did not parse."""
-
-
-UNDECODABLE = _Undecodable()
 
 
 async def abort_with(context: Context, exc: DomainError) -> None:
@@ -170,7 +164,7 @@ def _wrap(
     # grpc's stubs describe the synchronous handler shape; the aio server stores
     # coroutine functions and async generators in the same attributes, hence Any.
     h = cast(Any, handler)
-    decode = _safe_decoder(h.request_deserializer)
+    decode = safe_decoder(h.request_deserializer)
     if h.unary_unary:
         return grpc.unary_unary_rpc_method_handler(
             _unary(h.unary_unary, method, admit, limits, ready, unary_request=True),
@@ -193,56 +187,8 @@ def _wrap(
     return build(
         wrap(behavior, method, admit, limits, ready, unary_request=bool(h.unary_stream)),
         decode,
-        _passing_bytes(h.response_serializer),
+        passing_bytes(h.response_serializer),
     )
-
-
-def _passing_bytes(serializer: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
-    """A stream may yield ready-made bytes: a message sent on many streams (an event to
-    every subscriber) is then serialized once instead of once per stream."""
-    if serializer is None:
-        return None
-
-    def encode(message: Any) -> bytes:
-        return message if type(message) is bytes else serializer(message)
-
-    return encode
-
-
-def _safe_decoder(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
-    if deserializer is None:
-        return None
-
-    def decode(data: bytes) -> Any:
-        try:
-            return deserializer(data)
-        except Exception:
-            return UNDECODABLE
-
-    return decode
-
-
-def _malformed() -> InvalidArgumentError:
-    # A new exception each time: one shared object would keep every raise's frames alive.
-    return InvalidArgumentError(
-        "the request message could not be decoded", reason="MALFORMED_REQUEST"
-    )
-
-
-def _checked(request: Any, unary_request: bool) -> Any:
-    """Rejects an undecodable unary request, or wraps a request stream to reject one later."""
-    if unary_request:
-        if request is UNDECODABLE:
-            raise _malformed()
-        return request
-
-    async def messages() -> AsyncIterator[Any]:
-        async for message in request:
-            if message is UNDECODABLE:
-                raise _malformed()
-            yield message
-
-    return messages()
 
 
 def _unary(
@@ -266,7 +212,7 @@ def _unary(
                     ready.refuse(method)
                 if admit is not None:  # authenticated and authorized before the handler runs
                     await admit(context)
-                call = behavior(_checked(request, unary_request), context)
+                call = behavior(checked(request, unary_request), context)
                 response = await (_within(call, default) if unbounded else call)
         except BaseException as exc:
             await _failed(context, exc, started, observed, span)
@@ -300,7 +246,7 @@ def _streaming_gen(
                     ready.refuse(method)
                 if admit is not None:  # before the stream sends anything
                     await admit(context)
-                async for response in behavior(_checked(request, unary_request), context):
+                async for response in behavior(checked(request, unary_request), context):
                     yield response
         except BaseException as exc:
             await _failed(context, exc, started, observed, span)
@@ -330,7 +276,7 @@ def _streaming_coro(
                     ready.refuse(method)
                 if admit is not None:
                     await admit(context)
-                await behavior(_checked(request, unary_request), context)
+                await behavior(checked(request, unary_request), context)
         except BaseException as exc:
             await _failed(context, exc, started, observed, span)
             raise
