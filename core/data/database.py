@@ -34,6 +34,7 @@ from core.data import sqlite
 from core.data.pool import (
     STATEMENT_TIMEOUT,
     Checkouts,
+    figures,
     measure_pool,
     statement_timed_out,
     stop_measuring_pool,
@@ -50,13 +51,6 @@ if TYPE_CHECKING:
     from core.data.statements import AsyncpgStatements
 
 log = structlog.get_logger()
-
-# Connections to a SQLite file. Each is a thread of aiosqlite's, and a write's several hops
-# between the event loop and its thread each wait for the GIL behind every busy reader
-# thread: with SQLAlchemy's default of up to 15, a write beside 16 concurrent lists took
-# 2-3 s at p99 (tests/bench/sqlite_mixed.py); with 4 the others wait their turn in the
-# pool's queue instead, and the p99 was 0.1-0.5 s at 25-200 writes/s.
-SQLITE_POOL = 4
 
 T = TypeVar("T")
 Hook = Callable[[], Awaitable[None] | None]
@@ -217,21 +211,8 @@ class Database(Component):
         return checked_out, self._checkouts.waiting
 
     def pool_figures(self) -> dict[str, str]:
-        """The pool as named figures (health details): `size` kept, `open` now, `checked_out`
-        in use, `overflow` opened beyond `size`, `waiting` callers. SQLite's pool has only
-        the last two."""
-        checked_out, waiting = self.pool_counts()
-        figures = {"checked_out": checked_out, "waiting": waiting}
-        pool = self.engine.pool
-        size = getattr(pool, "size", None)
-        if callable(size):
-            # SQLAlchemy's overflow() counts from -size: below 0 while fewer are open.
-            figures |= {
-                "size": size(),
-                "open": getattr(pool, "checkedin", lambda: 0)() + checked_out,
-                "overflow": max(0, getattr(pool, "overflow", lambda: 0)()),
-            }
-        return {name: str(value) for name, value in figures.items()}
+        """The pool as named figures for health details (core.data.pool.figures)."""
+        return figures(self.engine.pool, *self.pool_counts())
 
     async def check_health(self) -> Health:
         pool = self.engine.pool
@@ -399,14 +380,7 @@ class Database(Component):
 
     def _create_engine(self) -> AsyncEngine:
         if self.dialect == "sqlite":
-            database = make_url(self.url).database
-            if database and database != ":memory:":
-                Path(database).parent.mkdir(parents=True, exist_ok=True)
-            engine = sqlalchemy_asyncio.create_async_engine(
-                self.url, hide_parameters=True, pool_size=SQLITE_POOL, max_overflow=0
-            )
-            sqlite.tune(engine)
-            return engine
+            return sqlite.create_engine(self.url)
         connect_args: dict[str, Any] = {}
         if self.dialect == "postgresql":
             ms = str(int(self._statement_timeout * 1000))

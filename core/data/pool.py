@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Awaitable, Callable
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
@@ -109,3 +109,19 @@ _meter.create_observable_up_down_counter(
     unit="{caller}",
     description="Callers waiting now for a pooled database connection.",
 )
+
+
+def figures(pool: Any, checked_out: int, waiting: int) -> dict[str, str]:
+    """A SQLAlchemy pool as named figures: `size` kept, `open` now, `checked_out` in use,
+    `overflow` opened beyond `size`, `waiting` callers. A pool without a fixed size has
+    only the last two."""
+    named = {"checked_out": checked_out, "waiting": waiting}
+    size = getattr(pool, "size", None)
+    if callable(size):
+        # SQLAlchemy's overflow() counts from -size: below 0 while fewer are open.
+        named |= {
+            "size": size(),
+            "open": getattr(pool, "checkedin", lambda: 0)() + checked_out,
+            "overflow": max(0, getattr(pool, "overflow", lambda: 0)()),
+        }
+    return {name: str(value) for name, value in named.items()}
