@@ -31,11 +31,9 @@ from sqlalchemy.exc import IntegrityError
 from core.data.database import Database, Transaction
 from core.errors import (
     AbortedError,
-    AlreadyExistsError,
     FailedPreconditionError,
     FieldViolation,
     InvalidArgumentError,
-    NotFoundError,
 )
 from core.resources import audit
 from core.resources.cache import Cache
@@ -47,7 +45,7 @@ from core.resources.resource import (
     Resource,
     RowLike,
     apply_paths,
-    etag_for,
+    check_etag,
     mask_paths,
     precondition_etag,
 )
@@ -112,7 +110,7 @@ class Crud(Generic[M]):
             message = None if raw is None else self.resource.message.FromString(raw)
         # Checked after the cache too: it holds every owner's resources.
         if message is None or not self._owner.sees(self._owner.of(message)):
-            raise self._not_found(name)
+            raise self.resource.not_found(name)
         return message
 
     async def batch_get(self, names: Sequence[str]) -> list[M]:
@@ -134,7 +132,7 @@ class Crud(Generic[M]):
         }
         for name, resource_id in zip(names, ids, strict=True):
             if resource_id not in found:
-                raise self._not_found(name)
+                raise self.resource.not_found(name)
         return [found[i] for i in ids]
 
     async def list_page(
@@ -166,11 +164,11 @@ class Crud(Generic[M]):
         bad_id = id_violations(resource_id, id_field) if resource_id else []
         resource_id = resource_id or self._new_id()
         message = self._owner.owned(message)
-        self._check(message, bad_id)
+        self.resource.check(message, bad_id)
         values = self.resource.new_row(message, resource_id)
         if validate_only:
             if await self._cached(resource_id) is not None:
-                raise self._exists(resource_id)
+                raise self.resource.already_exists(resource_id)
             return self._message(values)
 
         if not request_id and self.db.dialect == "postgresql":
@@ -180,7 +178,7 @@ class Crud(Generic[M]):
             try:
                 await tx.conn.execute(self._insert, values)
             except IntegrityError:
-                raise self._exists(resource_id) from None
+                raise self.resource.already_exists(resource_id) from None
             return await self._written(tx, "created", values, None, request_id)
 
         return await self._request_ids.run("create", request_id, request, work)
@@ -192,7 +190,7 @@ class Crud(Generic[M]):
         try:
             await self.db.execute_one(self._effects.insert_at_once, parameters)
         except IntegrityError:
-            raise self._exists(values["id"]) from None
+            raise self.resource.already_exists(values["id"]) from None
         if self.cache is not None:  # a cached "not found" for this id is now wrong
             await self.cache.invalidate(self._key(values["id"]))
         return message
@@ -223,14 +221,14 @@ class Crud(Generic[M]):
             row = (await tx.conn.execute(self._select_for_update, {"id": resource_id})).first()
             if row is not None and not self._owner.sees_row(row._mapping):
                 if allow_missing:  # what a create of this id would answer
-                    raise self._exists(resource_id)
-                raise self._not_found(name)
+                    raise self.resource.already_exists(resource_id)
+                raise self.resource.not_found(name)
             if row is None:
                 if not allow_missing:
-                    raise self._not_found(name)
+                    raise self.resource.not_found(name)
                 return await self._upsert(tx, message, resource_id, request_id)
             current = row._mapping
-            self._check_etag(etag, current, name)
+            check_etag(etag, current, name)
             if current["delete_time"] is not None:
                 raise FailedPreconditionError(
                     f"{r.singular} {name!r} is deleted; undelete it first",
@@ -241,7 +239,7 @@ class Crud(Generic[M]):
             merged = self._message(current)
             apply_paths(message, merged, paths)
             self._owner.check_change(self._owner.of(old), self._owner.of(merged))
-            self._check(merged)
+            self.resource.check(merged)
             values = {**r.to_columns(merged), "update_time": datetime.now(UTC)}
             return await self._save(tx, current, values, "updated", request_id)
 
@@ -296,9 +294,9 @@ class Crud(Generic[M]):
         async def work(tx: Transaction) -> M:
             row = (await tx.conn.execute(self._select_for_update, {"id": resource_id})).first()
             if row is None or not self._owner.sees_row(row._mapping):
-                raise self._not_found(name)
+                raise self.resource.not_found(name)
             current = row._mapping
-            self._check_etag(etag, current, name)
+            check_etag(etag, current, name)
             if (current["delete_time"] is not None) == deleted:
                 state = "already deleted" if deleted else "not deleted"
                 raise FailedPreconditionError(
@@ -318,7 +316,7 @@ class Crud(Generic[M]):
 
     async def _upsert(self, tx: Transaction, message: M, resource_id: str, request_id: str) -> M:
         message = self._owner.owned(message)
-        self._check(message)
+        self.resource.check(message)
         values = self.resource.new_row(message, resource_id)
         try:
             await tx.conn.execute(self._insert, values)
@@ -374,45 +372,8 @@ class Crud(Generic[M]):
         row = await self.db.fetch_one(self._select_one, {"id": resource_id})
         return None if row is None else self._message(row)
 
-    def _check(self, message: M, violations: Sequence[FieldViolation] = ()) -> None:
-        """Raises one INVALID_ARGUMENT listing every bad field of the request."""
-        prefix = self.resource.singular
-        found = [*violations] + [
-            FieldViolation(f"{prefix}.{v.field}", v.description)
-            for v in self.resource.validate(message)
-        ]
-        if found:
-            raise InvalidArgumentError(
-                "; ".join(f"{v.field}: {v.description}" for v in found),
-                reason=f"INVALID_{self._upper}",
-                violations=found,
-            )
-
-    def _check_etag(self, etag: str, row: RowLike, name: str) -> None:
-        if etag and etag != etag_for(row["id"], row["revision"]):
-            raise AbortedError(
-                f"etag for {name!r} is stale: read it again and retry",
-                reason="ETAG_MISMATCH",
-                metadata={"resource": name},
-            )
-
     def _key(self, resource_id: str) -> str:
         return f"{self.resource.collection}/{resource_id}"
 
     def _new_id(self) -> str:
         return f"{self.resource.singular[0]}{secrets.token_hex(8)}"
-
-    def _not_found(self, name: str) -> NotFoundError:
-        return NotFoundError(
-            f"{self.resource.singular} {name!r} does not exist",
-            reason=f"{self._upper}_NOT_FOUND",
-            metadata={"resource": name},
-        )
-
-    def _exists(self, resource_id: str) -> AlreadyExistsError:
-        name = f"{self.resource.collection}/{resource_id}"
-        return AlreadyExistsError(
-            f"{self.resource.singular} {name!r} already exists",
-            reason=f"{self._upper}_ALREADY_EXISTS",
-            metadata={"resource": name},
-        )

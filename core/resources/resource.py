@@ -4,7 +4,7 @@ etags, field masks, timestamps, and the standard columns and fields of every row
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar, cast
@@ -14,7 +14,13 @@ from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from core.errors import FieldViolation, InvalidArgumentError
+from core.errors import (
+    AbortedError,
+    AlreadyExistsError,
+    FieldViolation,
+    InvalidArgumentError,
+    NotFoundError,
+)
 from core.resources.filtering import FilterField
 
 
@@ -22,6 +28,16 @@ def etag_for(resource_id: str, revision: int) -> str:
     """An opaque etag that changes with every write of the resource."""
     digest = hashlib.sha256(f"{resource_id}:{revision}".encode()).hexdigest()[:16]
     return f'W/"{digest}"'
+
+
+def check_etag(etag: str, row: RowLike, name: str) -> None:
+    """ABORTED (reason ETAG_MISMATCH) when `etag` is given and is not the row's."""
+    if etag and etag != etag_for(row["id"], row["revision"]):
+        raise AbortedError(
+            f"etag for {name!r} is stale: read it again and retry",
+            reason="ETAG_MISMATCH",
+            metadata={"resource": name},
+        )
 
 
 def precondition_etag(request_etag: str, message: Message, *, field: str) -> str:
@@ -187,3 +203,31 @@ class Resource(Generic[M]):
             "delete_time": None,
             "purge_time": None,
         }
+
+    def check(self, message: M, violations: Sequence[FieldViolation] = ()) -> None:
+        """Raises one INVALID_ARGUMENT listing every bad field of the request."""
+        found = [*violations] + [
+            FieldViolation(f"{self.singular}.{v.field}", v.description)
+            for v in self.validate(message)
+        ]
+        if found:
+            raise InvalidArgumentError(
+                "; ".join(f"{v.field}: {v.description}" for v in found),
+                reason=f"INVALID_{self.singular.upper()}",
+                violations=found,
+            )
+
+    def not_found(self, name: str) -> NotFoundError:
+        return NotFoundError(
+            f"{self.singular} {name!r} does not exist",
+            reason=f"{self.singular.upper()}_NOT_FOUND",
+            metadata={"resource": name},
+        )
+
+    def already_exists(self, resource_id: str) -> AlreadyExistsError:
+        name = f"{self.collection}/{resource_id}"
+        return AlreadyExistsError(
+            f"{self.singular} {name!r} already exists",
+            reason=f"{self.singular.upper()}_ALREADY_EXISTS",
+            metadata={"resource": name},
+        )
