@@ -64,7 +64,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from clients._subscription import Call, Subscription
 from clients.base import ChannelSettings, Client, Resilience
-from core.events.model import Failure
+from core.events.failures import Failure
 from mesh.events.v1 import events_pb2 as pb
 from mesh.events.v1 import events_pb2_grpc
 from mesh.events.v1.events_pb2 import Event, PublishResponse, SubscribeResponse

@@ -21,19 +21,16 @@ import structlog
 
 from core.errors import DomainError
 from core.events._shared import Streams
+from core.events.failures import DeadLetter, DeadLetterListener, EndReason, Failure
 from core.events.feed import LiveFeed
 from core.events.groups import ConsumerGroups
 from core.events.model import (
     Appended,
     CaughtUp,
     Checkpoint,
-    DeadLetter,
-    DeadLetterListener,
     Delivery,
-    EndReason,
     Event,
     EventStore,
-    Failure,
     GroupStatus,
     HistoryQuery,
     Policy,

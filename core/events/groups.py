@@ -16,13 +16,12 @@ from collections.abc import AsyncGenerator, Sequence
 import structlog
 
 from core.events._shared import DELIVERED, Streams, stopping
+from core.events.failures import EndReason, Failure
 from core.events.model import (
     CaughtUp,
     Delivery,
-    EndReason,
     Event,
     EventStore,
-    Failure,
     GroupStatus,
     Policy,
     Selector,

@@ -40,7 +40,8 @@ import structlog
 from opentelemetry import metrics, trace
 
 from core.events.bus import EventBus
-from core.events.model import Delivery, EndReason, Event, Failure, Selector
+from core.events.failures import EndReason, Failure
+from core.events.model import Delivery, Event, Selector
 from core.events.tracing import consumer_span
 from core.retries import Retry
 from core.runtime.health import Health

@@ -41,7 +41,8 @@ from google.protobuf.message import Message
 from opentelemetry import metrics
 
 from core.calls.breaker import BreakerState, CircuitBreaker, watch_breakers
-from core.events.model import MAX_SUBJECT, DeadLetter, Event
+from core.events.failures import DeadLetter
+from core.events.model import MAX_SUBJECT, Event
 from core.runtime.health import Health, HealthState
 from core.runtime.lifecycle import Component
 from core.runtime.monitor import HealthMonitor

@@ -23,6 +23,7 @@ from typing import TypeVar
 from core.data.pagination import PageTokens, page_size
 from core.errors import FieldViolation, InvalidArgumentError, NotFoundError
 from core.events.bus import EventBus
+from core.events.failures import Failure
 from core.events.model import (
     CONTROL,
     MAX_TIME,
@@ -32,7 +33,6 @@ from core.events.model import (
     Checkpoint,
     Delivery,
     Event,
-    Failure,
     GroupStatus,
     HistoryQuery,
     Selector,

@@ -10,12 +10,12 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from core.events.bus import EventBus
+from core.events.failures import Failure
 from core.events.model import (
     CaughtUp,
     Checkpoint,
     Delivery,
     Event,
-    Failure,
     GroupStatus,
     HistoryQuery,
     Selector,

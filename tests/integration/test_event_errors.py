@@ -14,8 +14,9 @@ from structlog.testing import capture_logs
 from clients.events import EventsClient
 from core.events import event_bus
 from core.events.bus import EventBus
+from core.events.failures import MAX_ERROR_CHARS, MAX_STACK_CHARS, EndReason
 from core.events.handlers import EventHandler
-from core.events.model import MAX_ERROR_CHARS, MAX_STACK_CHARS, EndReason, Event
+from core.events.model import Event
 from core.runtime.host import container_for
 from core.testing.services import Running
 from mesh.events.v1 import events_pb2 as pb

@@ -15,8 +15,9 @@ from core.data.database import Database
 from core.data.revisions import CORE_MIGRATIONS
 from core.errors import InvalidArgumentError
 from core.events.bus import EventBus
+from core.events.failures import EndReason
 from core.events.handlers import EventHandler
-from core.events.model import EndReason, Event, Policy
+from core.events.model import Event, Policy
 from core.events.sql import SqlEventStore
 from core.runtime.container import Container
 from tests.conftest import FAST

@@ -29,16 +29,8 @@ from core.errors import (
     OutOfRangeError,
     UnavailableError,
 )
-from core.events.model import (
-    Delivery,
-    EndReason,
-    Event,
-    EventStore,
-    HistoryQuery,
-    Policy,
-    Selector,
-    State,
-)
+from core.events.failures import EndReason
+from core.events.model import Delivery, Event, EventStore, HistoryQuery, Policy, Selector, State
 from core.events.redis import RedisEventStore
 from core.events.sql import SqlEventStore
 from core.testing.databases import fresh_database

@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import pytest
 
-from core.events.model import (
+from core.events.failures import (
     MAX_ERROR_CHARS,
     MAX_ERROR_TYPE_CHARS,
     MAX_STACK_CHARS,
     DeadLetter,
     EndReason,
-    EventStore,
     Failure,
-    Policy,
-    State,
 )
+from core.events.model import EventStore, Policy, State
 from tests.integration import test_event_store as base
 from tests.integration.test_event_store import EVERYTHING, SLOW, an_event, until
 

@@ -22,7 +22,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from core.errors import FieldViolation, InvalidArgumentError, UnavailableError
-from core.events.model import DeadLetterListener, LossListener, Selector, ignore_dead_letter
+from core.events.failures import DeadLetterListener, ignore_dead_letter
+from core.events.model import LossListener, Selector
 from core.events.redis.replies import as_text, selector_json
 
 log = structlog.get_logger()

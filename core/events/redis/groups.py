@@ -13,17 +13,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from core.errors import FailedPreconditionError
-from core.events.model import (
-    DeadLetter,
-    Delivery,
-    EndReason,
-    Event,
-    Failure,
-    GroupStatus,
-    Policy,
-    Selector,
-    State,
-)
+from core.events.failures import DeadLetter, EndReason, Failure
+from core.events.model import Delivery, Event, GroupStatus, Policy, Selector, State
 from core.events.redis.connection import StoreConnection
 from core.events.redis.replies import (
     as_text,

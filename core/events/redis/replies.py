@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from core.errors import NotFoundError
-from core.events.model import DeliveryError, EndReason, Event, GroupStatus, Selector, State
+from core.events.failures import DeliveryError, EndReason
+from core.events.model import Event, GroupStatus, Selector, State
 
 
 def as_text(value: bytes | str) -> str:

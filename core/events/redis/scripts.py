@@ -10,13 +10,8 @@ from __future__ import annotations
 import json
 from importlib import resources
 
-from core.events.model import (
-    DISCONNECTED_MESSAGE,
-    MAX_ERRORS_KEPT,
-    TIMED_OUT_MESSAGE,
-    EndReason,
-    State,
-)
+from core.events.failures import DISCONNECTED_MESSAGE, MAX_ERRORS_KEPT, TIMED_OUT_MESSAGE, EndReason
+from core.events.model import State
 
 SCAN = 2_000  # most entries one read, history or claim script looks at: bounds its run time
 

@@ -16,23 +16,18 @@ from sqlalchemy.exc import IntegrityError
 
 from core.data.database import Database
 from core.errors import FailedPreconditionError, NotFoundError
-from core.events.model import (
+from core.events.failures import (
     DISCONNECTED_MESSAGE,
     MAX_ERRORS_KEPT,
     TIMED_OUT_MESSAGE,
     DeadLetter,
     DeadLetterListener,
-    Delivery,
     DeliveryError,
     EndReason,
-    Event,
     Failure,
-    GroupStatus,
-    Policy,
-    Selector,
-    State,
     ignore_dead_letter,
 )
+from core.events.model import Delivery, Event, GroupStatus, Policy, Selector, State
 from core.events.sql.tables import (
     HEAD,
     as_event,
