@@ -175,7 +175,7 @@ class Database(Component):
                 else:
                     await require_current(engine, self.migrations, known)
         except BaseException:
-            await engine.dispose()
+            await self._dispose(engine)
             raise
         self._engine = engine
         file = make_url(self.url).database if self.dialect == "sqlite" else None
@@ -197,10 +197,13 @@ class Database(Component):
         await self._checkpoints.stop()
         await self._returning.drain(timeout=5.0)  # returned connections reach the pool first
         if self._engine is not None:
-            await self._engine.dispose()
+            await self._dispose(self._engine)
             self._engine = None
             self._asyncpg = None
             self._variants.clear()
+
+    async def _dispose(self, engine: AsyncEngine) -> None:
+        await (sqlite.dispose(engine) if self.dialect == "sqlite" else engine.dispose())
 
     def pool_counts(self) -> tuple[int, int]:
         """Connections checked out of the pool now, and callers waiting for one."""

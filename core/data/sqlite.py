@@ -1,7 +1,8 @@
 """SQLite tuned for a server: real transactions, WAL, and checkpoints off the commit path.
 
 `tune(engine)` sets each new connection up; `keep_wal_checkpointed` is the loop that the
-database component runs in the background for a SQLite file.
+database component runs in the background for a SQLite file; `dispose(engine)` closes the
+engine and waits for the threads of its connections.
 """
 
 from __future__ import annotations
@@ -9,6 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import threading
+import time
+import weakref
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -70,6 +74,38 @@ def create_engine(url: str) -> AsyncEngine:
     return engine
 
 
+# The aiosqlite connections each engine opened, so that `dispose` can wait for their threads.
+_opened: weakref.WeakKeyDictionary[Any, weakref.WeakSet[Any]] = weakref.WeakKeyDictionary()
+
+THREADS_STOP_SECONDS = 10.0
+
+
+async def dispose(engine: AsyncEngine) -> None:
+    """Closes the engine's pool, then waits (bounded) for every connection thread to end.
+
+    A connection that SQLAlchemy invalidates while its task is cancelled is closed with
+    aiosqlite's `stop()`, which nobody awaits; its thread later hands the result to the
+    event loop with `call_soon_threadsafe`, and if the loop has closed by then the thread
+    dies with "Event loop is closed". Waiting here, while the loop still runs, lets every
+    such hand-over land; it stops connections still checked out too.
+    """
+    await engine.dispose()
+    threads = []
+    for connection in list(_opened.get(engine.sync_engine, ())):
+        thread: threading.Thread = connection._thread  # aiosqlite 0.22 keeps it here
+        if thread.is_alive():
+            if connection._connection is not None:  # not closed nor being stopped yet
+                connection.stop()
+            threads.append(thread)
+    if threads:
+        await asyncio.to_thread(_join, threads, time.monotonic() + THREADS_STOP_SECONDS)
+
+
+def _join(threads: list[threading.Thread], deadline: float) -> None:
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+
+
 def tune(engine: AsyncEngine) -> None:
     """Makes SQLite transactions real: WAL, a busy timeout, and BEGIN issued by us.
 
@@ -77,8 +113,11 @@ def tune(engine: AsyncEngine) -> None:
     unit of work is not isolated (SQLAlchemy's documented recipe for aiosqlite).
     """
 
+    opened = _opened.setdefault(engine.sync_engine, weakref.WeakSet())
+
     @event.listens_for(engine.sync_engine, "connect")
-    def on_connect(dbapi_connection: Any, _: Any) -> None:
+    def on_connect(dbapi_connection: Any, record: Any) -> None:
+        opened.add(record.driver_connection)
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         for pragma in (

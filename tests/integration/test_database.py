@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import sqlite3
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -309,6 +310,26 @@ async def test_sqlite_a_connection_dropped_mid_transaction_releases_the_write_lo
         del cursor
     finally:
         await database.stop()
+
+
+async def test_sqlite_stop_ends_the_thread_of_every_connection(tmp_path: Path) -> None:
+    """Each aiosqlite connection is a thread that hands its results to the event loop. One
+    still running after stop, like one invalidated by a cancelled call and closed without
+    anyone awaiting it, dies with "Event loop is closed" once the loop has gone (a CI
+    failure, once in a full run). Stop ends them all while the loop still runs."""
+
+    def connection_threads() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if "_connection_worker" in t.name}
+
+    before = connection_threads()
+    database = Database(f"sqlite+aiosqlite:///{tmp_path / 'mesh.db'}")
+    await database.start()
+    left_open = await database.engine.connect()  # as a call abandoned mid-way leaves it
+    await left_open.execute(sa.text("select 1"))
+    await database.stop()
+
+    assert connection_threads() - before == set()
+    await left_open.close()  # back to a pool that is gone: only SQLAlchemy's records go
 
 
 async def test_a_service_starts_on_a_database_that_also_holds_another_services_tables(
