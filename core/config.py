@@ -169,7 +169,11 @@ class LimitSettings:
 
     max_calls: int = 1000  # unary calls in progress; beyond: OVERLOADED with RetryInfo
     max_streams: int = 1000  # open streaming calls; beyond: TOO_MANY_STREAMS
-    streams_per_connection: int = 100  # HTTP/2 MAX_CONCURRENT_STREAMS: more wait client-side
+    # HTTP/2 MAX_CONCURRENT_STREAMS: more wait in the client. The server counts a stream
+    # until its handler has ended, the client only until it cancels: at 100, a client that
+    # cancelled quickly at 50 in flight had a quarter of its calls refused (UNAVAILABLE,
+    # tests/mesh/test_cancellation.py). Go's, Java's and C's servers default to unlimited.
+    streams_per_connection: int = 1000
     default_deadline: float = 30.0  # for unary calls sent without one; 0: none
     max_metadata_bytes: int = 16 * 1024  # request headers; beyond: RESOURCE_EXHAUSTED
 
@@ -290,7 +294,7 @@ class Settings:
                 max_calls=reader.get("MESH_MAX_CONCURRENT_CALLS", value.positive_int, 1000),
                 max_streams=reader.get("MESH_MAX_STREAMS", value.positive_int, 1000),
                 streams_per_connection=reader.get(
-                    "MESH_MAX_STREAMS_PER_CONNECTION", value.positive_int, 100
+                    "MESH_MAX_STREAMS_PER_CONNECTION", value.positive_int, 1000
                 ),
                 default_deadline=reader.get(
                     "MESH_DEFAULT_DEADLINE_SECONDS", value.non_negative, 30.0

@@ -14,6 +14,7 @@ import asyncio
 import gc
 import os
 import signal
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,8 @@ import grpc
 import structlog
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health_pb2_grpc
+from opentelemetry import metrics
+from opentelemetry.metrics import CallbackOptions, Observation
 
 from core.calls.channel import keepalive_timeout_options, server_credentials
 from core.config import AuthSettings, LimitSettings, Settings, TlsSettings
@@ -36,6 +39,23 @@ from core.security.access import access_rules
 from core.security.guard import Guard
 
 log = structlog.get_logger()
+
+# The event loops that servers run on, for the tasks gauge; read from the metrics thread,
+# where asyncio.all_tasks(loop) is safe (it copies the task set, retrying if it changes).
+_LOOPS: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+
+
+def _count_tasks(options: CallbackOptions) -> list[Observation]:
+    loops = [loop for loop in list(_LOOPS) if not loop.is_closed()]
+    return [Observation(sum(len(asyncio.all_tasks(loop)) for loop in loops))]
+
+
+metrics.get_meter("core.runtime.server").create_observable_gauge(
+    "mesh.runtime.tasks",
+    [_count_tasks],
+    unit="{task}",
+    description="asyncio tasks alive on the serving event loop; steady growth is a leak.",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +205,7 @@ class GrpcServer(Component):
         return [s.name for s in self.services]
 
     async def start(self) -> None:
+        _LOOPS.add(asyncio.get_running_loop())
         server = grpc.aio.server(options=self._options)
         # Every handler passes through the RPC boundary (core.runtime.boundary) and its guard.
         gated = {s.name for s in self.services if s.needs != ()}
