@@ -12,7 +12,7 @@ import base64
 import hashlib
 import hmac
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,6 +20,10 @@ from core.errors import FieldViolation, InvalidArgumentError
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
+# A page also ends early, with a next page token, once its items reach this many encoded
+# bytes (AIP-158 lets a page hold fewer than page_size): a thousand large items would
+# pass gRPC's message limit (4 MiB by default, MESH_MAX_MESSAGE_BYTES), failing the call.
+MAX_PAGE_BYTES = 1024 * 1024
 _MAC_BYTES = 16
 
 
@@ -32,6 +36,18 @@ def page_size(requested: int) -> int:
             violations=[FieldViolation("page_size", "must be 0 or more")],
         )
     return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
+def fitting(sizes: Iterable[int], budget: int = MAX_PAGE_BYTES) -> int:
+    """How many leading items, of these encoded sizes, a page holds: those within `budget`
+    bytes, and always the first (one item over the budget is the message limit's concern)."""
+    used = count = 0
+    for size in sizes:
+        used += size
+        if count and used > budget:
+            break
+        count += 1
+    return count
 
 
 class PageTokens:

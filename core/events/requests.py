@@ -20,7 +20,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from contextlib import aclosing
 from typing import TypeVar
 
-from core.data.pagination import PageTokens, page_size
+from core.data.pagination import PageTokens, fitting, page_size
 from core.errors import FieldViolation, InvalidArgumentError, NotFoundError
 from core.events.bus import EventBus
 from core.events.failures import Failure
@@ -137,7 +137,13 @@ class EventRequests:
             return await self._bus.history(query, after, size)
 
         return await _paged(
-            f"events|{query}", requested_size, token, read, _event_position, keep=sees
+            f"events|{query}",
+            requested_size,
+            token,
+            read,
+            _event_position,
+            keep=sees,
+            size_of=Event.ByteSize,
         )
 
     async def list_dead_letters(
@@ -155,6 +161,7 @@ class EventRequests:
             read,
             _letter_position,
             keep=lambda letter: sees(letter[0]),
+            size_of=_letter_size,
         )
 
     async def replay(self, group: str, event_ids: Sequence[str]) -> int:
@@ -170,16 +177,20 @@ async def _paged(
     position: Callable[[T], str],
     *,
     keep: Callable[[T], bool],
+    size_of: Callable[[T], int],
 ) -> tuple[list[T], str]:
     """One page of `read` after the token's position, and the token of the next page.
 
     A full read may be followed by more; the next token continues after its last item.
     Items the caller may not see are left out, so a page may hold fewer than its size
-    (even none) and still have a next token.
+    (even none) and still have a next token. A page also ends at MAX_PAGE_BYTES.
     """
     size = page_size(requested_size)
     found = await read(_after(token, query), size)
-    next_token = _TOKENS.encode(query, [position(found[-1])]) if len(found) == size else ""
+    kept = fitting(size_of(item) for item in found)
+    more = kept < len(found) or len(found) == size
+    found = found[:kept]
+    next_token = _TOKENS.encode(query, [position(found[-1])]) if more else ""
     return [item for item in found if keep(item)], next_token
 
 
@@ -200,6 +211,11 @@ def _event_position(event: Event) -> str:
 
 def _letter_position(letter: tuple[Event, GroupStatus]) -> str:
     return letter[0].position
+
+
+def _letter_size(letter: tuple[Event, GroupStatus]) -> int:
+    event, status = letter
+    return event.ByteSize() + len(repr(status))  # its texts, about as they are sent
 
 
 def _max_unacked(requested: int) -> int:

@@ -19,7 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from core.data.database import Database
-from core.data.pagination import PageTokens, page_size
+from core.data.pagination import PageTokens, fitting, page_size
 from core.errors import FieldViolation, InvalidArgumentError
 from core.events.model import CONTROL
 from core.resources.audit import audit_records
@@ -102,8 +102,10 @@ class AuditLog:
         async with self.db.connect(autocommit=True) as conn:
             rows = (await conn.execute(statement)).all()
         found = [_record(row._mapping) for row in rows[:limit]]
-        next_token = tokens.encode(signature, [found[-1].id]) if len(rows) > limit else ""
-        return found, next_token
+        kept = fitting(_size(record) for record in found)
+        if kept == len(rows):  # all of them: no row after the last
+            return found, ""
+        return found[:kept], tokens.encode(signature, [found[kept - 1].id])
 
     @staticmethod
     def _where(query: AuditQuery) -> list[sa.ColumnElement[bool]]:
@@ -136,6 +138,12 @@ def _record(row: Any) -> AuditRecord:
         resource=row["resource"],
         changes=list(row["changes"]),
     )
+
+
+def _size(record: AuditRecord) -> int:
+    """About the bytes `record` takes in a response: its texts and its changes as JSON."""
+    texts = (record.principal, record.method, record.action, record.request_id, record.resource)
+    return 32 + sum(len(t) for t in texts) + len(json.dumps(record.changes))
 
 
 def _iso(at: datetime | None) -> str:

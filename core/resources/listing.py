@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from google.protobuf.message import Message
 
 from core.data.database import Database
-from core.data.pagination import PageTokens, page_size
+from core.data.pagination import PageTokens, fitting, page_size
 from core.resources.filtering import compile_filter
 from core.resources.ordering import after, parse_order_by
 from core.resources.ownership import Ownership
@@ -71,10 +71,11 @@ class Listing(Generic[M]):
         async with self.db.connect(autocommit=True) as conn:
             rows = (await conn.execute(statement)).all()
         page = [self.resource.message_of(row._mapping) for row in rows[:limit]]
-        if len(rows) <= limit:
+        kept = fitting(message.ByteSize() for message in page)
+        if kept == len(rows):  # all of them: no row after the last
             return page, ""
-        last = rows[limit - 1]._mapping
-        return page, tokens.encode(query, [last[c.name] for c in columns])
+        last = rows[kept - 1]._mapping
+        return page[:kept], tokens.encode(query, [last[c.name] for c in columns])
 
     async def count(self, *, filter: str, show_deleted: bool) -> int:
         """How many rows match `filter` (and are not deleted, unless `show_deleted`)."""

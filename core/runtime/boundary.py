@@ -214,6 +214,7 @@ def _unary(
                     await admit(context)
                 call = behavior(checked(request, unary_request), context)
                 response = await (_within(call, default) if unbounded else call)
+                limits.check_response(response)
         except BaseException as exc:
             await _failed(context, exc, started, observed, span)
             raise

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import NoReturn
 
+from google.protobuf.message import Message
 from opentelemetry import metrics
 
 from core.errors import ResourceExhaustedError, UnavailableError
@@ -101,6 +102,7 @@ class CallLimits:
     calls: Slots
     streams: Slots
     default_deadline: float  # seconds, for a unary call that came without a deadline
+    max_response_bytes: int = sys.maxsize  # the server's message limit
 
     @classmethod
     def of(
@@ -110,12 +112,29 @@ class CallLimits:
         max_streams: int = 1000,
         default_deadline: float = 30.0,
         retry_after: float = 1.0,
+        max_response_bytes: int = sys.maxsize,
     ) -> CallLimits:
         return cls(
             calls=Slots(max_calls, "calls in progress", "OVERLOADED", retry_after),
             streams=Slots(max_streams, "open streams", "TOO_MANY_STREAMS", retry_after),
             default_deadline=default_deadline,
+            max_response_bytes=max_response_bytes,
         )
+
+    def check_response(self, response: object) -> None:
+        """RESOURCE_EXHAUSTED, reason RESPONSE_TOO_LARGE, for a response over the message
+        limit, which gRPC would otherwise refuse to send with a bare "Sent message larger
+        than max" (lists end their pages early instead: core.data.pagination)."""
+        if not isinstance(response, Message):
+            return
+        size = response.ByteSize()
+        if size > self.max_response_bytes:
+            raise ResourceExhaustedError(
+                f"the response would be {size} bytes, over the server's limit of "
+                f"{self.max_response_bytes} (MESH_MAX_MESSAGE_BYTES); ask for less per call",
+                reason="RESPONSE_TOO_LARGE",
+                metadata={"size": str(size), "limit": str(self.max_response_bytes)},
+            )
 
 
 # For health and reflection, and servers built without limits: nothing is ever refused.

@@ -146,6 +146,7 @@ class GrpcServer(Component):
             max_calls=limits.max_calls,
             max_streams=limits.max_streams,
             default_deadline=limits.default_deadline,
+            max_response_bytes=max_message_bytes,
         )
         self._options = [
             ("grpc.so_reuseport", 0),  # a taken port must fail, not be shared

@@ -123,12 +123,14 @@ async def request_id_rows(running: Running) -> int:
     return await rows_in(running, request_ids)
 
 
-async def insert_rows(running: Running, count: int, *, prefix: str = "bulk") -> list[str]:
+async def insert_rows(
+    running: Running, count: int, *, prefix: str = "bulk", **fields: Any
+) -> list[str]:
     """Inserts `count` projects straight into the table (no events); returns their names."""
     now = datetime.now(UTC)
     rows = [
         {
-            **to_columns(a_project(display_name=f"{prefix} {i:05d}")),
+            **to_columns(a_project(display_name=f"{prefix} {i:05d}", **fields)),
             "id": f"{prefix}-{i:05d}",
             "revision": 1,
             "create_time": now,

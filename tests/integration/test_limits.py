@@ -35,20 +35,31 @@ async def test_calls_past_the_limit_are_refused_at_once_with_retry_info() -> Non
         AdminClient(running.address, attempts=1) as admin,
         HealthClient(running.address) as health,
     ):
-        busy = [asyncio.create_task(admin.ping("busy", delay=3.0)) for _ in range(2)]
+
+        async def busy() -> object:
+            # A probe below may hold a slot for an instant as a busy call arrives: that busy
+            # call is refused and tries again, so both end up in progress.
+            while True:
+                try:
+                    return await admin.ping("busy", delay=3.0)
+                except ResourceExhaustedError:
+                    await asyncio.sleep(0.01)
+
+        busy_calls = [asyncio.create_task(busy()) for _ in range(2)]
         try:
-            async with asyncio.timeout(5):  # the two are in progress once one is refused
+            async with asyncio.timeout(10):  # the two are in progress once one is refused
                 while True:
                     try:
                         await admin.ping("one more", timeout=2.0)
                     except ResourceExhaustedError as exc:
                         refused = exc
                         break
+                    await asyncio.sleep(0.05)  # room for the busy calls to arrive
             assert refused.reason == "OVERLOADED"
             assert refused.retry_after == 1.0
             assert await health.check("", timeout=1.0) == "SERVING"  # probes still answered
         finally:
-            results = await asyncio.gather(*busy, return_exceptions=True)
+            results = await asyncio.gather(*busy_calls, return_exceptions=True)
         assert [r.message for r in results] == ["busy", "busy"]  # type: ignore[union-attr]
         assert (await admin.ping("room again")).message == "room again"
 

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from clients.projects import ProjectsClient
-from core.errors import InvalidArgumentError
+from core.data.pagination import MAX_PAGE_BYTES
+from core.errors import InvalidArgumentError, ResourceExhaustedError
 from mesh.projects.v1.projects_pb2 import Project
 from tests.conftest import Running
 from tests.integration._projects import a_project, insert_rows, violated_fields
@@ -58,6 +59,33 @@ async def test_page_size_zero_means_50_and_sizes_above_1000_are_capped(
     rest = await projects.list_projects(page_size=1000, page_token=capped.next_page_token)
     assert len(rest.projects) == 5
     assert not rest.next_page_token
+
+
+async def test_a_page_of_large_projects_ends_early_with_a_token(
+    projects_server: Running, projects: ProjectsClient
+) -> None:
+    """A thousand large projects would pass gRPC's 4 MiB message limit and fail the call."""
+    large = {"description": "x" * 4000, "labels": {f"k{i:02d}": "v" * 60 for i in range(64)}}
+    await insert_rows(projects_server, 300, **large)
+
+    paged = await pages(projects, page_size=1000)
+
+    assert len(flat(paged)) == len(set(flat(paged))) == 300
+    assert len(paged) > 1
+    assert all(0 < sum(p.ByteSize() for p in page) <= MAX_PAGE_BYTES for page in paged)
+
+
+async def test_a_batch_over_the_message_limit_is_refused_with_a_reason(
+    projects_server: Running, projects: ProjectsClient
+) -> None:
+    large = {"description": "x" * 4000, "labels": {f"k{i:02d}": "v" * 60 for i in range(64)}}
+    names = await insert_rows(projects_server, 600, **large)  # 8.5 KB each: 5 MB in all
+
+    with pytest.raises(ResourceExhaustedError) as refused:
+        await projects.batch_get_projects(names)
+
+    assert refused.value.reason == "RESPONSE_TOO_LARGE"
+    assert refused.value.metadata["limit"] == str(4 * 1024 * 1024)
 
 
 async def test_a_negative_page_size_is_invalid(projects: ProjectsClient) -> None:
