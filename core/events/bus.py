@@ -10,7 +10,7 @@ Usage::
     bus = EventBus(SqlEventStore(db), depends_on=("database",))
     await bus.publish([Event(type="mesh.demo.v1.thing.done", source="demo")])
     async for item in bus.subscribe(Selector(("mesh.demo.v1.*",)), start=""):
-        ...  # Event, CaughtUp or Checkpoint
+        ...  # Event, CaughtUp, Checkpoint or Gap
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from core.events.model import (
     Delivery,
     Event,
     EventStore,
+    Gap,
     GroupStatus,
     HistoryQuery,
     Policy,
@@ -163,8 +164,9 @@ class EventBus(Component):
 
     def subscribe(
         self, selector: Selector, after: str
-    ) -> AsyncGenerator[Event | CaughtUp | Checkpoint, None]:
-        """Stored events after `after`, a CaughtUp once, then live ones, with checkpoints."""
+    ) -> AsyncGenerator[Event | CaughtUp | Checkpoint | Gap, None]:
+        """Stored events after `after`, a CaughtUp once, then live ones, with checkpoints;
+        a Gap where events it should have had are gone (trimmed or lost), then on."""
         return self._feed.subscribe(selector, after)
 
     def lag(self) -> int:

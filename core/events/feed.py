@@ -13,6 +13,7 @@ import bisect
 import itertools
 import time
 import weakref
+from collections import deque
 from collections.abc import AsyncGenerator, Iterable, Sequence
 
 from opentelemetry import metrics
@@ -25,6 +26,9 @@ from core.events.model import (
     Checkpoint,
     Event,
     EventStream,
+    Gap,
+    GapCause,
+    Lost,
     Page,
     Selector,
 )
@@ -32,6 +36,7 @@ from core.events.reads import READ_BATCH, SharedReads
 from core.runtime.tasks import ShieldedWork
 
 CHECKPOINT_SECONDS = 1.0
+LOSSES_KEPT = 64  # losses remembered for subscriptions that have not looked since
 
 _feeds: weakref.WeakSet[LiveFeed] = weakref.WeakSet()  # running feeds, for the lag gauge
 
@@ -80,6 +85,8 @@ class LiveFeed:
         self._head = ""  # the newest position this process has seen
         self._positions: dict[int, str] = {}  # each live subscription's position, for lag
         self._subscription_ids = itertools.count()
+        self._losses: deque[tuple[int, Lost]] = deque(maxlen=LOSSES_KEPT)  # numbered
+        self._loss_count = 0
 
     def reset(self) -> None:
         """Forgets what it held; `begin` starts it again."""
@@ -121,18 +128,21 @@ class LiveFeed:
                 self._stored = max(self._stored, self.store.order_key(result.position))
                 return
 
-    def lost(self, position: str) -> None:
-        """The store lost every event up to `position`: forget them too.
+    def lost(self, lost: Lost) -> None:
+        """The store lost every event up to `lost.position`: forget them too, and tell
+        every running subscription (each sends a Gap where it stands).
 
-        Subscribers behind it then read from the store, which says POSITION_EXPIRED,
-        instead of being served events nobody else can see any more.
+        Subscribers behind it are not served events nobody else can see any more.
         """
+        position = lost.position
         key = self.store.order_key(position)
         self._ring, self._keys, self._stored = [], [], ()
         self._reads.clear()
         self._floor = max(self._floor, key)
         if key > self.store.order_key(self._head):
             self._head = position
+        self._loss_count += 1
+        self._losses.append((self._loss_count, lost))
         self._streams.changes.notify()
 
     async def resolve(self, *, after: str = "", beginning: bool = False) -> str:
@@ -151,29 +161,49 @@ class LiveFeed:
                 reason="INVALID_POSITION",
                 violations=[FieldViolation("start.after", "not a position of this event store")],
             ) from None
-        if key > self.store.order_key(await self.store.head()):
+        head = await self.store.head()
+        if key > self.store.order_key(head):
             raise OutOfRangeError(
                 f"position {after} is past the newest event",
                 reason="POSITION_AHEAD",
-                metadata={"position": after},
+                metadata={"position": after, "resume_after": head},
             )
+        # Still stored? (The ring may hold events the store trimmed; a resume is judged
+        # by the store.) Raises POSITION_EXPIRED or POSITION_LOST if not.
+        await self.store.read(after, Selector(), 1)
         return after
 
     async def subscribe(
         self, selector: Selector, after: str
-    ) -> AsyncGenerator[Event | CaughtUp | Checkpoint, None]:
-        """Stored events after `after`, a CaughtUp once, then live ones, with checkpoints."""
+    ) -> AsyncGenerator[Event | CaughtUp | Checkpoint | Gap, None]:
+        """Stored events after `after`, a CaughtUp once, then live ones, with checkpoints.
+
+        When events it should have had are gone (the store lost them, or trimmed them
+        before this subscription read them), a Gap says so and the stream goes on.
+        """
         streams, changes = self._streams, self._streams.changes
         caught_up = False
         checkpointed, last_checkpoint = after, time.monotonic()
         me = next(self._subscription_ids)
         self._positions[me] = after
+        losses = self._loss_count
         try:
             while True:
                 changed = changes.waiter()  # taken before reading, so no wake-up is missed
-                page = self._from_ring(after, selector)
-                if page is None:
-                    page = await self._reads.read(after, selector)
+                gap, losses = self._gap(after, losses)
+                if gap is None:
+                    page = self._from_ring(after, selector)
+                    if page is None:
+                        try:
+                            page = await self._reads.read(after, selector)
+                        except OutOfRangeError as exc:  # gone while this subscription ran
+                            gap, losses = self._gap(after, losses, exc)
+                if gap is not None:
+                    yield gap
+                    after = checkpointed = gap.resume_after
+                    self._positions[me] = after
+                    continue
+                assert page is not None
                 for event in page.events:
                     yield event
                 if page.events:
@@ -197,6 +227,36 @@ class LiveFeed:
                     await streams.wait(CHECKPOINT_SECONDS if after != checkpointed else None)
         finally:
             del self._positions[me]
+
+    def _gap(
+        self, after: str, seen: int, expired: OutOfRangeError | None = None
+    ) -> tuple[Gap | None, int]:
+        """The Gap a subscription at `after` that knew of `seen` losses must send now, if
+        any (from the losses since, and a read that found its position gone); and the
+        losses it knows of now."""
+        key = self.store.order_key
+        resume, causes = after, set[GapCause]()
+        for number, lost in self._losses:
+            if number <= seen:
+                continue
+            # Lost data may include events stored after what was read: always a Gap.
+            if lost.cause == GapCause.STORE_LOST or key(after) < key(lost.position):
+                causes.add(lost.cause)
+                resume = max(resume, lost.position, key=key)
+        if expired is not None:
+            lost_data = expired.reason == "POSITION_LOST"
+            causes.add(GapCause.STORE_LOST if lost_data else GapCause.RETENTION)
+            resume = max(resume, expired.metadata.get("resume_after", ""), key=key)
+        if not causes:
+            return None, self._loss_count
+        if GapCause.STORE_LOST in causes:
+            cause, why = GapCause.STORE_LOST, "the event store lost its data"
+        else:
+            cause, why = GapCause.RETENTION, "the retention trimmed them before they were read"
+        message = (
+            f"events after {after or 'the start'} up to {resume or 'the start'} are gone: {why}"
+        )
+        return Gap(after, resume, cause, message), self._loss_count
 
     def lag(self) -> int:
         """The most events a live subscription is behind this process's newest event.

@@ -136,6 +136,32 @@ class Checkpoint:
     position: str
 
 
+class GapCause(enum.IntEnum):
+    """Why a subscription missed events; the values are the contract's GapCause."""
+
+    RETENTION = events_pb2.GAP_CAUSE_RETENTION
+    STORE_LOST = events_pb2.GAP_CAUSE_STORE_LOST
+
+
+@dataclass(frozen=True, slots=True)
+class Lost:
+    """What a store tells its loss listener: every event up to `position` is gone."""
+
+    position: str
+    cause: GapCause
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """A running plain subscription missed events: it was at `after` and goes on after
+    `resume_after`; what lay between is gone (with STORE_LOST, maybe some after it too)."""
+
+    after: str
+    resume_after: str
+    cause: GapCause
+    message: str
+
+
 @dataclass(slots=True)
 class GroupStatus:
     """An event's delivery to one group."""
@@ -164,7 +190,7 @@ class Policy:
 
 
 AppendListener = Callable[[Sequence[Event]], None]
-LossListener = Callable[[str], None]  # every event up to this position is gone
+LossListener = Callable[[Lost], None]
 
 
 class EventStream(Protocol):
@@ -204,7 +230,9 @@ class EventStream(Protocol):
     async def read(self, after: str, selector: Selector, limit: int) -> Page:
         """Events after `after` ("" = from the first) that match, oldest first.
 
-        Raises OutOfRangeError (POSITION_EXPIRED) if `after` fell out of the retention.
+        Raises OutOfRangeError if the events after `after` are no longer stored:
+        POSITION_EXPIRED (trimmed by the retention) or POSITION_LOST (older than a loss
+        of the store's data), with metadata `position`, `resume_after` and `oldest`.
         """
         ...
 

@@ -33,6 +33,7 @@ from core.events.model import (
     Checkpoint,
     Delivery,
     Event,
+    Gap,
     GroupStatus,
     HistoryQuery,
     Selector,
@@ -49,7 +50,7 @@ MAX_CONSUMER = 100  # characters of a member's name that are kept
 _TOKENS = PageTokens(b"mesh.events.v1 page tokens")
 
 T = TypeVar("T")
-Stream = AsyncGenerator[Event | Delivery | CaughtUp | Checkpoint, None]
+Stream = AsyncGenerator[Event | Delivery | CaughtUp | Checkpoint | Gap, None]
 
 
 class EventRequests:

@@ -16,6 +16,7 @@ from core.events.model import (
     Checkpoint,
     Delivery,
     Event,
+    Gap,
     GroupStatus,
     HistoryQuery,
     Selector,
@@ -131,13 +132,21 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
         return pb.ReplayDeadLettersResponse(replayed_count=replayed)
 
 
-def _message(item: Event | Delivery | CaughtUp | Checkpoint) -> pb.SubscribeResponse:
+def _message(item: Event | Delivery | CaughtUp | Checkpoint | Gap) -> pb.SubscribeResponse:
     if isinstance(item, Event):
         return pb.SubscribeResponse(event=item)
     if isinstance(item, Delivery):
         return pb.SubscribeResponse(event=item.event, attempt=item.attempt)
     if isinstance(item, CaughtUp):
         return pb.SubscribeResponse(caught_up=pb.CaughtUp(position=item.position))
+    if isinstance(item, Gap):
+        gap = pb.Gap(
+            after=item.after,
+            resume_after=item.resume_after,
+            cause=int(item.cause),  # type: ignore[arg-type]
+            message=item.message,
+        )
+        return pb.SubscribeResponse(gap=gap)
     return pb.SubscribeResponse(checkpoint=pb.Checkpoint(position=item.position))
 
 

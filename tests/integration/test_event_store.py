@@ -30,7 +30,17 @@ from core.errors import (
     UnavailableError,
 )
 from core.events.failures import EndReason
-from core.events.model import Delivery, Event, EventStore, HistoryQuery, Policy, Selector, State
+from core.events.model import (
+    Delivery,
+    Event,
+    EventStore,
+    GapCause,
+    HistoryQuery,
+    Lost,
+    Policy,
+    Selector,
+    State,
+)
 from core.events.redis import RedisEventStore
 from core.events.sql import SqlEventStore
 from core.testing.databases import fresh_database
@@ -52,7 +62,7 @@ class Opened:
     backend: str
     namespace: str = ""
     seen: list[Event] = field(default_factory=list)
-    lost: list[str] = field(default_factory=list)
+    lost: list[Lost] = field(default_factory=list)
 
     def listen(self, batch: Sequence[Event]) -> None:
         self.seen.extend(batch)
@@ -568,10 +578,13 @@ async def test_lost_redis_data_is_reported_and_recovered(redis_backend: Opened) 
     assert gaps
     assert gaps[0]["last_position"] == before.position
     assert gaps[0]["groups"] == ["workers"]
-    assert redis_backend.lost == [before.position]  # the listener forgets up to there
+    # the listener forgets up to there
+    assert redis_backend.lost == [Lost(before.position, GapCause.STORE_LOST)]
 
-    with pytest.raises(OutOfRangeError):  # older than the loss: the reader must know
+    with pytest.raises(OutOfRangeError) as caught:  # older than the loss: the reader must know
         await store.read("1-0", EVERYTHING, 10)
+    assert caught.value.reason == "POSITION_LOST"
+    assert caught.value.metadata["resume_after"] == before.position
     after, _ = await store.append([an_event(id="after"), an_event("x.y")])
     assert store.order_key(after.position) > store.order_key(before.position)
     seen = await redis_backend.wait_seen(3)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from structlog.testing import capture_logs
 
+from core.events.model import GapCause, Lost
 from tests.integration._events import drop_namespace
 from tests.integration.test_event_store import Opened, an_event
 from tests.integration.test_event_store import redis_backend as redis_backend  # fixture
@@ -23,7 +24,7 @@ async def test_a_publish_after_redis_lost_its_data_reports_the_gap_first(
 
     [gap] = [e for e in logs if e["event"] == "event.gap"]
     assert gap["last_position"] == before[-1].position
-    assert redis_backend.lost == [before[-1].position]
+    assert redis_backend.lost == [Lost(before[-1].position, GapCause.STORE_LOST)]
     found = await store.get("after")
     assert found is not None
     assert found.position == after.position

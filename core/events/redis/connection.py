@@ -23,8 +23,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from core.errors import FieldViolation, InvalidArgumentError, UnavailableError
 from core.events.failures import DeadLetterListener, ignore_dead_letter
-from core.events.model import LossListener, Selector
-from core.events.redis.replies import as_text, selector_json
+from core.events.model import GapCause, LossListener, Lost, Selector
+from core.events.redis.replies import as_position, as_text, selector_json
 
 log = structlog.get_logger()
 
@@ -36,7 +36,7 @@ _UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
 
 
 @dataclass(frozen=True, slots=True)
-class Gap:
+class Found:
     """Events Redis lost, found at `at` (time.time())."""
 
     at: float
@@ -60,8 +60,8 @@ class StoreConnection:
         self._token = ""  # the sentinel this instance knows
         self._groups: dict[str, Selector] = {}  # joined here: recreated after a gap
         self._verifying = asyncio.Lock()
-        self._gap: Gap | None = None
-        self._on_lost: LossListener = lambda position: None
+        self._gap: Found | None = None
+        self._on_lost: LossListener = lambda lost: None
         self.on_dead_letter: DeadLetterListener = ignore_dead_letter
 
     def order_key(self, position: str) -> tuple[int, ...]:
@@ -84,7 +84,7 @@ class StoreConnection:
                 if self.order_key(as_text(maxdel)) > self.order_key(self._cursor):
                     self._lost(f"the live feed fell behind the retention after {self._cursor}")
                     self._cursor = as_text(maxdel)
-                    self._on_lost(self._cursor)
+                    self._on_lost(Lost(self._cursor, GapCause.RETENTION))
                 return False
             pairs = [x for g, s in self._groups.items() for x in (g, selector_json(s))]
             seen = self._cursor
@@ -97,12 +97,12 @@ class StoreConnection:
                     f"events up to {seen or 'the start'} and group progress are gone",
                     groups=sorted(self._groups),
                 )
-                self._on_lost(seen)
+                self._on_lost(Lost(as_position(seen), GapCause.STORE_LOST))
             gap: bool = outcome == b"gap"
             return gap
 
     def _lost(self, problem: str, **details: object) -> None:
-        self._gap = Gap(time.time(), problem)
+        self._gap = Found(time.time(), problem)
         log.error("event.gap", problem=problem, last_position=self._cursor, **details)
 
     async def _run(self, script: str, *args: Any) -> Any:

@@ -85,18 +85,27 @@ class RedisStream(StoreConnection):
         return results  # subscribers get them through the live feed, in stream order
 
     async def head(self) -> str:
-        head, _, _ = await self._run("info")
+        head, _, alive = await self._run("info")
+        if alive is None or as_text(alive) != self._token:
+            # Redis lost its data and the reader has not noticed yet: recover first, so
+            # that the head is not that of an empty stream (and resumes are not AHEAD).
+            await self._verify()
+            head, _, _ = await self._run("info")
         return as_position(head)
 
     async def read(self, after: str, selector: Selector, limit: int) -> Page:
         self.order_key(after)
-        reply = await self._run("scan", after, limit, 1, selector_json(selector), "", "")
-        if reply[0] == b"expired":
-            raise OutOfRangeError(
-                "the position is older than the retention",
-                reason="POSITION_EXPIRED",
-                metadata={"position": after, "oldest": as_text(reply[1])},
-            )
+        args = (after, limit, 1, selector_json(selector), "", "")
+        reply = await self._run("scan", *args)
+        if reply == b"lost":  # Redis lost its data: recover (which records where), then read
+            await self._verify()
+            reply = await self._run("scan", *args)
+            if reply == b"lost":
+                raise UnavailableError(
+                    "the event store lost its data and is recovering", reason="EVENTS_UNAVAILABLE"
+                )
+        if reply[0] in (b"expired", b"gone"):
+            raise _not_stored(after, lost=reply[0] == b"gone", resume=reply[1], oldest=reply[2])
         return Page(parse_events(reply[3:]), as_text(reply[1]), bool(reply[2]))
 
     async def get(self, event_id: str) -> Event | None:
@@ -174,3 +183,17 @@ class RedisStream(StoreConnection):
         reply: Any = await self._call(xread, extra=BLOCK)
         entries = reply[0][1] if reply else []
         return [parse_event(sid, fields[b"b"]) for sid, fields in entries]
+
+
+def _not_stored(after: str, *, lost: bool, resume: bytes, oldest: bytes) -> OutOfRangeError:
+    """OUT_OF_RANGE for a read after a position whose events are no longer stored."""
+    metadata = {"position": after, "resume_after": as_text(resume), "oldest": as_text(oldest)}
+    if lost:
+        return OutOfRangeError(
+            "the events after this position were lost: redis lost its data",
+            reason="POSITION_LOST",
+            metadata=metadata,
+        )
+    return OutOfRangeError(
+        "the position is older than the retention", reason="POSITION_EXPIRED", metadata=metadata
+    )

@@ -8,6 +8,9 @@ if not current then
 end
 local seen = ARGV[4]
 if seen ~= '0-0' then
+  -- Remembered so that a read after an older position says it was lost, not trimmed.
+  local lost = redis.call('GET', P .. 'lost')
+  if not lost or pad(lost) < pad(seen) then redis.call('SET', P .. 'lost', seen) end
   -- Positions up to the last one seen are gone: later ids must be above it, and a
   -- read after an older position must report POSITION_EXPIRED, not skip silently.
   local info = xinfo()

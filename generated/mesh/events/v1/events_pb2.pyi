@@ -22,6 +22,30 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _GapCause:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _GapCauseEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_GapCause.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    GAP_CAUSE_UNSPECIFIED: _GapCause.ValueType  # 0
+    """Not used."""
+    GAP_CAUSE_RETENTION: _GapCause.ValueType  # 1
+    """The retention (MESH_EVENTS_RETENTION) trimmed them before the subscription read them."""
+    GAP_CAUSE_STORE_LOST: _GapCause.ValueType  # 2
+    """The store lost its data (Redis restarted without persistence, or evicted keys)."""
+
+class GapCause(_GapCause, metaclass=_GapCauseEnumTypeWrapper):
+    """Why a subscription missed events."""
+
+GAP_CAUSE_UNSPECIFIED: GapCause.ValueType  # 0
+"""Not used."""
+GAP_CAUSE_RETENTION: GapCause.ValueType  # 1
+"""The retention (MESH_EVENTS_RETENTION) trimmed them before the subscription read them."""
+GAP_CAUSE_STORE_LOST: GapCause.ValueType  # 2
+"""The store lost its data (Redis restarted without persistence, or evicted keys)."""
+Global___GapCause: _TypeAlias = GapCause  # noqa: Y015
+
 class _DeliveryState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -440,6 +464,45 @@ class Checkpoint(_message.Message):
 Global___Checkpoint: _TypeAlias = Checkpoint  # noqa: Y015
 
 @_typing.final
+class Gap(_message.Message):
+    """Events a running subscription should have had and never will: they are gone from the
+    store. Sent in their place; the stream goes on after resume_after.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AFTER_FIELD_NUMBER: _builtins.int
+    RESUME_AFTER_FIELD_NUMBER: _builtins.int
+    CAUSE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    after: _builtins.str
+    """The subscription's position when the loss was found."""
+    resume_after: _builtins.str
+    """The stream goes on after this position (a checkpoint). The events between after
+    and here are gone; with cause GAP_CAUSE_STORE_LOST, events stored after `after`
+    that the subscription had not received may be gone too, even when both are equal.
+    """
+    cause: Global___GapCause.ValueType
+    """Why."""
+    message: _builtins.str
+    """What happened, for people."""
+    def __init__(
+        self,
+        *,
+        after: _builtins.str = ...,
+        resume_after: _builtins.str = ...,
+        cause: Global___GapCause.ValueType = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "cause", b"cause", "message", b"message", "resume_after", b"resume_after"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Gap: _TypeAlias = Gap  # noqa: Y015
+
+@_typing.final
 class SubscribeResponse(_message.Message):
     """One message of a Subscribe stream."""
 
@@ -448,6 +511,7 @@ class SubscribeResponse(_message.Message):
     EVENT_FIELD_NUMBER: _builtins.int
     CAUGHT_UP_FIELD_NUMBER: _builtins.int
     CHECKPOINT_FIELD_NUMBER: _builtins.int
+    GAP_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
     attempt: _builtins.int
     """For a group delivery: which attempt this is, starting at 1."""
@@ -463,19 +527,24 @@ class SubscribeResponse(_message.Message):
     def checkpoint(self) -> Global___Checkpoint:
         """A position to resume from."""
 
+    @_builtins.property
+    def gap(self) -> Global___Gap:
+        """Events this subscription missed: they were trimmed or lost. Plain subscriptions only."""
+
     def __init__(
         self,
         *,
         event: Global___Event | None = ...,
         caught_up: Global___CaughtUp | None = ...,
         checkpoint: Global___Checkpoint | None = ...,
+        gap: Global___Gap | None = ...,
         attempt: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["caught_up", b"caught_up", "checkpoint", b"checkpoint", "event", b"event", "kind", b"kind"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["caught_up", b"caught_up", "checkpoint", b"checkpoint", "event", b"event", "gap", b"gap", "kind", b"kind"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "caught_up", b"caught_up", "checkpoint", b"checkpoint", "event", b"event", "kind", b"kind"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "caught_up", b"caught_up", "checkpoint", b"checkpoint", "event", b"event", "gap", b"gap", "kind", b"kind"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["event", "caught_up", "checkpoint"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["event", "caught_up", "checkpoint", "gap"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 

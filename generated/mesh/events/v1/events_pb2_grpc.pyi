@@ -70,9 +70,18 @@ class EventServiceStub:
     """Streams events. Without a group: the stored events after the start position, then a
     caught_up marker, then live events, with a checkpoint at least every second while
     events flow (the position to resume from). INVALID_ARGUMENT for a malformed type
-    pattern or position (reason INVALID_POSITION); OUT_OF_RANGE (reason
-    POSITION_EXPIRED) when the position is older than the retention. A subscriber that
-    falls behind reads from the store at its own pace; it never slows another.
+    pattern or position (reason INVALID_POSITION). OUT_OF_RANGE when the events after the
+    start position are no longer stored: reason POSITION_EXPIRED when the position is
+    older than the retention (MESH_EVENTS_RETENTION trimmed them), POSITION_LOST when it
+    is older than a loss of the store's data (Redis restarted without persistence), and
+    POSITION_AHEAD when it is past the newest event (another store's, or one that lost
+    its data); the ErrorInfo metadata has `position`, `resume_after` (pass it as
+    start.after to get every event still stored) and `oldest` (the oldest stored event's
+    position, empty if none). OUT_OF_RANGE rather than DATA_LOSS: the store is whole, the
+    position is outside what it holds, and the caller can act on it. Events lost while a
+    subscription runs come as a gap message in the stream, which then goes on. A
+    subscriber that falls behind reads from the store at its own pace; it never slows
+    another.
 
     With a group: events matching the group's selector are shared among the group's
     members, each to one member, until acked. Unacked events are redelivered after the
@@ -152,9 +161,18 @@ class EventServiceAsyncStub(EventServiceStub):
     """Streams events. Without a group: the stored events after the start position, then a
     caught_up marker, then live events, with a checkpoint at least every second while
     events flow (the position to resume from). INVALID_ARGUMENT for a malformed type
-    pattern or position (reason INVALID_POSITION); OUT_OF_RANGE (reason
-    POSITION_EXPIRED) when the position is older than the retention. A subscriber that
-    falls behind reads from the store at its own pace; it never slows another.
+    pattern or position (reason INVALID_POSITION). OUT_OF_RANGE when the events after the
+    start position are no longer stored: reason POSITION_EXPIRED when the position is
+    older than the retention (MESH_EVENTS_RETENTION trimmed them), POSITION_LOST when it
+    is older than a loss of the store's data (Redis restarted without persistence), and
+    POSITION_AHEAD when it is past the newest event (another store's, or one that lost
+    its data); the ErrorInfo metadata has `position`, `resume_after` (pass it as
+    start.after to get every event still stored) and `oldest` (the oldest stored event's
+    position, empty if none). OUT_OF_RANGE rather than DATA_LOSS: the store is whole, the
+    position is outside what it holds, and the caller can act on it. Events lost while a
+    subscription runs come as a gap message in the stream, which then goes on. A
+    subscriber that falls behind reads from the store at its own pace; it never slows
+    another.
 
     With a group: events matching the group's selector are shared among the group's
     members, each to one member, until acked. Unacked events are redelivered after the
@@ -249,9 +267,18 @@ class EventServiceServicer(metaclass=_abc_1.ABCMeta):
         """Streams events. Without a group: the stored events after the start position, then a
         caught_up marker, then live events, with a checkpoint at least every second while
         events flow (the position to resume from). INVALID_ARGUMENT for a malformed type
-        pattern or position (reason INVALID_POSITION); OUT_OF_RANGE (reason
-        POSITION_EXPIRED) when the position is older than the retention. A subscriber that
-        falls behind reads from the store at its own pace; it never slows another.
+        pattern or position (reason INVALID_POSITION). OUT_OF_RANGE when the events after the
+        start position are no longer stored: reason POSITION_EXPIRED when the position is
+        older than the retention (MESH_EVENTS_RETENTION trimmed them), POSITION_LOST when it
+        is older than a loss of the store's data (Redis restarted without persistence), and
+        POSITION_AHEAD when it is past the newest event (another store's, or one that lost
+        its data); the ErrorInfo metadata has `position`, `resume_after` (pass it as
+        start.after to get every event still stored) and `oldest` (the oldest stored event's
+        position, empty if none). OUT_OF_RANGE rather than DATA_LOSS: the store is whole, the
+        position is outside what it holds, and the caller can act on it. Events lost while a
+        subscription runs come as a gap message in the stream, which then goes on. A
+        subscriber that falls behind reads from the store at its own pace; it never slows
+        another.
 
         With a group: events matching the group's selector are shared among the group's
         members, each to one member, until acked. Unacked events are redelivered after the
