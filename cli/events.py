@@ -62,8 +62,10 @@ def add_commands(commands: Any) -> None:
         "subscribe",
         help="print events as they come, one JSON object per line, until Ctrl-C",
         description="Prints each message of the subscription as one JSON line, e.g. "
-        '{"event": {...}} (group deliveries add "attempt"). Reconnects by itself when the '
-        "server goes away, resuming where it was. Exits 0 on Ctrl-C.",
+        '{"event": {...}} (group deliveries add "attempt"). Events the server lost or '
+        'trimmed before they were read are printed as {"gap": {...}}, and said on stderr. '
+        "Reconnects by itself when the server goes away, resuming where it was. "
+        "Exits 0 on Ctrl-C.",
         epilog=GROUP_POSITIONS,
     )
     subscribe.add_argument("--address", help=ADDRESS_HELP)
@@ -243,10 +245,15 @@ async def _subscribe(args: argparse.Namespace, settings: Settings) -> int:
                 beginning=args.from_beginning,
                 group=args.group,
                 consumer=args.consumer,
-                markers=args.markers,
+                markers=True,  # for the gaps; the other markers are printed on request
             )
             async with stream:
                 async for message in stream:
+                    kind = message.WhichOneof("kind")
+                    if kind == "gap":
+                        output.notice(f"events lost: {message.gap.message}")
+                    elif kind != "event" and not args.markers:
+                        continue
                     output.print_json(_json(message), indent=None, flush=True)
                     if args.ack and message.HasField("event"):
                         await client.ack(args.group, [message.event.id])

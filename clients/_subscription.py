@@ -18,7 +18,7 @@ from typing import Protocol, Self
 
 import grpc
 
-from core.errors import UnavailableError
+from core.errors import OutOfRangeError, UnavailableError
 from core.retries import Retry
 from mesh.events.v1 import events_pb2 as pb
 from mesh.events.v1.events_pb2 import SubscribeResponse
@@ -141,6 +141,8 @@ class _Cursor:
             self.position = message.caught_up.position
         elif kind == "checkpoint":
             self.position = message.checkpoint.position
+        elif kind == "gap":
+            self.position = message.gap.resume_after
 
     def stopped(self, error: UnavailableError) -> None:
         """A stopping server says how far its last stream got; resume there."""
@@ -188,11 +190,11 @@ async def _messages(
         try:
             async with contextlib.aclosing(stream) as messages:
                 cursor.advance(first)
-                if markers or first.HasField("event"):
+                if markers or _delivered(first):
                     yield first
                 async for message in messages:
                     cursor.advance(message)
-                    if markers or message.HasField("event"):
+                    if markers or _delivered(message):
                         yield message
             # The contract says a subscription never ends on its own; if one does anyway,
             # resuming is what the caller wants, as after UNAVAILABLE.
@@ -224,6 +226,35 @@ async def _open(
             cursor.stopped(exc)
         raise
     return stream, first
+
+
+def _delivered(message: SubscribeResponse) -> bool:
+    """True for an event; raises EventsLostError for a gap (without markers, a caller
+    would not see it); False for the other markers."""
+    if message.HasField("gap"):
+        raise EventsLostError(message.gap)
+    return message.HasField("event")
+
+
+class EventsLostError(OutOfRangeError):
+    """A running subscription without markers missed events: the server lost or trimmed
+    them (the stream's Gap message). Subscribe again with `after=resume_after` to go on.
+
+    Attributes:
+        gap: The Gap message: `after`, `resume_after`, `cause` and `message`.
+    """
+
+    def __init__(self, gap: pb.Gap) -> None:
+        super().__init__(
+            gap.message,
+            reason="EVENTS_LOST",
+            metadata={
+                "after": gap.after,
+                "resume_after": gap.resume_after,
+                "cause": pb.GapCause.Name(gap.cause),
+            },
+        )
+        self.gap = gap
 
 
 def _closed_from_elsewhere(cursor: _Cursor) -> bool:

@@ -31,13 +31,21 @@ Usage::
 
 `subscribe` yields `pb.SubscribeResponse` messages, the contract's own: `.event` and
 `.attempt` (group deliveries count from 1; 0 on a plain subscription). With
-`markers=True` it also yields the `caught_up` and `checkpoint` messages (tell them apart
-with `WhichOneof("kind")`); a caller that stores a checkpoint's position can later
-resume with `after=`. The iterator reconnects by itself when the server is unavailable
-or stopping, resuming a plain subscription after the last checkpoint or event it saw
-(a group's place is kept by the server), so a restart loses nothing. (One gap: a
-subscription that starts at "now" and loses its first call before the server's first
-message starts at "now" again.) Reconnects back off exponentially up to `max_backoff`;
+`markers=True` it also yields the `caught_up`, `checkpoint` and `gap` messages (tell
+them apart with `WhichOneof("kind")`); a caller that stores a checkpoint's position can
+later resume with `after=`. A `gap` says events the subscription was due are gone (the
+server's Redis lost its data, or the retention trimmed them first); the stream goes on
+after `gap.resume_after`. Without markers a gap is not skipped silently: the iterator
+raises `EventsLostError` (OUT_OF_RANGE, reason EVENTS_LOST; its `.gap` is the message).
+Resuming with `after=` from a position whose events are no longer stored raises
+OutOfRangeError, reason POSITION_EXPIRED (trimmed) or POSITION_LOST (lost with Redis's
+data), its metadata `resume_after` the position to go on from.
+
+The iterator reconnects by itself when the server is unavailable or stopping, resuming
+a plain subscription after the last checkpoint or event it saw (a group's place is kept
+by the server), so a restart of the server loses nothing. (One hole: a subscription
+that starts at "now" and loses its first call before the server's first message starts
+at "now" again.) Reconnects back off exponentially up to `max_backoff`;
 after `give_up_after` seconds without a message the UnavailableError is raised. The
 iterator runs until the caller breaks out, is cancelled or calls `aclose()`; the call
 is then cancelled. Breaking out closes it when the iterator is collected, which
@@ -62,7 +70,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from clients._subscription import Call, Subscription
+from clients._subscription import Call, EventsLostError, Subscription
 from clients.base import ChannelSettings, Client, Resilience
 from core.events.failures import Failure
 from mesh.events.v1 import events_pb2 as pb
@@ -72,6 +80,7 @@ from mesh.events.v1.events_pb2 import Event, PublishResponse, SubscribeResponse
 __all__ = [
     "Event",
     "EventsClient",
+    "EventsLostError",
     "PublishResponse",
     "Resilience",
     "SubscribeResponse",
@@ -191,7 +200,8 @@ class EventsClient(Client):
                 The start applies only when the group is created.
             consumer: This member's name in the group, for status and logs.
             max_unacked: For a group: most unacked events held at once (0: server default).
-            markers: Also yield the caught_up and checkpoint messages.
+            markers: Also yield the caught_up, checkpoint and gap messages; without
+                them a gap raises EventsLostError.
         """
         if after and beginning:
             raise ValueError("give either after or beginning, not both")
