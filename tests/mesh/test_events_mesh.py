@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -60,7 +61,7 @@ def thing(n: int | str, **fields: Any) -> pb.Event:
 
 
 async def next_message(stream: Subscription, kind: str = "event") -> pb.SubscribeResponse:
-    """The next message of `kind` ("event", "caught_up", "checkpoint"), within WITHIN s."""
+    """The next message of `kind` ("event", "caught_up", "checkpoint", "gap"), within WITHIN s."""
     async with asyncio.timeout(WITHIN):
         async for message in stream:
             if message.WhichOneof("kind") == kind:
@@ -373,6 +374,9 @@ async def test_redis_lost_and_restarted_fails_publishes_fast_then_reports_the_ga
             await next_message(fresh, "caught_up")
             after = await events.publish(thing("after"))
             assert (await next_message(fresh)).event.id == after.id
+        gap = (await next_message(follower, "gap")).gap  # said in its stream, not only logged
+        assert gap.cause == pb.GAP_CAUSE_STORE_LOST
+        assert gap.resume_after == before[-1].position
         assert (await next_message(follower)).event.id == after.id  # it reconnected
         assert [e.id for e in (await events.history(types=[DEMO])).events] == [after.id]
 
@@ -393,6 +397,50 @@ async def test_after_lost_data_a_subscription_from_the_beginning_matches_the_his
     assert stored == [after.id]
     assert lost[0].id not in delivered
     assert delivered == stored
+
+
+async def test_mesh_events_subscribe_prints_the_gap_when_redis_lost_its_data(
+    tmp_path: Path,
+) -> None:
+    async with on_private_redis(tmp_path) as mesh, subscribing(mesh.server, "--type", DEMO) as cli:
+        # Published until the subscriber prints one: it is live (it starts "now").
+        async with asyncio.timeout(WITHIN):
+            while not (line := await next_line(cli, 0.5)):
+                await mesh.events.publish(thing("before"))
+        last = (await mesh.events.history(types=[DEMO])).events[-1].position
+        while line.get("event", {}).get("position") != last:
+            line = await next_line(cli, WITHIN)
+        await mesh.lose_data()
+        printed = await next_line(cli, WITHIN)
+        code, err = await interrupt_cli(cli)
+
+    assert printed["gap"]["cause"] == "GAP_CAUSE_STORE_LOST"
+    assert printed["gap"]["after"] == printed["gap"]["resume_after"] == last
+    assert code == 0
+    assert "mesh: events lost: " in err
+    assert "lost its data" in err
+
+
+async def next_line(cli: asyncio.subprocess.Process, within: float) -> dict[str, Any]:
+    """The next JSON line `mesh events subscribe` prints; {} if none within `within` s."""
+    assert cli.stdout is not None
+    try:
+        async with asyncio.timeout(within):
+            line = await cli.stdout.readline()
+    except TimeoutError:
+        return {}
+    assert line, "the subscriber's output ended"
+    found: dict[str, Any] = json.loads(line)
+    return found
+
+
+async def interrupt_cli(cli: asyncio.subprocess.Process) -> tuple[int, str]:
+    """Ctrl-C; the exit code and what it wrote to stderr."""
+    cli.send_signal(signal.SIGINT)
+    async with asyncio.timeout(WITHIN):
+        _, err = await cli.communicate()
+    assert cli.returncode is not None
+    return cli.returncode, err.decode()
 
 
 async def next_message_of_any(stream: Subscription) -> pb.SubscribeResponse:
