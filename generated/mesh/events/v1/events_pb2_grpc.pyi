@@ -75,9 +75,10 @@ class EventServiceStub:
     older than the retention (MESH_EVENTS_RETENTION trimmed them), POSITION_LOST when it
     is older than a loss of the store's data (Redis restarted without persistence), and
     POSITION_AHEAD when it is past the newest event (another store's, or one that lost
-    its data); the ErrorInfo metadata has `position`, `resume_after` (pass it as
-    start.after to get every event still stored) and `oldest` (the oldest stored event's
-    position, empty if none). OUT_OF_RANGE rather than DATA_LOSS: the store is whole, the
+    its data). The ErrorInfo metadata has `position` and `resume_after` (pass it as
+    start.after to get every event still stored; for POSITION_AHEAD the newest
+    position), and for EXPIRED and LOST `oldest` (the oldest stored event's position,
+    empty if none). OUT_OF_RANGE rather than DATA_LOSS: the store is whole, the
     position is outside what it holds, and the caller can act on it. Events lost while a
     subscription runs come as a gap message in the stream, which then goes on. A
     subscriber that falls behind reads from the store at its own pace; it never slows
@@ -166,9 +167,10 @@ class EventServiceAsyncStub(EventServiceStub):
     older than the retention (MESH_EVENTS_RETENTION trimmed them), POSITION_LOST when it
     is older than a loss of the store's data (Redis restarted without persistence), and
     POSITION_AHEAD when it is past the newest event (another store's, or one that lost
-    its data); the ErrorInfo metadata has `position`, `resume_after` (pass it as
-    start.after to get every event still stored) and `oldest` (the oldest stored event's
-    position, empty if none). OUT_OF_RANGE rather than DATA_LOSS: the store is whole, the
+    its data). The ErrorInfo metadata has `position` and `resume_after` (pass it as
+    start.after to get every event still stored; for POSITION_AHEAD the newest
+    position), and for EXPIRED and LOST `oldest` (the oldest stored event's position,
+    empty if none). OUT_OF_RANGE rather than DATA_LOSS: the store is whole, the
     position is outside what it holds, and the caller can act on it. Events lost while a
     subscription runs come as a gap message in the stream, which then goes on. A
     subscriber that falls behind reads from the store at its own pace; it never slows
@@ -272,9 +274,10 @@ class EventServiceServicer(metaclass=_abc_1.ABCMeta):
         older than the retention (MESH_EVENTS_RETENTION trimmed them), POSITION_LOST when it
         is older than a loss of the store's data (Redis restarted without persistence), and
         POSITION_AHEAD when it is past the newest event (another store's, or one that lost
-        its data); the ErrorInfo metadata has `position`, `resume_after` (pass it as
-        start.after to get every event still stored) and `oldest` (the oldest stored event's
-        position, empty if none). OUT_OF_RANGE rather than DATA_LOSS: the store is whole, the
+        its data). The ErrorInfo metadata has `position` and `resume_after` (pass it as
+        start.after to get every event still stored; for POSITION_AHEAD the newest
+        position), and for EXPIRED and LOST `oldest` (the oldest stored event's position,
+        empty if none). OUT_OF_RANGE rather than DATA_LOSS: the store is whole, the
         position is outside what it holds, and the caller can act on it. Events lost while a
         subscription runs come as a gap message in the stream, which then goes on. A
         subscriber that falls behind reads from the store at its own pace; it never slows
