@@ -225,3 +225,30 @@ async def next_of_kind(
             if message.WhichOneof("kind") == kind:
                 return message
     raise AssertionError("the stream ended")
+
+
+async def test_a_resume_after_redis_lost_its_data_while_no_server_ran_is_lost(
+    tmp_path: Path,
+) -> None:
+    """Redis restarted empty while the service was down too (a whole restart): the new
+    store starts after the old positions, so resuming from one must not skip silently."""
+    async with private_redis(tmp_path / "redis") as redis:
+        settings = events_settings("redis", tmp_path, system_events=False)
+        settings = dataclasses.replace(settings, redis_url=redis.url)
+        async with events_server(settings) as running, stub_of(running) as stub:
+            [old] = (await stub.PublishBatch(pb.PublishBatchRequest(events=[event()]))).results
+        await redis.kill()
+        await redis.start()
+        async with events_server(settings) as running, stub_of(running) as stub:
+            [new] = (await stub.PublishBatch(pb.PublishBatchRequest(events=[event()]))).results
+            request = pb.SubscribeRequest(start=pb.StartPosition(after=old.position))
+            error = await failure(take(stub.Subscribe(request), 1))
+            resumed = pb.SubscribeRequest(
+                start=pb.StartPosition(after=error.metadata["resume_after"])
+            )
+            got = await take(stub.Subscribe(resumed), 1)
+
+    assert isinstance(error, OutOfRangeError)
+    assert error.reason == "POSITION_LOST"
+    assert error.metadata["oldest"] == new.position
+    assert [m.event.position for m in got if m.HasField("event")] == [new.position]

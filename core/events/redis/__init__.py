@@ -16,7 +16,8 @@ however many instances share the Redis: an append (dedupe, XADD, retention), a c
                   delivery, on a visibility timeout (DELIVERED) or a retry (RETRYING)
     dead:<group>  zset  padded stream id, score 0: the dead letters, in position order
     alive         a token written at open; gone means Redis lost its data
-    lost          the newest position seen before Redis lost its data (POSITION_LOST)
+    lost          positions before it are of data Redis lost (POSITION_LOST): the newest
+                  one seen before the loss, or the time a store started with no stream
 
 The group's PEL holds exactly its DELIVERED entries (XREADGROUP adds them, XCLAIM moves
 them to the member that takes them over, ack, nack and dead-lettering XACK them), so

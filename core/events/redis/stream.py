@@ -190,7 +190,8 @@ def _not_stored(after: str, *, lost: bool, resume: bytes, oldest: bytes) -> OutO
     metadata = {"position": after, "resume_after": as_text(resume), "oldest": as_text(oldest)}
     if lost:
         return OutOfRangeError(
-            "the events after this position were lost: redis lost its data",
+            "the events after this position were lost with redis's data "
+            "(or it is another store's position)",
             reason="POSITION_LOST",
             metadata=metadata,
         )

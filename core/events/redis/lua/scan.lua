@@ -2,7 +2,7 @@
 -- start_us, end_us ("" = unbounded). Returns {'ok', covered, at_head, stream id, body,
 -- ...}; `covered` is the last entry looked at. With the check: 'lost' when the sentinel
 -- is gone (Redis lost its data and nobody noticed yet: the store recovers, then asks
--- again), and {'expired'|'gone', max-deleted-id, oldest id or ''} when the events after
+-- again), and {'expired'|'gone', resume after, oldest id or ''} when the events after
 -- `after` are no longer stored: 'gone' when `after` is older than a loss of the data.
 local after, limit, check = ARGV[2], tonumber(ARGV[3]), ARGV[4] == '1'
 local sel = cjson.decode(ARGV[5])
@@ -13,11 +13,14 @@ if not info then return {'ok', after, 1} end
 local head = info['last-generated-id']
 if head == '0-0' then head = '' end
 local maxdel = info['max-deleted-entry-id']
-if check and after ~= '' and maxdel ~= '0-0' and pad(after) < pad(maxdel) then
+if check and after ~= '' then
   local lost = redis.call('GET', P .. 'lost')
-  local first = redis.call('XRANGE', STREAM, '-', '+', 'COUNT', 1)[1]
-  local why = (lost and pad(after) < pad(lost)) and 'gone' or 'expired'
-  return {why, maxdel, first and first[1] or ''}
+  local gone = lost and pad(after) < pad(lost)
+  if gone or (maxdel ~= '0-0' and pad(after) < pad(maxdel)) then
+    local resume = (lost and pad(maxdel) < pad(lost)) and lost or maxdel
+    local first = redis.call('XRANGE', STREAM, '-', '+', 'COUNT', 1)[1]
+    return {gone and 'gone' or 'expired', resume, first and first[1] or ''}
+  end
 end
 local out, found, scanned, covered, at_end = {'ok', '', 0}, 0, 0, after, false
 local cursor = after == '' and '-' or '(' .. after
