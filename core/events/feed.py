@@ -190,20 +190,12 @@ class LiveFeed:
         try:
             while True:
                 changed = changes.waiter()  # taken before reading, so no wake-up is missed
-                gap, losses = self._gap(after, losses)
-                if gap is None:
-                    page = self._from_ring(after, selector)
-                    if page is None:
-                        try:
-                            page = await self._reads.read(after, selector)
-                        except OutOfRangeError as exc:  # gone while this subscription ran
-                            gap, losses = self._gap(after, losses, exc)
-                if gap is not None:
-                    yield gap
-                    after = checkpointed = gap.resume_after
+                page, losses = await self._next(after, selector, losses)
+                if isinstance(page, Gap):
+                    yield page
+                    after = checkpointed = page.resume_after
                     self._positions[me] = after
                     continue
-                assert page is not None
                 for event in page.events:
                     yield event
                 if page.events:
@@ -228,6 +220,24 @@ class LiveFeed:
         finally:
             del self._positions[me]
 
+    async def _next(self, after: str, selector: Selector, seen: int) -> tuple[Page | Gap, int]:
+        """What a subscription at `after` that knew of `seen` losses gets next: a Gap if
+        events it was due are gone, else a page from the ring or the store; and the losses
+        it knows of now."""
+        gap, seen = self._gap(after, seen)
+        if gap is not None:
+            return gap, seen
+        page = self._from_ring(after, selector)
+        if page is not None:
+            return page, seen
+        try:
+            return await self._reads.read(after, selector), seen
+        except OutOfRangeError as exc:  # gone while this subscription ran
+            gap, seen = self._gap(after, seen, exc)
+            if gap is None:
+                raise
+            return gap, seen
+
     def _gap(
         self, after: str, seen: int, expired: OutOfRangeError | None = None
     ) -> tuple[Gap | None, int]:
@@ -249,14 +259,7 @@ class LiveFeed:
             resume = max(resume, expired.metadata.get("resume_after", ""), key=key)
         if not causes:
             return None, self._loss_count
-        if GapCause.STORE_LOST in causes:
-            cause, why = GapCause.STORE_LOST, "the event store lost its data"
-        else:
-            cause, why = GapCause.RETENTION, "the retention trimmed them before they were read"
-        message = (
-            f"events after {after or 'the start'} up to {resume or 'the start'} are gone: {why}"
-        )
-        return Gap(after, resume, cause, message), self._loss_count
+        return Gap(after, resume, *_why(after, resume, causes)), self._loss_count
 
     def lag(self) -> int:
         """The most events a live subscription is behind this process's newest event.
@@ -293,3 +296,18 @@ class LiveFeed:
                 return None
             at_head = False
         return Page(found, covered, at_head)
+
+
+def _why(after: str, resume: str, causes: set[GapCause]) -> tuple[GapCause, str]:
+    """A Gap's cause (a loss of data outweighs trimming) and its message."""
+    start = after or "the start"
+    if GapCause.STORE_LOST not in causes:
+        trimmed = f"the events after {start} up to {resume} were trimmed by the retention"
+        return GapCause.RETENTION, f"{trimmed} before this subscription read them"
+    lost = "the event store lost its data: "
+    if resume == after:
+        return GapCause.STORE_LOST, f"{lost}any events after {start} not yet received are gone"
+    return GapCause.STORE_LOST, (
+        f"{lost}the events after {start} up to {resume} are gone, and any after them not "
+        "yet received"
+    )
