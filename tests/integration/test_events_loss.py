@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import aclosing
@@ -160,10 +159,7 @@ async def test_redis_restarted_empty_gives_running_subscribers_a_gap_and_resumes
 
         await own.redis.kill()
         await own.redis.start()  # same port, empty: it had no persistence
-        returned = time.monotonic()
         [gap] = [m for m in await take(raw, 0, until=is_gap) if is_gap(m)]
-        took = time.monotonic() - returned
-        print(f"redis returned -> gap message: {took:.2f}s")
 
         assert gap.gap.cause == pb.GAP_CAUSE_STORE_LOST
         assert gap.gap.after == last
