@@ -27,7 +27,7 @@ gen: $(VENV)/.installed
 # Writes messages, gRPC stubs and their mypy stubs for every contract into $(OUT).
 protoc:
 	mkdir -p $(OUT)
-	$(BIN)/python -m grpc_tools.protoc -I proto \
+	$(BIN)/python -m grpc_tools.protoc -I proto -I third_party/proto \
 	  --python_out=$(OUT) --grpc_python_out=$(OUT) \
 	  --mypy_out=$(OUT) --mypy_grpc_out=$(OUT) $(PROTOS)
 	find $(OUT)/mesh -type d -exec touch {}/__init__.py \;
@@ -47,7 +47,7 @@ check: $(VENV)/.installed check-generated
 	$(BIN)/buf lint
 	@# Breaking changes are judged against the contracts of the last commit.
 	@if git rev-parse --verify -q HEAD >/dev/null && [ -n "$$(git ls-tree -r HEAD proto)" ]; then \
-	  echo "buf breaking --against .git#ref=HEAD"; $(BIN)/buf breaking --against '.git#ref=HEAD'; \
+	  echo "buf breaking proto --against .git#ref=HEAD,subdir=proto"; $(BIN)/buf breaking proto --against '.git#ref=HEAD,subdir=proto'; \
 	else echo "buf breaking: no committed contracts yet"; fi
 
 bench: $(VENV)/.installed

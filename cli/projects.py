@@ -62,7 +62,9 @@ def _fields(parser: argparse.ArgumentParser, *, required: bool) -> None:
     parser.add_argument("--display-name", required=required)
     parser.add_argument("--description")
     types = [n.removeprefix("PROJECT_TYPE_") for n in Project.ProjectType.keys()[1:]]
-    parser.add_argument("--type", required=required, choices=types, help="the project type")
+    parser.add_argument(
+        "--type", required=required, choices=types, help="set on create, then fixed"
+    )
     parser.add_argument("--owner", help="e.g. alice (default: the caller; others need admin)")
     parser.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
 

@@ -176,6 +176,9 @@ class LimitSettings:
     streams_per_connection: int = 1000
     default_deadline: float = 30.0  # for unary calls sent without one; 0: none
     max_metadata_bytes: int = 16 * 1024  # request headers; beyond: RESOURCE_EXHAUSTED
+    # Calls a second each principal may start (0: no limit), and how many at once.
+    rate_per_principal: float = 0.0
+    rate_burst: float = 0.0  # 0: one second's worth
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,6 +303,10 @@ class Settings:
                     "MESH_DEFAULT_DEADLINE_SECONDS", value.non_negative, 30.0
                 ),
                 max_metadata_bytes=reader.get("MESH_MAX_METADATA_BYTES", value.positive_int, 16384),
+                rate_per_principal=reader.get(
+                    "MESH_RATE_LIMIT_PER_SECOND", value.non_negative, 0.0
+                ),
+                rate_burst=reader.get("MESH_RATE_LIMIT_BURST", value.non_negative, 0.0),
             ),
             data_dir=Path(reader.get("MESH_DATA_DIR", str, "var")),
             grace_seconds=reader.get("MESH_GRACE_SECONDS", value.non_negative, 10.0),

@@ -214,7 +214,9 @@ class Crud(Generic[M]):
         r = self.resource
         name = cast(Any, message).name
         resource_id = parse_name(name, r.collection, f"{r.singular}.name")
-        paths = mask_paths(message, mask, writable=r.writable, output_only=r.output_only)
+        paths = mask_paths(
+            message, mask, writable=r.writable, output_only=r.output_only, immutable=r.immutable
+        )
         etag = precondition_etag(etag, message, field=r.singular)
 
         async def work(tx: Transaction) -> M:
@@ -238,6 +240,7 @@ class Crud(Generic[M]):
             old = self._message(current)
             merged = self._message(current)
             apply_paths(message, merged, paths)
+            r.check_immutable(old, merged)
             self._owner.check_change(self._owner.of(old), self._owner.of(merged))
             self.resource.check(merged)
             values = {**r.to_columns(merged), "update_time": datetime.now(UTC)}

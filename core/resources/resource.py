@@ -1,15 +1,18 @@
 """What a CRUD resource is (`Resource`), and the AIP plumbing every one shares: names,
-etags, field masks, timestamps, and the standard columns and fields of every row and message."""
+etags, field masks, field behaviours, timestamps, and the standard columns and fields of
+every row and message."""
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from typing import Any, Generic, TypeVar, cast
 
 import sqlalchemy as sa
+from google.api import field_behavior_pb2
 from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -81,31 +84,33 @@ def mask_paths(
     *,
     writable: Iterable[str],
     output_only: Iterable[str],
+    immutable: Iterable[str] = (),
     field: str = "update_mask",
 ) -> list[str]:
     """The top-level fields an update writes, checked against the message's fields.
 
-    An empty mask means the fields set in `message`; `*` means every writable field.
-    Unknown and output-only paths are INVALID_ARGUMENT, each named.
+    An empty mask means the fields set in `message`; `*` means every writable field,
+    except immutable ones left unset (a replacement that omits them keeps them). Output-only
+    paths are ignored, as AIP-203 asks, so a client may send back the mask of a resource
+    as read; unknown paths are INVALID_ARGUMENT, each named.
     """
     writable, output_only = set(writable), set(output_only)
     if mask is None or not mask.paths:
         return sorted(f.name for f, _ in message.ListFields() if f.name in writable)
     if list(mask.paths) == ["*"]:
-        return sorted(writable)
-    violations = []
-    for path in mask.paths:
-        if path in output_only:
-            violations.append(FieldViolation(field, f"{path!r} is output only"))
-        elif path not in writable:
-            violations.append(FieldViolation(field, f"{path!r} is not a field that can be updated"))
-    if violations:
+        present = {f.name for f, _ in message.ListFields()}
+        return sorted(writable - (set(immutable) - present))
+    unknown = [p for p in mask.paths if p not in writable and p not in output_only]
+    if unknown:
         raise InvalidArgumentError(
             "update_mask names fields that cannot be updated",
             reason="INVALID_UPDATE_MASK",
-            violations=violations,
+            violations=[
+                FieldViolation(field, f"{path!r} is not a field that can be updated")
+                for path in unknown
+            ],
         )
-    return sorted(set(mask.paths))
+    return sorted(set(mask.paths) & writable)
 
 
 def apply_paths(source: Message, target: Message, paths: Iterable[str]) -> None:
@@ -127,7 +132,20 @@ def apply_paths(source: Message, target: Message, paths: Iterable[str]) -> None:
 
 M = TypeVar("M", bound=Message)
 RowLike = Mapping[Any, Any]  # a row's mapping (SQLAlchemy's RowMapping) or a dict of values
-OUTPUT_ONLY = ("name", "state", "create_time", "update_time", "delete_time", "purge_time", "etag")
+# The fields the engine fills on every message (`Resource.message_of`): output only whatever
+# the contract says.
+ENGINE_FIELDS = ("name", "state", "create_time", "update_time", "delete_time", "purge_time", "etag")
+
+
+def field_behaviours(message: type[Message], *behaviours: int) -> tuple[str, ...]:
+    """The fields of `message` annotated with any of `behaviours` (AIP-203's
+    `google.api.field_behavior`, for example `field_behavior_pb2.IMMUTABLE`)."""
+    extension = field_behavior_pb2.field_behavior
+    return tuple(
+        f.name
+        for f in message.DESCRIPTOR.fields
+        if set(f.GetOptions().Extensions[extension]) & set(behaviours)
+    )
 
 
 def standard_columns() -> list[sa.Column[Any]]:
@@ -151,6 +169,10 @@ class Resource(Generic[M]):
     the timestamps); `validate` returns the violations of a whole message, with field
     paths relative to the message (`display_name`).
 
+    Output-only and immutable fields are read from the contract's AIP-203 annotations
+    (`google.api.field_behavior`), so they are declared once, in the `.proto`: an update
+    ignores output-only fields and refuses a new value for an immutable one that is set.
+
     `owner_field` names the string field, stored in the column of the same name, that
     holds the subject of the principal owning a resource (`core.resources.ownership`):
     set from the caller on create, and a caller without the `admin` scope reads, lists
@@ -173,9 +195,23 @@ class Resource(Generic[M]):
     default_order: str = "create_time"
     purge_after: timedelta = timedelta(days=30)
     request_id_retention: timedelta = timedelta(days=1)
-    output_only: tuple[str, ...] = field(default=OUTPUT_ONLY)
     owner_field: str | None = None
     secret_fields: tuple[str, ...] = ()
+
+    @cached_property
+    def output_only(self) -> frozenset[str]:
+        """Fields an update ignores: those the engine fills, and those annotated OUTPUT_ONLY
+        or IDENTIFIER (the name says which resource; it is never written)."""
+        declared = field_behaviours(
+            self.message, field_behavior_pb2.OUTPUT_ONLY, field_behavior_pb2.IDENTIFIER
+        )
+        fields = self.message.DESCRIPTOR.fields_by_name
+        return frozenset(declared) | {name for name in ENGINE_FIELDS if name in fields}
+
+    @cached_property
+    def immutable(self) -> frozenset[str]:
+        """Fields annotated IMMUTABLE: written on create, never changed once set."""
+        return frozenset(field_behaviours(self.message, field_behavior_pb2.IMMUTABLE))
 
     def message_of(self, row: RowLike) -> M:
         """The message of a row: `to_message`, then name, etag, the timestamps and state."""
@@ -215,6 +251,22 @@ class Resource(Generic[M]):
                 "; ".join(f"{v.field}: {v.description}" for v in found),
                 reason=f"INVALID_{self.singular.upper()}",
                 violations=found,
+            )
+
+    def check_immutable(self, old: M, new: M) -> None:
+        """INVALID_ARGUMENT (IMMUTABLE_FIELD) naming each immutable field that was set in
+        `old` and differs in `new`; sending the value it has is no change, so allowed."""
+        was_set = {f.name for f, _ in old.ListFields()}
+        changed = sorted(
+            name for name in self.immutable & was_set if getattr(old, name) != getattr(new, name)
+        )
+        if changed:
+            raise InvalidArgumentError(
+                f"{', '.join(changed)} cannot be changed once set",
+                reason="IMMUTABLE_FIELD",
+                violations=[
+                    FieldViolation(f"{self.singular}.{name}", "is immutable") for name in changed
+                ],
             )
 
     def not_found(self, name: str) -> NotFoundError:

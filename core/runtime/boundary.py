@@ -41,6 +41,7 @@ from core.runtime._messages import checked, passing_bytes, safe_decoder
 from core.runtime.limits import ALWAYS_READY, UNLIMITED, CallLimits, Readiness
 from core.security.access import is_exempt
 from core.security.guard import Admission, Guard
+from core.security.principal import current_principal
 from core.telemetry import CACHE_KEY, ServerMethod, cache_outcome
 
 log = structlog.get_logger()
@@ -212,6 +213,7 @@ def _unary(
                     ready.refuse(method)
                 if admit is not None:  # authenticated and authorized before the handler runs
                     await admit(context)
+                _take_turn(limits, context)
                 call = behavior(checked(request, unary_request), context)
                 response = await (_within(call, default) if unbounded else call)
                 limits.check_response(response)
@@ -247,6 +249,7 @@ def _streaming_gen(
                     ready.refuse(method)
                 if admit is not None:  # before the stream sends anything
                     await admit(context)
+                _take_turn(limits, context)
                 async for response in behavior(checked(request, unary_request), context):
                     yield response
         except BaseException as exc:
@@ -277,6 +280,7 @@ def _streaming_coro(
                     ready.refuse(method)
                 if admit is not None:
                     await admit(context)
+                _take_turn(limits, context)
                 await behavior(checked(request, unary_request), context)
         except BaseException as exc:
             await _failed(context, exc, started, observed, span)
@@ -284,6 +288,15 @@ def _streaming_coro(
         _finished(context.code() or grpc.StatusCode.OK, started, observed, span)
 
     return handle
+
+
+def _take_turn(limits: CallLimits, context: Context) -> None:
+    """Counts the call against its caller's rate limit: the principal, or for a caller
+    without credentials its address (`ipv4:10.0.0.7`, without the port)."""
+    if limits.rate.rate > 0:
+        principal = current_principal()
+        authenticated = principal.method != "unauthenticated"
+        limits.rate.take(principal.subject if authenticated else context.peer().rpartition(":")[0])
 
 
 def _begin(method: str, context: Context, default_deadline: float) -> tuple[float, bool]:

@@ -7,6 +7,12 @@ callers), so a call can arrive while the database is still coming up. Until the 
 runs every component, calls of a service that needs components fail at once with
 UNAVAILABLE, reason SERVER_NOT_READY, naming what is not running yet and why.
 
+A caller that sends more than its share is slowed before it crowds out the others: with
+`rate` set, each principal (a token's subject or a certificate's identity; an
+unauthenticated caller by its address) may start `rate` calls per second, in bursts of
+up to `burst`; beyond, RESOURCE_EXHAUSTED, reason RATE_LIMITED, with a RetryInfo of the
+time until its next call is allowed. Counted per process: N replicas allow N times the rate.
+
 A process past its capacity that keeps accepting calls only queues them: every call gets
 slower until all of them miss their deadlines. Beyond `max_calls` unary calls (or
 `max_streams` open streams) a call is refused at once with RESOURCE_EXHAUSTED, reason
@@ -24,8 +30,9 @@ Usage (the boundary does this around every handler)::
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import NoReturn
 
@@ -95,6 +102,55 @@ class Slots:
         self.in_use -= 1
 
 
+class RateLimit:
+    """A token bucket per caller: `rate` calls a second, `burst` at once; off at rate 0.
+
+    Written by hand: it runs synchronously on every call, where libraries such as `limits`
+    keep a timestamp per call (memory growing with the rate) behind an async storage API.
+    """
+
+    __slots__ = ("_buckets", "_prune_at", "burst", "rate")
+
+    def __init__(self, rate: float, burst: float = 0.0) -> None:
+        self.rate = rate
+        self.burst = max(burst or rate, 1.0)
+        self._buckets: dict[str, tuple[float, float]] = {}  # caller: (tokens, as of)
+        self._prune_at = MAX_TRACKED_CALLERS
+
+    def take(self, caller: str) -> None:
+        """Spends one of `caller`'s tokens, or raises RESOURCE_EXHAUSTED (RATE_LIMITED)."""
+        if self.rate <= 0:
+            return
+        now = time.monotonic()
+        tokens, then = self._buckets.get(caller, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - then) * self.rate)
+        if tokens < 1.0:
+            wait = (1.0 - tokens) / self.rate
+            _shed.add(1, {"reason": "RATE_LIMITED"})
+            raise ResourceExhaustedError(
+                f"more than {self.rate:g} calls a second from this caller; retry in {wait:.2f} s",
+                reason="RATE_LIMITED",
+                retry_after=wait,
+                metadata={"calls_per_second": f"{self.rate:g}", "burst": f"{self.burst:g}"},
+            )
+        self._buckets[caller] = (tokens - 1.0, now)
+        if len(self._buckets) > self._prune_at:
+            self._prune(now)
+
+    def _prune(self, now: float) -> None:
+        """Forgets the callers whose bucket has refilled: the same as never seen."""
+        full = self.burst - 1.0
+        self._buckets = {
+            caller: (tokens, then)
+            for caller, (tokens, then) in self._buckets.items()
+            if tokens + (now - then) * self.rate < full
+        }
+        self._prune_at = max(MAX_TRACKED_CALLERS, 2 * len(self._buckets))
+
+
+MAX_TRACKED_CALLERS = 10_000  # buckets kept before the full ones are forgotten
+
+
 @dataclass(frozen=True, slots=True)
 class CallLimits:
     """The process's bounds; one instance is shared by every method's handler."""
@@ -103,6 +159,7 @@ class CallLimits:
     streams: Slots
     default_deadline: float  # seconds, for a unary call that came without a deadline
     max_response_bytes: int = sys.maxsize  # the server's message limit
+    rate: RateLimit = field(default_factory=lambda: RateLimit(0.0))  # per caller; off
 
     @classmethod
     def of(
@@ -113,12 +170,15 @@ class CallLimits:
         default_deadline: float = 30.0,
         retry_after: float = 1.0,
         max_response_bytes: int = sys.maxsize,
+        rate: float = 0.0,
+        burst: float = 0.0,
     ) -> CallLimits:
         return cls(
             calls=Slots(max_calls, "calls in progress", "OVERLOADED", retry_after),
             streams=Slots(max_streams, "open streams", "TOO_MANY_STREAMS", retry_after),
             default_deadline=default_deadline,
             max_response_bytes=max_response_bytes,
+            rate=RateLimit(rate, burst),
         )
 
     def check_response(self, response: object) -> None:

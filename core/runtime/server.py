@@ -147,6 +147,8 @@ class GrpcServer(Component):
             max_streams=limits.max_streams,
             default_deadline=limits.default_deadline,
             max_response_bytes=max_message_bytes,
+            rate=limits.rate_per_principal,
+            burst=limits.rate_burst,
         )
         self._options = [
             ("grpc.so_reuseport", 0),  # a taken port must fail, not be shared

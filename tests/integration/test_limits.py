@@ -13,11 +13,14 @@ import pytest
 from clients.admin import AdminClient
 from clients.health import HealthClient
 from core.calls.status import from_rpc_error
-from core.config import LimitSettings, Settings
+from core.config import ChannelSettings, LimitSettings, Settings
 from core.errors import DeadlineExceededError, ResourceExhaustedError
 from core.testing.services import FAST_START, Running, serving
 from mesh.admin.v1 import admin_pb2, admin_pb2_grpc
 from tests._services import ADMIN
+from tests.integration._owners import AUTH, ROOT, bearer
+
+ROOT2 = bearer("root-2", "admin")
 
 
 @asynccontextmanager
@@ -111,3 +114,40 @@ async def test_an_oversized_request_is_resource_exhausted() -> None:
         with pytest.raises(grpc.aio.AioRpcError) as failed:
             await ping(admin_pb2.PingRequest(message="z" * 4096), timeout=5)
         assert failed.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+async def test_each_principal_has_its_own_rate() -> None:
+    settings = Settings(
+        address="127.0.0.1:0",
+        start_policy=FAST_START,
+        auth=AUTH,
+        limits=LimitSettings(rate_per_principal=2.0, rate_burst=3.0),
+    )
+    async with (
+        serving(ADMIN, settings=settings) as running,
+        AdminClient(running.address, attempts=1, channel=ChannelSettings(token=ROOT)) as root,
+        AdminClient(running.address, attempts=1, channel=ChannelSettings(token=ROOT2)) as other,
+        HealthClient(running.address) as health,
+    ):
+        for _ in range(3):  # the burst
+            await root.ping("ok")
+        with pytest.raises(ResourceExhaustedError) as refused:
+            await root.ping("one too many")
+        assert refused.value.reason == "RATE_LIMITED"
+        assert 0 < refused.value.retry_after <= 0.5  # one call's worth at 2 a second
+        assert (await other.ping("mine")).message == "mine"  # another principal's own bucket
+        assert await health.check("", timeout=1.0) == "SERVING"  # probes are never counted
+        await asyncio.sleep(refused.value.retry_after)
+        assert (await root.ping("again")).message == "again"
+
+
+async def test_callers_without_credentials_share_their_addresss_rate() -> None:
+    async with (
+        limited(rate_per_principal=1.0) as running,
+        AdminClient(running.address, attempts=1) as first,
+        AdminClient(running.address, attempts=1) as second,
+    ):
+        await first.ping("ok")
+        with pytest.raises(ResourceExhaustedError) as refused:
+            await second.ping("same address")
+        assert refused.value.reason == "RATE_LIMITED"

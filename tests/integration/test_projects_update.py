@@ -85,19 +85,14 @@ async def test_a_mask_on_labels_replaces_the_whole_map(
 async def test_a_star_mask_replaces_every_writable_field(
     projects: ProjectsClient, demo: Project
 ) -> None:
-    sent = Project(
-        name=NAME,
-        display_name="Replaced",
-        project_type=Project.PROJECT_TYPE_CUSTOM,
-        owner="users/carol",
-    )
+    sent = Project(name=NAME, display_name="Replaced", owner="users/carol")
 
     updated = await projects.update_project(sent, update_mask=["*"])
 
     assert updated.display_name == "Replaced"
     assert updated.description == ""  # omitted, so cleared
     assert dict(updated.labels) == {}
-    assert updated.project_type == Project.PROJECT_TYPE_CUSTOM
+    assert updated.project_type == demo.project_type  # immutable: omitted, so kept
     assert updated.owner == "users/carol"
     assert updated.create_time == demo.create_time
 
@@ -108,14 +103,29 @@ async def test_a_star_mask_with_a_required_field_missing_is_invalid(
     with pytest.raises(InvalidArgumentError) as caught:
         await projects.update_project(Project(name=NAME, display_name="Only"), update_mask=["*"])
 
-    assert sorted(violated_fields(caught.value)) == ["project.owner", "project.project_type"]
+    assert violated_fields(caught.value) == ["project.owner"]
     assert await projects.get_project(NAME) == demo
 
 
-async def test_unknown_and_output_only_mask_paths_are_invalid_naming_each(
+async def test_output_only_mask_paths_are_ignored(
     projects_server: Running, projects: ProjectsClient, demo: Project
 ) -> None:
-    for path in ("create_time", "etag", "name", "state", "update_time", "nonsense", "labels.env"):
+    """AIP-203: a client may send back a resource as read, with a mask naming every field."""
+    sent = Project(name=NAME, display_name="Renamed", state=Project.STATE_DELETED)
+    sent.create_time.FromSeconds(0)
+    mask = ["display_name", "name", "state", "create_time", "update_time", "etag"]
+
+    updated = await projects.update_project(sent, update_mask=mask)
+
+    assert updated.display_name == "Renamed"
+    assert (updated.state, updated.create_time) == (Project.STATE_ACTIVE, demo.create_time)
+    assert await event_types(projects_server) == ["created", "updated"]
+
+
+async def test_unknown_mask_paths_are_invalid_naming_each(
+    projects_server: Running, projects: ProjectsClient, demo: Project
+) -> None:
+    for path in ("nonsense", "labels.env"):
         with pytest.raises(InvalidArgumentError) as caught:
             await projects.update_project(
                 Project(name=NAME, display_name="x"), update_mask=["display_name", path]
@@ -125,13 +135,33 @@ async def test_unknown_and_output_only_mask_paths_are_invalid_naming_each(
         assert path in caught.value.violations[0].description
 
     with pytest.raises(InvalidArgumentError) as caught:  # each bad path is its own violation
-        await projects.update_project(Project(name=NAME), update_mask=["etag", "bogus"])
+        await projects.update_project(Project(name=NAME), update_mask=["etag", "bogus", "x"])
     descriptions = [v.description for v in caught.value.violations]
     assert len(descriptions) == 2
-    assert "etag" in descriptions[0]
-    assert "bogus" in descriptions[1]
+    assert "bogus" in descriptions[0]
+    assert "'x'" in descriptions[1]
     assert await projects.get_project(NAME) == demo
     assert await event_types(projects_server) == ["created"]
+
+
+@pytest.mark.parametrize("mask", [None, ["project_type"], ["*"]])
+async def test_an_immutable_field_keeps_its_value(
+    projects_server: Running, projects: ProjectsClient, demo: Project, mask: list[str] | None
+) -> None:
+    """project_type is IMMUTABLE in the contract: a new value is refused, naming the field,
+    and sending the value it has (a resource sent back as read) is no change."""
+    changed = Project(name=NAME, display_name="x", project_type=Project.PROJECT_TYPE_CUSTOM)
+    changed.owner = demo.owner
+
+    with pytest.raises(InvalidArgumentError) as caught:
+        await projects.update_project(changed, update_mask=mask)
+
+    assert caught.value.reason == "IMMUTABLE_FIELD"
+    assert violated_fields(caught.value) == ["project.project_type"]
+    assert await projects.get_project(NAME) == demo
+    same = Project(name=NAME, display_name="x", owner=demo.owner, project_type=demo.project_type)
+    assert (await projects.update_project(same, update_mask=mask)).project_type == demo.project_type
+    assert await event_types(projects_server) == ["created", "updated"]
 
 
 async def test_invalid_values_after_the_mask_is_applied_are_invalid(

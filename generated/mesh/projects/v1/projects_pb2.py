@@ -22,12 +22,13 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from mesh.access.v1 import access_pb2 as mesh_dot_access_dot_v1_dot_access__pb2
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fmesh/projects/v1/projects.proto\x12\x10mesh.projects.v1\x1a\x1bmesh/access/v1/access.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf5\x05\n\x07Project\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12;\n\x0cproject_type\x18\x04 \x01(\x0e\x32%.mesh.projects.v1.Project.ProjectType\x12\r\n\x05owner\x18\x05 \x01(\t\x12\x35\n\x06labels\x18\x06 \x03(\x0b\x32%.mesh.projects.v1.Project.LabelsEntry\x12.\n\x05state\x18\x07 \x01(\x0e\x32\x1f.mesh.projects.v1.Project.State\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x64\x65lete_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\npurge_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x65tag\x18\x0c \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb8\x01\n\x0bProjectType\x12\x1c\n\x18PROJECT_TYPE_UNSPECIFIED\x10\x00\x12\x1b\n\x17PROJECT_TYPE_MUSIC_CLIP\x10\x01\x12\x1b\n\x17PROJECT_TYPE_VIDEO_EDIT\x10\x02\x12\x1b\n\x17PROJECT_TYPE_AUDIO_EDIT\x10\x03\x12\x1b\n\x17PROJECT_TYPE_IMAGE_EDIT\x10\x04\x12\x17\n\x13PROJECT_TYPE_CUSTOM\x10\x05\"C\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSTATE_ACTIVE\x10\x01\x12\x11\n\rSTATE_DELETED\x10\x02\"\x81\x01\n\x14\x43reateProjectRequest\x12*\n\x07project\x18\x01 \x01(\x0b\x32\x19.mesh.projects.v1.Project\x12\x12\n\nproject_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x15\n\rvalidate_only\x18\x04 \x01(\x08\"C\n\x15\x43reateProjectResponse\x12*\n\x07project\x18\x01 \x01(\x0b\x32\x19.mesh.projects.v1.Project\"!\n\x11GetProjectRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"@\n\x12GetProjectResponse\x12*\n\x07project\x18\x01 \x01(\x0b\x32\x19.mesh.projects.v1.Project\"(\n\x17\x42\x61tchGetProjectsRequest\x12\r\n\x05names\x18\x01 \x03(\t\"G\n\x18\x42\x61tchGetProjectsResponse\x12+\n\x08projects\x18\x01 \x03(\x0b\x32\x19.mesh.projects.v1.Project\"t\n\x13ListProjectsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\x12\x10\n\x08order_by\x18\x04 \x01(\t\x12\x14\n\x0cshow_deleted\x18\x05 \x01(\x08\"\\\n\x14ListProjectsResponse\x12+\n\x08projects\x18\x01 \x03(\x0b\x32\x19.mesh.projects.v1.Project\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"<\n\x14\x43ountProjectsRequest\x12\x0e\n\x06\x66ilter\x18\x01 \x01(\t\x12\x14\n\x0cshow_deleted\x18\x02 \x01(\x08\"&\n\x15\x43ountProjectsResponse\x12\r\n\x05\x63ount\x18\x01 \x01(\x03\"\xac\x01\n\x14UpdateProjectRequest\x12*\n\x07project\x18\x01 \x01(\x0b\x32\x19.mesh.projects.v1.Project\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\x12\x15\n\rallow_missing\x18\x04 \x01(\x08\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"C\n\x15UpdateProjectResponse\x12*\n\x07project\x18\x01 \x01(\x0b\x32\x19.mesh.projects.v1.Project\"2\n\x14\x44\x65leteProjectRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"C\n\x15\x44\x65leteProjectResponse\x12*\n\x07project\x18\x01 \x01(\x0b\x32\x19.mesh.projects.v1.Project\"4\n\x16UndeleteProjectRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"E\n\x17UndeleteProjectResponse\x12*\n\x07project\x18\x01 \x01(\x0b\x32\x19.mesh.projects.v1.Project2\xcf\x07\n\x0eProjectService\x12v\n\rCreateProject\x12&.mesh.projects.v1.CreateProjectRequest\x1a\'.mesh.projects.v1.CreateProjectResponse\"\x14\xa2\xbb\x18\x10\x12\x0eprojects.write\x12l\n\nGetProject\x12#.mesh.projects.v1.GetProjectRequest\x1a$.mesh.projects.v1.GetProjectResponse\"\x13\xa2\xbb\x18\x0f\x12\rprojects.read\x12~\n\x10\x42\x61tchGetProjects\x12).mesh.projects.v1.BatchGetProjectsRequest\x1a*.mesh.projects.v1.BatchGetProjectsResponse\"\x13\xa2\xbb\x18\x0f\x12\rprojects.read\x12r\n\x0cListProjects\x12%.mesh.projects.v1.ListProjectsRequest\x1a&.mesh.projects.v1.ListProjectsResponse\"\x13\xa2\xbb\x18\x0f\x12\rprojects.read\x12u\n\rCountProjects\x12&.mesh.projects.v1.CountProjectsRequest\x1a\'.mesh.projects.v1.CountProjectsResponse\"\x13\xa2\xbb\x18\x0f\x12\rprojects.read\x12v\n\rUpdateProject\x12&.mesh.projects.v1.UpdateProjectRequest\x1a\'.mesh.projects.v1.UpdateProjectResponse\"\x14\xa2\xbb\x18\x10\x12\x0eprojects.write\x12v\n\rDeleteProject\x12&.mesh.projects.v1.DeleteProjectRequest\x1a\'.mesh.projects.v1.DeleteProjectResponse\"\x14\xa2\xbb\x18\x10\x12\x0eprojects.write\x12|\n\x0fUndeleteProject\x12(.mesh.projects.v1.UndeleteProjectRequest\x1a).mesh.projects.v1.UndeleteProjectResponse\"\x14\xa2\xbb\x18\x10\x12\x0eprojects.writeb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fmesh/projects/v1/projects.proto\x12\x10mesh.projects.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1bmesh/access/v1/access.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xac\x06\n\x07Project\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x1a\n\x0c\x64isplay_name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x42\n\x0cproject_type\x18\x04 \x01(\x0e\x32%.mesh.projects.v1.Project.ProjectTypeB\x05\xe2\x41\x02\x02\x05\x12\r\n\x05owner\x18\x05 \x01(\t\x12\x35\n\x06labels\x18\x06 \x03(\x0b\x32%.mesh.projects.v1.Project.LabelsEntry\x12\x34\n\x05state\x18\x07 \x01(\x0e\x32\x1f.mesh.projects.v1.Project.StateB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x64\x65lete_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x34\n\npurge_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x12\n\x04\x65tag\x18\x0c \x01(\tB\x04\xe2\x41\x01\x03\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb8\x01\n\x0bProjectType\x12\x1c\n\x18PROJECT_TYPE_UNSPECIFIED\x10\x00\x12\x1b\n\x17PROJECT_TYPE_MUSIC_CLIP\x10\x01\x12\x1b\n\x17PROJECT_TYPE_VIDEO_EDIT\x10\x02\x12\x1b\n\x17PROJECT_TYPE_AUDIO_EDIT\x10\x03\x12\x1b\n\x17PROJECT_TYPE_IMAGE_EDIT\x10\x04\x12\x17\n\x13PROJECT_TYPE_CUSTOM\x10\x05\"C\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSTATE_ACTIVE\x10\x01\x12\x11\n\rSTATE_DELETED\x10\x02\"\x81\x01\n\x14\x43reateProjectRequest\x12*\n\x07project\x18\x01 \x01(\x0b\x32\x19.mesh.projects.v1.Project\x12\x12\n\nproject_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x15\n\rvalidate_only\x18\x04 \x01(\x08\"C\n\x15\x43reateProjectResponse\x12*\n\x07project\x18\x01 \x01(\x0b\x32\x19.mesh.projects.v1.Project\"!\n\x11GetProjectRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"@\n\x12GetProjectResponse\x12*\n\x07project\x18\x01 \x01(\x0b\x32\x19.mesh.projects.v1.Project\"(\n\x17\x42\x61tchGetProjectsRequest\x12\r\n\x05names\x18\x01 \x03(\t\"G\n\x18\x42\x61tchGetProjectsResponse\x12+\n\x08projects\x18\x01 \x03(\x0b\x32\x19.mesh.projects.v1.Project\"t\n\x13ListProjectsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\x12\x10\n\x08order_by\x18\x04 \x01(\t\x12\x14\n\x0cshow_deleted\x18\x05 \x01(\x08\"\\\n\x14ListProjectsResponse\x12+\n\x08projects\x18\x01 \x03(\x0b\x32\x19.mesh.projects.v1.Project\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"<\n\x14\x43ountProjectsRequest\x12\x0e\n\x06\x66ilter\x18\x01 \x01(\t\x12\x14\n\x0cshow_deleted\x18\x02 \x01(\x08\"&\n\x15\x43ountProjectsResponse\x12\r\n\x05\x63ount\x18\x01 \x01(\x03\"\xac\x01\n\x14UpdateProjectRequest\x12*\n\x07project\x18\x01 \x01(\x0b\x32\x19.mesh.projects.v1.Project\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\x12\x15\n\rallow_missing\x18\x04 \x01(\x08\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"C\n\x15UpdateProjectResponse\x12*\n\x07project\x18\x01 \x01(\x0b\x32\x19.mesh.projects.v1.Project\"2\n\x14\x44\x65leteProjectRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"C\n\x15\x44\x65leteProjectResponse\x12*\n\x07project\x18\x01 \x01(\x0b\x32\x19.mesh.projects.v1.Project\"4\n\x16UndeleteProjectRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"E\n\x17UndeleteProjectResponse\x12*\n\x07project\x18\x01 \x01(\x0b\x32\x19.mesh.projects.v1.Project2\xcf\x07\n\x0eProjectService\x12v\n\rCreateProject\x12&.mesh.projects.v1.CreateProjectRequest\x1a\'.mesh.projects.v1.CreateProjectResponse\"\x14\xa2\xbb\x18\x10\x12\x0eprojects.write\x12l\n\nGetProject\x12#.mesh.projects.v1.GetProjectRequest\x1a$.mesh.projects.v1.GetProjectResponse\"\x13\xa2\xbb\x18\x0f\x12\rprojects.read\x12~\n\x10\x42\x61tchGetProjects\x12).mesh.projects.v1.BatchGetProjectsRequest\x1a*.mesh.projects.v1.BatchGetProjectsResponse\"\x13\xa2\xbb\x18\x0f\x12\rprojects.read\x12r\n\x0cListProjects\x12%.mesh.projects.v1.ListProjectsRequest\x1a&.mesh.projects.v1.ListProjectsResponse\"\x13\xa2\xbb\x18\x0f\x12\rprojects.read\x12u\n\rCountProjects\x12&.mesh.projects.v1.CountProjectsRequest\x1a\'.mesh.projects.v1.CountProjectsResponse\"\x13\xa2\xbb\x18\x0f\x12\rprojects.read\x12v\n\rUpdateProject\x12&.mesh.projects.v1.UpdateProjectRequest\x1a\'.mesh.projects.v1.UpdateProjectResponse\"\x14\xa2\xbb\x18\x10\x12\x0eprojects.write\x12v\n\rDeleteProject\x12&.mesh.projects.v1.DeleteProjectRequest\x1a\'.mesh.projects.v1.DeleteProjectResponse\"\x14\xa2\xbb\x18\x10\x12\x0eprojects.write\x12|\n\x0fUndeleteProject\x12(.mesh.projects.v1.UndeleteProjectRequest\x1a).mesh.projects.v1.UndeleteProjectResponse\"\x14\xa2\xbb\x18\x10\x12\x0eprojects.writeb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,6 +37,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PROJECT_LABELSENTRY']._loaded_options = None
   _globals['_PROJECT_LABELSENTRY']._serialized_options = b'8\001'
+  _globals['_PROJECT'].fields_by_name['name']._loaded_options = None
+  _globals['_PROJECT'].fields_by_name['name']._serialized_options = b'\342A\001\010'
+  _globals['_PROJECT'].fields_by_name['display_name']._loaded_options = None
+  _globals['_PROJECT'].fields_by_name['display_name']._serialized_options = b'\342A\001\002'
+  _globals['_PROJECT'].fields_by_name['project_type']._loaded_options = None
+  _globals['_PROJECT'].fields_by_name['project_type']._serialized_options = b'\342A\002\002\005'
+  _globals['_PROJECT'].fields_by_name['state']._loaded_options = None
+  _globals['_PROJECT'].fields_by_name['state']._serialized_options = b'\342A\001\003'
+  _globals['_PROJECT'].fields_by_name['create_time']._loaded_options = None
+  _globals['_PROJECT'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
+  _globals['_PROJECT'].fields_by_name['update_time']._loaded_options = None
+  _globals['_PROJECT'].fields_by_name['update_time']._serialized_options = b'\342A\001\003'
+  _globals['_PROJECT'].fields_by_name['delete_time']._loaded_options = None
+  _globals['_PROJECT'].fields_by_name['delete_time']._serialized_options = b'\342A\001\003'
+  _globals['_PROJECT'].fields_by_name['purge_time']._loaded_options = None
+  _globals['_PROJECT'].fields_by_name['purge_time']._serialized_options = b'\342A\001\003'
+  _globals['_PROJECT'].fields_by_name['etag']._loaded_options = None
+  _globals['_PROJECT'].fields_by_name['etag']._serialized_options = b'\342A\001\003'
   _globals['_PROJECTSERVICE'].methods_by_name['CreateProject']._loaded_options = None
   _globals['_PROJECTSERVICE'].methods_by_name['CreateProject']._serialized_options = b'\242\273\030\020\022\016projects.write'
   _globals['_PROJECTSERVICE'].methods_by_name['GetProject']._loaded_options = None
@@ -52,46 +71,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PROJECTSERVICE'].methods_by_name['DeleteProject']._serialized_options = b'\242\273\030\020\022\016projects.write'
   _globals['_PROJECTSERVICE'].methods_by_name['UndeleteProject']._loaded_options = None
   _globals['_PROJECTSERVICE'].methods_by_name['UndeleteProject']._serialized_options = b'\242\273\030\020\022\016projects.write'
-  _globals['_PROJECT']._serialized_start=150
-  _globals['_PROJECT']._serialized_end=907
-  _globals['_PROJECT_LABELSENTRY']._serialized_start=606
-  _globals['_PROJECT_LABELSENTRY']._serialized_end=651
-  _globals['_PROJECT_PROJECTTYPE']._serialized_start=654
-  _globals['_PROJECT_PROJECTTYPE']._serialized_end=838
-  _globals['_PROJECT_STATE']._serialized_start=840
-  _globals['_PROJECT_STATE']._serialized_end=907
-  _globals['_CREATEPROJECTREQUEST']._serialized_start=910
-  _globals['_CREATEPROJECTREQUEST']._serialized_end=1039
-  _globals['_CREATEPROJECTRESPONSE']._serialized_start=1041
-  _globals['_CREATEPROJECTRESPONSE']._serialized_end=1108
-  _globals['_GETPROJECTREQUEST']._serialized_start=1110
-  _globals['_GETPROJECTREQUEST']._serialized_end=1143
-  _globals['_GETPROJECTRESPONSE']._serialized_start=1145
-  _globals['_GETPROJECTRESPONSE']._serialized_end=1209
-  _globals['_BATCHGETPROJECTSREQUEST']._serialized_start=1211
-  _globals['_BATCHGETPROJECTSREQUEST']._serialized_end=1251
-  _globals['_BATCHGETPROJECTSRESPONSE']._serialized_start=1253
-  _globals['_BATCHGETPROJECTSRESPONSE']._serialized_end=1324
-  _globals['_LISTPROJECTSREQUEST']._serialized_start=1326
-  _globals['_LISTPROJECTSREQUEST']._serialized_end=1442
-  _globals['_LISTPROJECTSRESPONSE']._serialized_start=1444
-  _globals['_LISTPROJECTSRESPONSE']._serialized_end=1536
-  _globals['_COUNTPROJECTSREQUEST']._serialized_start=1538
-  _globals['_COUNTPROJECTSREQUEST']._serialized_end=1598
-  _globals['_COUNTPROJECTSRESPONSE']._serialized_start=1600
-  _globals['_COUNTPROJECTSRESPONSE']._serialized_end=1638
-  _globals['_UPDATEPROJECTREQUEST']._serialized_start=1641
-  _globals['_UPDATEPROJECTREQUEST']._serialized_end=1813
-  _globals['_UPDATEPROJECTRESPONSE']._serialized_start=1815
-  _globals['_UPDATEPROJECTRESPONSE']._serialized_end=1882
-  _globals['_DELETEPROJECTREQUEST']._serialized_start=1884
-  _globals['_DELETEPROJECTREQUEST']._serialized_end=1934
-  _globals['_DELETEPROJECTRESPONSE']._serialized_start=1936
-  _globals['_DELETEPROJECTRESPONSE']._serialized_end=2003
-  _globals['_UNDELETEPROJECTREQUEST']._serialized_start=2005
-  _globals['_UNDELETEPROJECTREQUEST']._serialized_end=2057
-  _globals['_UNDELETEPROJECTRESPONSE']._serialized_start=2059
-  _globals['_UNDELETEPROJECTRESPONSE']._serialized_end=2128
-  _globals['_PROJECTSERVICE']._serialized_start=2131
-  _globals['_PROJECTSERVICE']._serialized_end=3106
+  _globals['_PROJECT']._serialized_start=183
+  _globals['_PROJECT']._serialized_end=995
+  _globals['_PROJECT_LABELSENTRY']._serialized_start=694
+  _globals['_PROJECT_LABELSENTRY']._serialized_end=739
+  _globals['_PROJECT_PROJECTTYPE']._serialized_start=742
+  _globals['_PROJECT_PROJECTTYPE']._serialized_end=926
+  _globals['_PROJECT_STATE']._serialized_start=928
+  _globals['_PROJECT_STATE']._serialized_end=995
+  _globals['_CREATEPROJECTREQUEST']._serialized_start=998
+  _globals['_CREATEPROJECTREQUEST']._serialized_end=1127
+  _globals['_CREATEPROJECTRESPONSE']._serialized_start=1129
+  _globals['_CREATEPROJECTRESPONSE']._serialized_end=1196
+  _globals['_GETPROJECTREQUEST']._serialized_start=1198
+  _globals['_GETPROJECTREQUEST']._serialized_end=1231
+  _globals['_GETPROJECTRESPONSE']._serialized_start=1233
+  _globals['_GETPROJECTRESPONSE']._serialized_end=1297
+  _globals['_BATCHGETPROJECTSREQUEST']._serialized_start=1299
+  _globals['_BATCHGETPROJECTSREQUEST']._serialized_end=1339
+  _globals['_BATCHGETPROJECTSRESPONSE']._serialized_start=1341
+  _globals['_BATCHGETPROJECTSRESPONSE']._serialized_end=1412
+  _globals['_LISTPROJECTSREQUEST']._serialized_start=1414
+  _globals['_LISTPROJECTSREQUEST']._serialized_end=1530
+  _globals['_LISTPROJECTSRESPONSE']._serialized_start=1532
+  _globals['_LISTPROJECTSRESPONSE']._serialized_end=1624
+  _globals['_COUNTPROJECTSREQUEST']._serialized_start=1626
+  _globals['_COUNTPROJECTSREQUEST']._serialized_end=1686
+  _globals['_COUNTPROJECTSRESPONSE']._serialized_start=1688
+  _globals['_COUNTPROJECTSRESPONSE']._serialized_end=1726
+  _globals['_UPDATEPROJECTREQUEST']._serialized_start=1729
+  _globals['_UPDATEPROJECTREQUEST']._serialized_end=1901
+  _globals['_UPDATEPROJECTRESPONSE']._serialized_start=1903
+  _globals['_UPDATEPROJECTRESPONSE']._serialized_end=1970
+  _globals['_DELETEPROJECTREQUEST']._serialized_start=1972
+  _globals['_DELETEPROJECTREQUEST']._serialized_end=2022
+  _globals['_DELETEPROJECTRESPONSE']._serialized_start=2024
+  _globals['_DELETEPROJECTRESPONSE']._serialized_end=2091
+  _globals['_UNDELETEPROJECTREQUEST']._serialized_start=2093
+  _globals['_UNDELETEPROJECTREQUEST']._serialized_end=2145
+  _globals['_UNDELETEPROJECTRESPONSE']._serialized_start=2147
+  _globals['_UNDELETEPROJECTRESPONSE']._serialized_end=2216
+  _globals['_PROJECTSERVICE']._serialized_start=2219
+  _globals['_PROJECTSERVICE']._serialized_end=3194
 # @@protoc_insertion_point(module_scope)

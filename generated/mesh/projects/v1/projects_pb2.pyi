@@ -104,13 +104,17 @@ class Project(_message.Message):
     PURGE_TIME_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """Output only. The resource name, `projects/{project_id}`."""
+    """The resource name, `projects/{project_id}`: identifies the project in every request,
+    chosen by the server on create.
+    """
     display_name: _builtins.str
-    """Required. At most 200 characters."""
+    """At most 200 characters."""
     description: _builtins.str
     """At most 4000 characters."""
     project_type: Global___Project.ProjectType.ValueType
-    """Required."""
+    """Set on create and never changed: an update naming another type is INVALID_ARGUMENT
+    (IMMUTABLE_FIELD).
+    """
     owner: _builtins.str
     """Who owns the project: the subject of the principal that created it, e.g. `alice`,
     when left empty. Only a caller with the `admin` scope may name another owner, on
@@ -118,10 +122,9 @@ class Project(_message.Message):
     200 characters.
     """
     state: Global___Project.State.ValueType
-    """Output only."""
     etag: _builtins.str
-    """Output only. Changes on every write. Send it back to make a write conditional: in a
-    request's etag field, or inside the project given to UpdateProject.
+    """Changes on every write. Send it back to make a write conditional: in a request's etag
+    field, or inside the project given to UpdateProject.
     """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
@@ -130,20 +133,16 @@ class Project(_message.Message):
         """
 
     @_builtins.property
-    def create_time(self) -> _timestamp_pb2.Timestamp:
-        """Output only."""
-
+    def create_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
-    def update_time(self) -> _timestamp_pb2.Timestamp:
-        """Output only."""
-
+    def update_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def delete_time(self) -> _timestamp_pb2.Timestamp:
-        """Output only. Set while the project is soft-deleted."""
+        """Set while the project is soft-deleted."""
 
     @_builtins.property
     def purge_time(self) -> _timestamp_pb2.Timestamp:
-        """Output only. When a soft-deleted project is purged for good."""
+        """When a soft-deleted project is purged for good."""
 
     def __init__(
         self,

@@ -167,9 +167,10 @@ class ProjectServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdateProject(self, request, context):
-        """Updates a project. INVALID_ARGUMENT for an unknown or output-only update_mask path or
-        a bad field, or (reason ETAG_CONFLICT) if etag and project.etag are both set and
-        differ; NOT_FOUND if the project does not exist and allow_missing is false;
+        """Updates a project. Output-only update_mask paths are ignored (AIP-203).
+        INVALID_ARGUMENT for an unknown update_mask path or a bad field, (reason
+        IMMUTABLE_FIELD) for a new value of an immutable field, or (reason ETAG_CONFLICT) if
+        etag and project.etag are both set and differ; NOT_FOUND if the project does not exist and allow_missing is false;
         ABORTED (reason ETAG_MISMATCH) if etag or project.etag is set and stale;
         FAILED_PRECONDITION if the project is soft-deleted; PERMISSION_DENIED (reason
         OWNER_NOT_CALLER) if a caller without `admin` changes the owner. With allow_missing,

@@ -78,9 +78,10 @@ class ProjectServiceStub:
     CountProjects: _grpc.UnaryUnaryMultiCallable[_projects_pb2.CountProjectsRequest, _projects_pb2.CountProjectsResponse]
     """Counts the projects a filter matches. INVALID_ARGUMENT for a bad filter."""
     UpdateProject: _grpc.UnaryUnaryMultiCallable[_projects_pb2.UpdateProjectRequest, _projects_pb2.UpdateProjectResponse]
-    """Updates a project. INVALID_ARGUMENT for an unknown or output-only update_mask path or
-    a bad field, or (reason ETAG_CONFLICT) if etag and project.etag are both set and
-    differ; NOT_FOUND if the project does not exist and allow_missing is false;
+    """Updates a project. Output-only update_mask paths are ignored (AIP-203).
+    INVALID_ARGUMENT for an unknown update_mask path or a bad field, (reason
+    IMMUTABLE_FIELD) for a new value of an immutable field, or (reason ETAG_CONFLICT) if
+    etag and project.etag are both set and differ; NOT_FOUND if the project does not exist and allow_missing is false;
     ABORTED (reason ETAG_MISMATCH) if etag or project.etag is set and stale;
     FAILED_PRECONDITION if the project is soft-deleted; PERMISSION_DENIED (reason
     OWNER_NOT_CALLER) if a caller without `admin` changes the owner. With allow_missing,
@@ -146,9 +147,10 @@ class ProjectServiceAsyncStub(ProjectServiceStub):
     CountProjects: _aio.UnaryUnaryMultiCallable[_projects_pb2.CountProjectsRequest, _projects_pb2.CountProjectsResponse]  # type: ignore[assignment]
     """Counts the projects a filter matches. INVALID_ARGUMENT for a bad filter."""
     UpdateProject: _aio.UnaryUnaryMultiCallable[_projects_pb2.UpdateProjectRequest, _projects_pb2.UpdateProjectResponse]  # type: ignore[assignment]
-    """Updates a project. INVALID_ARGUMENT for an unknown or output-only update_mask path or
-    a bad field, or (reason ETAG_CONFLICT) if etag and project.etag are both set and
-    differ; NOT_FOUND if the project does not exist and allow_missing is false;
+    """Updates a project. Output-only update_mask paths are ignored (AIP-203).
+    INVALID_ARGUMENT for an unknown update_mask path or a bad field, (reason
+    IMMUTABLE_FIELD) for a new value of an immutable field, or (reason ETAG_CONFLICT) if
+    etag and project.etag are both set and differ; NOT_FOUND if the project does not exist and allow_missing is false;
     ABORTED (reason ETAG_MISMATCH) if etag or project.etag is set and stale;
     FAILED_PRECONDITION if the project is soft-deleted; PERMISSION_DENIED (reason
     OWNER_NOT_CALLER) if a caller without `admin` changes the owner. With allow_missing,
@@ -247,9 +249,10 @@ class ProjectServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _projects_pb2.UpdateProjectRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_projects_pb2.UpdateProjectResponse, _abc.Awaitable[_projects_pb2.UpdateProjectResponse]]:
-        """Updates a project. INVALID_ARGUMENT for an unknown or output-only update_mask path or
-        a bad field, or (reason ETAG_CONFLICT) if etag and project.etag are both set and
-        differ; NOT_FOUND if the project does not exist and allow_missing is false;
+        """Updates a project. Output-only update_mask paths are ignored (AIP-203).
+        INVALID_ARGUMENT for an unknown update_mask path or a bad field, (reason
+        IMMUTABLE_FIELD) for a new value of an immutable field, or (reason ETAG_CONFLICT) if
+        etag and project.etag are both set and differ; NOT_FOUND if the project does not exist and allow_missing is false;
         ABORTED (reason ETAG_MISMATCH) if etag or project.etag is set and stale;
         FAILED_PRECONDITION if the project is soft-deleted; PERMISSION_DENIED (reason
         OWNER_NOT_CALLER) if a caller without `admin` changes the owner. With allow_missing,
