@@ -58,7 +58,7 @@ async def started(*components: Component) -> AsyncIterator[None]:
 
 
 def relay_of(db: Database, publish: Publish, *, batch: int = 200) -> OutboxRelay:
-    return OutboxRelay(db, publish, depends_on=("database", "event-bus"), batch=batch, lease=2.0)
+    return OutboxRelay(db, publish, depends_on=("database", "event-bus"), batch=batch)
 
 
 @pytest.fixture
@@ -333,7 +333,7 @@ async def test_two_relays_on_one_database_elect_one_leader(
             assert (relay_a.leader, relay_b.leader) == (True, False)
             assert (on_a.events, on_b.events) == (len(expected), 0)
 
-            # A stops; its lease runs out, B takes it and relays what follows.
+            # A stops and releases the lock; B takes it and relays what follows.
             await relay_a.stop()
             expected += await commit(other_db, 5)
             assert await arrivals.wait_for(len(expected)) == expected
