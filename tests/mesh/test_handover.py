@@ -35,6 +35,7 @@ from tests.mesh._processes import (
     mesh_env,
     pg_url,
     redis_client,
+    run_mesh,
     serving,
     wait_log,
 )
@@ -280,3 +281,10 @@ async def test_the_relay_is_handed_over_within_seconds_of_its_leader_being_kille
     print(f"\nrelay handover after SIGKILL: {handover:.3f}s (seen by the test {seen_after:.3f}s)")
     assert message.event.subject == created.name
     assert handover < 10.0  # about 0.5 s expected; generous for a loaded machine
+
+
+async def test_production_refuses_to_serve_with_test_faults() -> None:
+    env = mesh_env(MESH_ENV="production", MESH_TEST_FAULTS="relay.published=kill")
+    code, _, err = await run_mesh("serve", env=env)
+    assert code != 0
+    assert "MESH_TEST_FAULTS is for tests" in err
