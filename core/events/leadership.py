@@ -6,13 +6,13 @@ crashed holder (SIGKILL, OOM kill, a segfault) is replaced as soon as a follower
 tries, every `follow_interval` seconds (0.5 by default): no lease has to run out first.
 
 - PostgreSQL: a session-level advisory lock (`pg_try_advisory_lock`) held on a connection
-  of its own, which every instance keeps open. When a process dies its socket closes and
-  PostgreSQL ends the session, releasing the lock. When the host dies or the network
-  parts, no socket closes: the session sets TCP keepalives (5 s idle, then 3 probes 2 s
-  apart), so PostgreSQL drops it within about 11 s. The holder checks its connection at
-  least every `CHECK_SECONDS`; one that lost it stops leading. The lock needs a real
-  session: behind PgBouncer, use session pooling for this database.
-- SQLite (one host): an exclusive `flock` on `<database file>-relay.lock`, which the kernel
+  of its own, outside the pool, which every instance keeps open. When a process dies its
+  socket closes and PostgreSQL ends the session, releasing the lock. When the host dies
+  or the network parts, no socket closes: the session sets TCP keepalives (5 s idle, then
+  3 probes 2 s apart), so PostgreSQL drops it within about 11 s. The holder checks its
+  connection at least every `CHECK_SECONDS`; one that lost it stops leading. The lock
+  needs a real session: behind PgBouncer, use session pooling for this database.
+- SQLite (one host): an exclusive `flock` on `<database file>-<name>.lock`, which the kernel
   releases when the process exits however it exits. An in-memory database has one
   process: it always leads.
 
@@ -43,7 +43,8 @@ from typing import Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
 
 from core.data.database import Database
 
@@ -89,6 +90,7 @@ class AdvisoryLock:
     def __init__(self, db: Database, key: int) -> None:
         self._db = db
         self._key = key
+        self._engine: AsyncEngine | None = None
         self._conn: AsyncConnection | None = None
         self._held = False
         self._checked = 0.0  # time.monotonic() when the session last answered
@@ -111,28 +113,26 @@ class AdvisoryLock:
         return self._held
 
     async def release(self) -> None:
-        """Closes the session, which releases the lock; the connection is not reused."""
+        """Ends the session, which releases the lock."""
         conn, self._conn, self._held = self._conn, None, False
-        if conn is None:
-            return
+        engine, self._engine = self._engine, None
         with contextlib.suppress(Exception):
             async with asyncio.timeout(_STATEMENT_SECONDS):
-                await conn.invalidate()  # a pooled session would keep the lock
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(_STATEMENT_SECONDS):
-                await conn.close()
+                if conn is not None:
+                    await conn.invalidate()  # closed at once, without a reset first
+                if engine is not None:
+                    await engine.dispose()
 
     async def _connection(self) -> AsyncConnection:
+        """The lock's own session: a connection outside the pool, so the lock neither takes
+        a pooled connection for good nor goes back to the pool with the session."""
         if self._conn is None:
-            engine = self._db.engine.execution_options(isolation_level="AUTOCOMMIT")
-            conn = await engine.connect()
-            try:
-                await conn.execute(_KEEPALIVES)
-            except BaseException:
-                await conn.invalidate()
-                await conn.close()
-                raise
-            self._conn = conn
+            if self._engine is None:
+                self._engine = create_async_engine(
+                    self._db.url, poolclass=NullPool, isolation_level="AUTOCOMMIT"
+                )
+            self._conn = await self._engine.connect()
+            await self._conn.execute(_KEEPALIVES)  # on failure, `hold` releases it all
         return self._conn
 
 
