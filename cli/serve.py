@@ -14,6 +14,7 @@ from dataclasses import replace
 from typing import Any
 
 from cli import VERSION, output
+from core import faults
 from core.config import Settings
 from core.errors import ConfigError
 from core.logging import configure_logging
@@ -72,6 +73,7 @@ def _serve(args: argparse.Namespace, settings: Settings, services: Services) -> 
         level=settings.log_level,
     )
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    faults.install(settings.test_faults)  # none unless MESH_TEST_FAULTS (never in production)
     try:
         telemetry = configure_telemetry(
             settings.telemetry, service=settings.service_name, version=VERSION

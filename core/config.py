@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from core import faults
 from core import variables as value
 from core.errors import ConfigError
 from core.variables import Override, Reader
@@ -239,6 +240,8 @@ class Settings:
     auth: AuthSettings = field(default_factory=lambda: AuthSettings())
     token: str = field(default="", repr=False)
     token_file: str = ""
+    # MESH_TEST_FAULTS (core.faults): for tests only; production refuses to start with it.
+    test_faults: tuple[faults.Fault, ...] = ()
 
     def channel(self) -> ChannelSettings:
         """The settings of the channels this process opens to other services."""
@@ -384,7 +387,10 @@ class Settings:
                 start_timeout=reader.get("MESH_START_TIMEOUT_SECONDS", value.positive, 30.0),
                 stop_timeout=reader.get("MESH_STOP_TIMEOUT_SECONDS", value.positive, 10.0),
             ),
+            test_faults=reader.get("MESH_TEST_FAULTS", faults.parse, ()),
         )
+        if settings.test_faults and settings.production:
+            reader.errors.append("MESH_TEST_FAULTS is for tests; MESH_ENV=production refuses it")
         if settings.events.backend == "redis" and not settings.redis_url:
             reader.errors.append("MESH_EVENTS_BACKEND=redis needs MESH_REDIS_URL")
         tls = settings.tls

@@ -29,6 +29,7 @@ from sqlalchemy.ext import asyncio as sqlalchemy_asyncio
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import Executable
 
+from core import faults
 from core.config import Settings
 from core.data import sqlite
 from core.data.pool import (
@@ -241,6 +242,7 @@ class Database(Component):
         execution options such as `isolation_level`.
         """
         engine = self._variant(**(self._autocommit if autocommit else options))
+        await faults.hit("database.statement")  # tests only (core.faults)
         conn = await self._checkouts.take(engine.connect().start)
         try:
             yield conn
@@ -269,6 +271,7 @@ class Database(Component):
         built once: each is compiled once.
         """
         if self._asyncpg is not None:
+            await faults.hit("database.statement")
             return await self._asyncpg.fetch_one(statement, params)
         async with self.connect(autocommit=True) as conn:
             row = (await conn.execute(statement, params)).first()
@@ -280,6 +283,7 @@ class Database(Component):
         A constraint violation raises SQLAlchemy's IntegrityError on every dialect.
         """
         if self._asyncpg is not None:
+            await faults.hit("database.statement")
             return await self._asyncpg.execute(statement, params)
         async with self.connect(autocommit=True) as conn:
             await conn.execute(statement, params)
@@ -309,6 +313,7 @@ class Database(Component):
                 tx = Transaction(conn)
                 async with conn.begin():
                     yield tx
+                    await faults.hit("database.commit")  # tests only (core.faults)
                 committed = True
         except TimeoutError:
             if committed:  # the bound ran out while the connection was being returned

@@ -1,11 +1,17 @@
 """The outbox relay: moves committed outbox rows into the event system, in commit order.
 
-One relay per database does the work: the instances share a lease row in
-`mesh_leases`, and only its holder relays (the others take over when it expires, so a
-stopped or crashed instance is replaced within its lease). The holder reads unsent rows in
-position order, publishes them, then marks them sent. A crash between the two
-publishes them again under the same event ids, which the event store dedupes: no event
-is lost, none is stored twice, and none overtakes an earlier one.
+One relay per database does the work: the instances compete for a lock that PostgreSQL
+(or, on SQLite, the kernel) releases the moment its holder's process is gone
+(`core.events.leadership`). Only the holder relays; followers try for the lock every
+`follow_interval` seconds (0.5), so a stopped or crashed holder — SIGKILL included — is
+replaced within about that long, not after a lease runs out. When the holder's host dies
+without closing its socket, PostgreSQL notices through TCP keepalives within about 11 s.
+
+The holder reads unsent rows in position order, publishes them, then marks them sent. A
+crash between the two publishes them again under the same event ids: delivery is at
+least once. The event store dedupes by event id, so no event is lost, none is stored
+twice, and none overtakes an earlier one; a subscriber that could still see one twice
+(a redelivery to a group) dedupes by the event's id.
 
 Each batch is published inside a PRODUCER span (`publish`, see
 `core.events.tracing.publish_span`) that continues the writers' trace when the whole
@@ -34,10 +40,11 @@ import structlog
 from google.protobuf import any_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry import metrics
-from sqlalchemy.exc import IntegrityError
 
+from core import faults
 from core.data.database import Database
 from core.errors import InvalidArgumentError
+from core.events.leadership import leadership_for
 from core.events.model import Event
 from core.events.outbox import outbox
 from core.events.tracing import publish_span
@@ -50,7 +57,8 @@ log = structlog.get_logger()
 
 Publish = Callable[[Sequence[Event]], Awaitable[Any]]
 
-LEASE_SECONDS = 10.0
+PUBLISH_SECONDS = 5.0  # bound on one publish call
+FOLLOW_SECONDS = 0.5  # how often a follower tries to take over
 SENT_RETENTION_SECONDS = 3600.0  # sent rows are kept this long for inspection, then deleted
 BACKLOG_SECONDS = 5.0  # how often a leader that is behind or failing counts its backlog
 # A failed round is tried again after 0.2 s, doubling up to 5 s, until one succeeds.
@@ -84,14 +92,6 @@ _meter.create_observable_gauge(
     description="Committed outbox events not yet relayed, as the relay last counted them",
 )
 
-leases = sa.Table(
-    "mesh_leases",
-    sa.MetaData(),
-    sa.Column("name", sa.String(100), primary_key=True),
-    sa.Column("holder", sa.String(100), nullable=False),
-    sa.Column("expire_time", sa.Float(), nullable=False),
-)
-
 
 class OutboxRelay(Component):
     """Relays `mesh_outbox` through `publish` (the local bus, or the events client).
@@ -101,8 +101,9 @@ class OutboxRelay(Component):
         publish: Stores a batch of events, all or none; must dedupe by event id.
         batch: Rows per round.
         interval: Seconds between rounds when the outbox is empty.
-        lease: Seconds a leader holds the relay lease without renewing it; a stopped or
-            dead leader is replaced within this time.
+        publish_timeout: Bound on one publish call.
+        follow_interval: Seconds between a follower's tries to take over; a stopped or
+            dead leader is replaced within about this time.
     """
 
     name = "outbox-relay"
@@ -115,18 +116,20 @@ class OutboxRelay(Component):
         depends_on: tuple[str, ...] = ("database",),
         batch: int = 200,
         interval: float = 0.05,
-        lease: float = LEASE_SECONDS,
+        publish_timeout: float = PUBLISH_SECONDS,
+        follow_interval: float = FOLLOW_SECONDS,
     ) -> None:
         self.depends_on = depends_on
         self._db = db
         self._publish = publish
         self._batch = batch
         self._interval = interval
-        self._lease = lease
+        self._publish_timeout = publish_timeout
+        self._follow_interval = follow_interval
+        self._leadership = leadership_for(db, self.name)
         self._holder = f"relay-{uuid.uuid4().hex[:12]}"
         self._task = BackgroundTask(self.name)
         self._last_error = ""
-        self._lease_until = 0.0
         self.leader = False
         self.relayed = 0
         self.rejected = 0  # rows the event service refused on their own (logged)
@@ -141,9 +144,7 @@ class OutboxRelay(Component):
     async def stop(self) -> None:
         _relays.discard(self)
         await self._task.stop()
-        # No hand-over write here: on SQLite it would queue behind the other components'
-        # stopping writers (and they behind it) for the busy timeout. The lease simply
-        # runs out, within `lease` seconds, and another instance takes over.
+        await self._leadership.release()  # another instance takes over at its next try
         self.leader = False
 
     async def check_health(self) -> Health:
@@ -181,13 +182,13 @@ class OutboxRelay(Component):
                 await asyncio.sleep(_ROUNDS.wait_max)
                 continue
             if moved < self._batch:  # a full batch means more may wait: go on at once
-                await asyncio.sleep(self._interval if self.leader else 1.0)
+                await asyncio.sleep(self._interval if self.leader else self._follow_interval)
 
     async def _round(self) -> int:
-        """Takes or renews the lease and, as the leader, relays one batch; returns how many."""
+        """Takes or keeps the lock and, as the leader, relays one batch; returns how many."""
         try:
             moved = 0
-            if await self._hold_lease():
+            if await self._lead():
                 moved = await self.relay_once()
                 if moved < self._batch:
                     self.last_backlog = 0  # as of the read: it found them all
@@ -226,9 +227,8 @@ class OutboxRelay(Component):
             rows = (await conn.execute(query)).all()
         if not rows:
             return 0
-        # Bounded well inside the lease, so no other instance starts relaying meanwhile.
         events = [_event(r) for r in rows]
-        async with asyncio.timeout(self._lease / 3):
+        async with asyncio.timeout(self._publish_timeout):
             try:
                 with publish_span(events):
                     await self._publish(events)
@@ -237,6 +237,7 @@ class OutboxRelay(Component):
                     self._batch = max(1, len(rows) // 2)  # the event service takes fewer
                     return 0
                 await self._publish_one_by_one(rows)
+        await faults.hit("relay.published")  # tests: a crash before the rows are marked
         positions = [r.position for r in rows]
         async with self._db.transaction() as tx:
             sent = outbox.update().where(outbox.c.position.in_(positions))
@@ -260,39 +261,15 @@ class OutboxRelay(Component):
                 self.rejected += 1
                 log.error("relay.rejected", id=row.event_id, type=row.type, error=exc.message)
 
-    async def _hold_lease(self) -> bool:
-        """Takes or renews the relay lease; True while this instance holds it."""
-        now = time.time()
-        if self.leader and now < self._lease_until - self._lease / 2:
-            return True  # renewed recently: no write transaction every round
-        expire = now + self._lease
+    async def _lead(self) -> bool:
+        """Takes or keeps the relay lock; True while this instance holds it."""
+        held = False
         try:
-            held = await self._claim_lease(now, expire)
-        except IntegrityError:  # another instance inserted the lease row first
-            held = False
-        if held != self.leader:
-            log.info("relay.leader" if held else "relay.follower", holder=self._holder)
-            self.leader = held
-        self._lease_until = expire if held else 0.0
-        return held
-
-    async def _claim_lease(self, now: float, expire: float) -> bool:
-        async with self._db.transaction() as tx:
-            free = sa.or_(leases.c.holder == self._holder, leases.c.expire_time < now)
-            taken = await tx.conn.execute(
-                leases.update()
-                .where(leases.c.name == self.name, free)
-                .values(holder=self._holder, expire_time=expire)
-            )
-            held = taken.rowcount == 1
-            if not held:
-                exists = await tx.conn.scalar(
-                    sa.select(sa.func.count()).where(leases.c.name == self.name)
-                )
-                if not exists:
-                    row = {"name": self.name, "holder": self._holder, "expire_time": expire}
-                    await tx.conn.execute(leases.insert(), row)
-                    held = True
+            held = await self._leadership.hold()
+        finally:
+            if held != self.leader:
+                log.info("relay.leader" if held else "relay.follower", holder=self._holder)
+                self.leader = held
         return held
 
     async def _delete_sent(self) -> None:

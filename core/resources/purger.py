@@ -4,6 +4,13 @@ One `Purger` per CRUD resource, registered beside its service. It calls
 `Crud.purge_expired()` now and then every `interval` seconds until the process stops, and
 is DEGRADED while its last purge failed (the rows wait for the next one).
 
+It needs no leader: every instance runs one, at once if they like. Each batch deletes
+the due rows it selects `FOR UPDATE SKIP LOCKED` and writes their `purged` events in the
+same transaction, so two purgers never take the same row and a row's event is written
+once, when it is deleted; the expired request ids and audit records go the same way. A
+purger that dies mid-batch rolls back, and the rows are due again for the next purge on
+any instance. (SQLite has one writer at a time, so purges there simply queue.)
+
 Usage::
 
     projects = Crud(PROJECTS, db, cache)

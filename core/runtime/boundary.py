@@ -34,6 +34,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Span
 from structlog.contextvars import bind_contextvars
 
+from core import faults
 from core.calls.deadlines import set_remaining
 from core.calls.status import DETAILS_KEY, to_status
 from core.errors import DeadlineExceededError, DomainError, InternalError
@@ -214,6 +215,7 @@ def _unary(
                 if admit is not None:  # authenticated and authorized before the handler runs
                     await admit(context)
                 _take_turn(limits, context)
+                await faults.hit("rpc.start")  # tests only (core.faults)
                 call = behavior(checked(request, unary_request), context)
                 response = await (_within(call, default) if unbounded else call)
                 limits.check_response(response)

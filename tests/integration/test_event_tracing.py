@@ -217,7 +217,7 @@ async def test_the_relay_publish_span_continues_a_batch_from_one_trace(
             for _ in range(2):
                 async with db.transaction() as tx:
                     await emit(tx, type=TYPE, source="tests", subject="t", data=StringValue())
-        relay = OutboxRelay(db, event_bus.publish, lease=2.0)
+        relay = OutboxRelay(db, event_bus.publish)
         assert await relay.relay_once() == 2
         relayed = await event_bus.history(HistoryQuery(Selector()), "", 10)
     finally:
@@ -248,7 +248,7 @@ async def test_a_batch_from_several_traces_is_published_in_a_new_trace_linked_to
     async def publish(batch: Sequence[Event]) -> None:
         published.extend(batch)
 
-    relay = OutboxRelay(db, publish, lease=2.0)
+    relay = OutboxRelay(db, publish)
     assert await relay.relay_once() == 2
 
     [span] = finished(spans, "publish")
@@ -290,7 +290,7 @@ async def test_the_relay_knows_its_backlog_after_a_round(
     async def refuse(batch: Sequence[Event]) -> None:
         raise ConnectionError("the events service is down")
 
-    relay = OutboxRelay(db, refuse, lease=2.0, interval=0.01)
+    relay = OutboxRelay(db, refuse, interval=0.01)
     await relay.start()
     try:
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -58,7 +59,7 @@ async def started(*components: Component) -> AsyncIterator[None]:
 
 
 def relay_of(db: Database, publish: Publish, *, batch: int = 200) -> OutboxRelay:
-    return OutboxRelay(db, publish, depends_on=("database", "event-bus"), batch=batch, lease=2.0)
+    return OutboxRelay(db, publish, depends_on=("database", "event-bus"), batch=batch)
 
 
 @pytest.fixture
@@ -333,7 +334,7 @@ async def test_two_relays_on_one_database_elect_one_leader(
             assert (relay_a.leader, relay_b.leader) == (True, False)
             assert (on_a.events, on_b.events) == (len(expected), 0)
 
-            # A stops; its lease runs out, B takes it and relays what follows.
+            # A stops and releases the lock; B takes it and relays what follows.
             await relay_a.stop()
             expected += await commit(other_db, 5)
             assert await arrivals.wait_for(len(expected)) == expected
@@ -344,6 +345,39 @@ async def test_two_relays_on_one_database_elect_one_leader(
     assert await stored_ids(bus) == expected
     assert arrivals.ids == expected
     assert await outbox_rows(db) == [(event_id, True) for event_id in expected]
+
+
+async def test_a_leader_that_loses_its_lock_session_stops_leading_and_one_instance_takes_over(
+    database_url: str, db: Database, bus: EventBus, arrivals: Arrivals
+) -> None:
+    """PostgreSQL ends the lock's session (as when the holder's connection drops): the lock
+    is free at once, the old holder notices at its next check, and one instance leads."""
+    if db.dialect != "postgresql":
+        pytest.skip("the lock of SQLite is a file lock: it has no session to lose")
+    other_db = Database(database_url, migrations=[CORE_MIGRATIONS])
+    relay_a, relay_b = relay_of(db, bus.publish), relay_of(other_db, bus.publish)
+    expected = await commit(db, 3)
+    async with started(other_db, relay_a):
+        await until(holds(lambda: relay_a.leader), "A leads")
+        async with started(relay_b):
+            assert await arrivals.wait_for(len(expected)) == expected
+            async with db.connect(autocommit=True) as conn:
+                ended = await conn.scalar(
+                    sa.text(
+                        "select count(pg_terminate_backend(pid)) from pg_locks"
+                        " where locktype = 'advisory' and granted and objid = :key and database"
+                        " = (select oid from pg_database where datname = current_database())"
+                    ),
+                    {"key": zlib.crc32(b"outbox-relay")},
+                )
+            assert ended == 1
+            await until(holds(lambda: relay_b.leader or not relay_a.leader), "A noticed")
+            await until(holds(lambda: relay_a.leader != relay_b.leader), "one leads")
+            expected += await commit(other_db, 4)
+            assert await arrivals.wait_for(len(expected)) == expected
+            await relayed_all(relay_b)
+
+    assert await stored_ids(bus) == expected
 
 
 # -- health ----------------------------------------------------------------------------------
