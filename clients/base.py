@@ -3,9 +3,12 @@
 Every call goes through `Client._unary` or `Client._stream`, the one place that applies
 the deadline (the client's, the call's `timeout=`, and what is left of the deadline of
 the server call being handled), the target's circuit breaker, telemetry, and turns a
-failed call into the `core.errors` exception the server raised. Retries are not made
-here: the channel's service config retries the client's idempotent methods (see
-`core.calls.channel`).
+failed call into the `core.errors` exception the server raised. gRPC's retry policy
+(the channel's service config, see `core.calls.channel`) retries a server's UNAVAILABLE
+answers of the client's idempotent methods; riding out a restart is made here: a call
+waits (unsent) up to `Resilience.ready_wait` for a ready server, and an idempotent call
+that no server answered goes again once one is ready (`core.retries`). Writes that are
+not idempotent are never sent twice.
 
 Usage (every client takes the same arguments)::
 
@@ -93,11 +96,12 @@ class Client:
     method names that are safe to send twice: reads, writes that carry a request id or
     event ids, acks), build stubs on `self.channel` and call through `_unary`/`_stream`.
     Probes (health, admin) set `health_checked` and `guarded` to False: they must reach
-    a server that is not ready, and report it down rather than CIRCUIT_OPEN.
+    a server that is not ready, and report it down rather than CIRCUIT_OPEN or wait.
 
     Args:
         address: HOST:PORT, a comma-separated list of IP:PORT, or dns:///NAME:PORT.
-        resilience: Default deadline, retries of idempotent calls and circuit breaker.
+        resilience: Default deadline, retries of idempotent calls, the wait for a ready
+            server (`ready_wait`) and the circuit breaker.
         channel: Keepalive, message size, TLS and the bearer token (`token`,
             `token_file`); `Settings.channel()` in a server.
         deadline: Shorthand for `resilience.deadline`.
@@ -270,11 +274,14 @@ class Client:
         try:
             seconds = self._timeout(timeout)
             if breaker is not None:
+                if breaker.awaits_server and self._has_ready_server():
+                    breaker.recover()  # opened while no server was ready; one is now
                 breaker.check()
         except DomainError as exc:
             call.end(exc.code)
             raise
         code = outcome = grpc.StatusCode.OK  # outcome: what the breaker counts
+        unreachable = False  # the call failed while no server was ready
         now = time.monotonic()
         deadline = now + seconds
         wait_until = now + min(self.resilience.ready_wait, seconds / 2) if self.guarded else now
@@ -304,14 +311,18 @@ class Client:
             # database is down, it is stopping): only failures without them (no
             # connection, no ready server, no answer in time) count against the target.
             outcome = grpc.StatusCode.OK if _answered(exc) else code
+            unreachable = not self._has_ready_server()
             raise error from None
         except asyncio.CancelledError:
             code = outcome = grpc.StatusCode.CANCELLED
             raise
         finally:
             if breaker is not None:
-                breaker.record(outcome)
+                breaker.record(outcome, unreachable=unreachable)
             call.end(code)
+
+    def _has_ready_server(self) -> bool:
+        return self.channel.get_state() is grpc.ChannelConnectivity.READY
 
     def _restarts(self, seconds: float, wait_until: float) -> Retry:
         """Tries an idempotent call again that no server took, once one is ready, while
@@ -339,15 +350,14 @@ class Client:
         either way: when none became ready it fails as gRPC fails it (no connection, or
         SERVER_NOT_READY), which says more than a timeout would.
         """
-        channel = self.channel
-        if channel.get_state() is grpc.ChannelConnectivity.READY:
+        if self._has_ready_server():
             return
         budget = until - time.monotonic()
         if budget <= 0:
             return
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(budget):
-                await channel.channel_ready()
+                await self.channel.channel_ready()
 
     async def _stream(
         self,

@@ -25,7 +25,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from clients.projects import Project, ProjectsClient, Resilience
-from core.calls.breaker import forget_breakers
+from core.calls.breaker import BreakerState, forget_breakers
 from core.errors import DomainError
 from tests.conftest import PG_ADMIN_DSN
 from tests.mesh._processes import (
@@ -301,3 +301,43 @@ async def test_a_read_issued_shortly_before_the_new_server_is_ready_succeeds() -
     # Those issued within 4 s of it waited no more than that: they all succeed.
     assert {o.code for o in before if running - o.issued < 4.0} == {"OK"}
     assert {o.code.split(":")[0] for o in outcomes} <= {"OK", "UNAVAILABLE"}
+
+
+async def test_a_breaker_opened_by_a_restart_closes_once_the_new_server_is_ready() -> None:
+    """Calls that may not wait (ready_wait 0, one try) fail while no server runs and open
+    the breaker; once the new server is ready a call goes through at once, long before the
+    breaker's 60 s reset."""
+    forget_breakers()
+    impatient = Resilience(ready_wait=0, attempts=1, breaker_failures=2, breaker_reset=60.0)
+    async with (
+        _database() as (_, env),
+        ProjectsClient(env["MESH_ADDRESS"], resilience=impatient) as projects,
+    ):
+        async with serving("projects", env=env) as old:
+            name = (await projects.create_project(_project("read-me"))).name
+            old.proc.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(EXIT_WITHIN):
+                assert await old.proc.wait() == 0
+        refused = []
+        for _ in range(2):
+            with pytest.raises(DomainError) as caught:
+                await projects.get_project(name)
+            refused.append(caught.value.reason)
+        with pytest.raises(DomainError) as fast:
+            await projects.get_project(name)
+        breaker = projects.breaker
+        assert breaker is not None
+        opened = (breaker.state, breaker.awaits_server)
+
+        async with serving("projects", env=env):
+            await projects.wait_ready(20)
+            started = time.perf_counter()
+            read = await projects.get_project(name)
+            took = time.perf_counter() - started
+
+    print(f"\nrefused: {refused}, then {fast.value.reason}; read {took * 1000:.0f} ms once ready")
+    assert set(refused) <= {"UNAVAILABLE", "SERVER_NOT_READY"}
+    assert fast.value.reason == "CIRCUIT_OPEN"
+    assert opened == (BreakerState.OPEN, True)
+    assert read.name == name
+    assert breaker.state is BreakerState.CLOSED
