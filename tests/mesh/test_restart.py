@@ -44,6 +44,9 @@ READERS, CREATORS, DELETERS = 8, 4, 2
 READ, DELETE = 40, 160  # projects seeded to be read, and to be deleted
 BEFORE, AFTER = 1.5, 2.0  # seconds of load before SIGTERM and after the new server runs
 EXIT_WITHIN = 20.0  # the old server's drain: grace 10 s, far more than it needs
+# The defaults but for the wait: a new `mesh serve` is ready 1.5-5 s after SIGTERM here,
+# later on a loaded machine; the default ready_wait (5 s) would make this test a race.
+PATIENT = Resilience(deadline=30.0, ready_wait=15.0)
 
 
 @dataclass
@@ -96,7 +99,7 @@ def _project(tag: str) -> Project:
 
 
 @contextlib.asynccontextmanager
-async def _database() -> AsyncIterator[tuple[str, dict[str, str]]]:
+async def _database(drain_delay: str = "0") -> AsyncIterator[tuple[str, dict[str, str]]]:
     """A fresh database and the environment of every server on it, on one fixed port."""
     async with fresh_database() as database:
         env = mesh_env(
@@ -104,6 +107,7 @@ async def _database() -> AsyncIterator[tuple[str, dict[str, str]]]:
             MESH_DATABASE_URL=pg_url(database),
             MESH_MIGRATE_ON_START="true",
             MESH_GRACE_SECONDS="10",
+            MESH_DRAIN_DELAY_SECONDS=drain_delay,
         )
         env.pop("PYTHONASYNCIODEBUG", None)  # the servers at full speed
         yield database, env
@@ -127,13 +131,18 @@ def _handled(process: MeshProcess, method: str) -> int:
     return sum(1 for e in process.events("rpc.finished") if e.get("rpc") == RPC + method)
 
 
-async def test_sigterm_under_load_loses_nothing_and_reads_ride_out_the_restart() -> None:
+# 0: the development default, the server stops taking calls at once; 1: it serves on for
+# a second after its readiness turned NOT_SERVING, as in production (5 s there).
+@pytest.mark.parametrize("drain_delay", ["0", "1"])
+async def test_sigterm_under_load_loses_nothing_and_reads_ride_out_the_restart(
+    drain_delay: str,
+) -> None:
     forget_breakers()
-    async with _database() as (database, env):
+    async with _database(drain_delay) as (database, env):
         address = env["MESH_ADDRESS"]
         load = Load()
         async with (
-            ProjectsClient(address) as projects,
+            ProjectsClient(address, resilience=PATIENT) as projects,
             serving("projects", env=env) as old,
             contextlib.AsyncExitStack() as stack,
         ):
@@ -202,11 +211,17 @@ async def test_sigterm_under_load_loses_nothing_and_reads_ride_out_the_restart()
         during = sum(1 for o in load.outcomes if o.kind == kind and sigterm <= o.issued <= running)
         print(f"{kind}: {dict(load.codes(kind))}, {during} issued during the restart")
     print(f"tried again after no server answered: {dict(Counter(e['rpc'] for e in retries))}")
-    print(
-        f"reads issued during the restart: {len(window)}, slowest "
-        f"{max((o.seconds for o in window), default=0) * 1000:.0f} ms; slowest read overall "
-        f"{max(o.seconds for o in reads) * 1000:.0f} ms"
-    )
+    for phase, issued in (
+        ("before SIGTERM", lambda o: o.issued < sigterm),
+        ("during the restart", lambda o: sigterm <= o.issued <= running),
+        ("after it", lambda o: o.issued > running),
+    ):
+        ms = sorted(o.seconds * 1000 for o in reads if issued(o))
+        if ms:
+            print(
+                f"read latency {phase}: {len(ms)} reads, p50 {ms[len(ms) // 2]:.0f} ms, "
+                f"p99 {ms[int(len(ms) * 0.99)]:.0f} ms, max {ms[-1]:.0f} ms"
+            )
     for o in load.outcomes:
         if o.code != "OK":
             when = f"{o.issued - sigterm:+.2f} s after SIGTERM, took {o.seconds:.2f} s"
@@ -298,8 +313,8 @@ async def test_a_read_issued_shortly_before_the_new_server_is_ready_succeeds() -
     near = [o for o in before if 0.3 <= running - o.issued <= 0.7]
     assert near  # one ~0.5 s before it was ready
     assert {o.code for o in near} == {"OK"}
-    # Those issued within 4 s of it waited no more than that: they all succeed.
-    assert {o.code for o in before if running - o.issued < 4.0} == {"OK"}
+    # Those issued within 3 s of it waited less than the 5 s they may: they all succeed.
+    assert {o.code for o in before if running - o.issued < 3.0} == {"OK"}
     assert {o.code.split(":")[0] for o in outcomes} <= {"OK", "UNAVAILABLE"}
 
 
