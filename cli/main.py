@@ -60,19 +60,23 @@ def _run(argv: Sequence[str] | None) -> int:
         settings = Settings.from_env()
     except ConfigError as exc:
         return output.fail(str(exc), code=output.USAGE)
-    if args.command in UNTRACED or not settings.telemetry.tracing:
+    if args.command in UNTRACED:
         code: int = args.run(args, settings)
+        return code
+    level = settings.log_level if settings.log_level in ("warning", "error") else "warning"
+    # A command's logs (a client's `retry.scheduled`, the exporter's failures) go to
+    # stderr, quietly: stdout is the command's result.
+    configure_logging(
+        service="mesh-cli", version=VERSION, log_format=settings.log_format, level=level
+    )
+    if not settings.telemetry.tracing:
+        code = args.run(args, settings)
         return code
     return _traced(args, settings)
 
 
 def _traced(args: argparse.Namespace, settings: Settings) -> int:
     """Runs the command with tracing on, and exports its spans before returning."""
-    level = settings.log_level if settings.log_level in ("warning", "error") else "warning"
-    # A command's logs (the exporter's failures among them) go to stderr, quietly.
-    configure_logging(
-        service="mesh-cli", version=VERSION, log_format=settings.log_format, level=level
-    )
     telemetry = configure_telemetry(
         replace(settings.telemetry, metrics=False, metrics_address=""),
         service="mesh-cli",

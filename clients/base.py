@@ -3,9 +3,12 @@
 Every call goes through `Client._unary` or `Client._stream`, the one place that applies
 the deadline (the client's, the call's `timeout=`, and what is left of the deadline of
 the server call being handled), the target's circuit breaker, telemetry, and turns a
-failed call into the `core.errors` exception the server raised. Retries are not made
-here: the channel's service config retries the client's idempotent methods (see
-`core.calls.channel`).
+failed call into the `core.errors` exception the server raised. gRPC's retry policy
+(the channel's service config, see `core.calls.channel`) retries a server's UNAVAILABLE
+answers of the client's idempotent methods; riding out a restart is made here: a call
+waits (unsent) up to `Resilience.ready_wait` for a ready server, and an idempotent call
+that no server answered goes again once one is ready (`core.retries`). Writes that are
+not idempotent are never sent twice.
 
 Usage (every client takes the same arguments)::
 
@@ -23,7 +26,9 @@ Usage (every client takes the same arguments)::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from types import TracebackType
@@ -39,12 +44,22 @@ from core.calls.status import DETAILS_KEY, from_rpc_error
 from core.calls.tokens import BearerToken
 from core.config import ChannelSettings
 from core.errors import DeadlineExceededError, DomainError, UnavailableError
+from core.retries import Retry
 from core.telemetry import CACHE_KEY
 
-__all__ = ["SERVER_NOT_READY", "ChannelSettings", "Client", "Resilience", "Trailers"]
+__all__ = [
+    "SERVER_DROPPED_CALL",
+    "SERVER_NOT_READY",
+    "ChannelSettings",
+    "Client",
+    "Resilience",
+    "Trailers",
+]
 
 # The reason of the UnavailableError for a call no ready server could take.
 SERVER_NOT_READY = "SERVER_NOT_READY"
+# The reason of the UnavailableError for a call the server cancelled without an answer.
+SERVER_DROPPED_CALL = "SERVER_DROPPED_CALL"
 # What grpc core reports for a server whose health check (our `readiness`) is not SERVING.
 NOT_READY_TEXT = "backend unhealthy"
 
@@ -81,11 +96,12 @@ class Client:
     method names that are safe to send twice: reads, writes that carry a request id or
     event ids, acks), build stubs on `self.channel` and call through `_unary`/`_stream`.
     Probes (health, admin) set `health_checked` and `guarded` to False: they must reach
-    a server that is not ready, and report it down rather than CIRCUIT_OPEN.
+    a server that is not ready, and report it down rather than CIRCUIT_OPEN or wait.
 
     Args:
         address: HOST:PORT, a comma-separated list of IP:PORT, or dns:///NAME:PORT.
-        resilience: Default deadline, retries of idempotent calls and circuit breaker.
+        resilience: Default deadline, retries of idempotent calls, the wait for a ready
+            server (`ready_wait`) and the circuit breaker.
         channel: Keepalive, message size, TLS and the bearer token (`token`,
             `token_file`); `Settings.channel()` in a server.
         deadline: Shorthand for `resilience.deadline`.
@@ -207,8 +223,19 @@ class Client:
         SERVING with UNAVAILABLE and its own text ("connections to all backends failing
         ... backend unhealthy"); that becomes `SERVER_NOT_READY`, naming the target and
         the service, with gRPC's text in the metadata's `grpc_message`.
+
+        A call the server cancelled without an answer (a stopping server drops the calls
+        it received but had not started) becomes UNAVAILABLE `SERVER_DROPPED_CALL`: like
+        a connection lost mid-call, it went away unanswered and another try may succeed.
+        A call this process cancels raises `asyncio.CancelledError`, never this.
         """
         error = from_rpc_error(exc)
+        if error.code is grpc.StatusCode.CANCELLED and not _answered(exc):
+            return UnavailableError(
+                f"{self.target} ended the call without an answer (was it stopping?)",
+                reason=SERVER_DROPPED_CALL,
+                metadata={"target": self.target, "grpc_message": error.message},
+            )
         if (
             self._health_checked
             and error.code is grpc.StatusCode.UNAVAILABLE
@@ -234,26 +261,47 @@ class Client:
         timeout: float | None = None,
         trailers: Trailers | None = None,
     ) -> Response:
-        """Makes one unary call (with the channel's retries) and decodes its failure;
-        `trailers` gets the trailing metadata of the call's last attempt."""
+        """Makes one unary call and decodes its failure; `trailers` gets the trailing
+        metadata of the call's last attempt.
+
+        A guarded client rides out a restart: while it has no ready server the call
+        waits for one (`_when_ready`), and an idempotent call that no server took is
+        tried again (`_restarts`), all within the call's deadline. gRPC's retry policy
+        still retries a server's own UNAVAILABLE answers (see `core.calls.channel`).
+        """
         call = telemetry.client_call(f"/{self.service}/{method}", self.target)
         breaker = self.breaker
         try:
             seconds = self._timeout(timeout)
             if breaker is not None:
+                if breaker.awaits_server and self._has_ready_server():
+                    breaker.recover()  # opened while no server was ready; one is now
                 breaker.check()
         except DomainError as exc:
             call.end(exc.code)
             raise
         code = outcome = grpc.StatusCode.OK  # outcome: what the breaker counts
-        try:
-            metadata = call.metadata + self.token.metadata()
+        unreachable = False  # the call failed while no server was ready
+        now = time.monotonic()
+        deadline = now + seconds
+        wait_until = now + min(self.resilience.ready_wait, seconds / 2) if self.guarded else now
+        metadata = call.metadata + self.token.metadata()
+
+        async def attempt() -> Response:
+            await self._when_ready(wait_until)
+            left = max(deadline - time.monotonic(), 0.001)  # none left: DEADLINE_EXCEEDED
             if trailers is None:
-                return await rpc(request, timeout=seconds, metadata=metadata)
-            sent = rpc(request, timeout=seconds, metadata=metadata)
+                return await rpc(request, timeout=left, metadata=metadata)
+            sent = rpc(request, timeout=left, metadata=metadata)
             response = await sent
             trailers.metadata = tuple(await sent.trailing_metadata() or ())
             return response
+
+        try:
+            if self.guarded and method in self.idempotent and self.resilience.attempts > 1:
+                restarts = self._restarts(seconds, wait_until)
+                return await restarts.call(attempt, rpc=method, target=self.target)
+            return await attempt()
         except grpc.RpcError as exc:
             if trailers is not None:
                 trailers.metadata = _trailing(exc)
@@ -263,14 +311,53 @@ class Client:
             # database is down, it is stopping): only failures without them (no
             # connection, no ready server, no answer in time) count against the target.
             outcome = grpc.StatusCode.OK if _answered(exc) else code
+            unreachable = not self._has_ready_server()
             raise error from None
         except asyncio.CancelledError:
             code = outcome = grpc.StatusCode.CANCELLED
             raise
         finally:
             if breaker is not None:
-                breaker.record(outcome)
+                breaker.record(outcome, unreachable=unreachable)
             call.end(code)
+
+    def _has_ready_server(self) -> bool:
+        return self.channel.get_state() is grpc.ChannelConnectivity.READY
+
+    def _restarts(self, seconds: float, wait_until: float) -> Retry:
+        """Tries an idempotent call again that no server took, once one is ready, while
+        its time to wait for one lasts: a server that stays not ready (its database is
+        down) gets one try after the wait, not a try per attempt."""
+        resilience = self.resilience
+
+        def unserved(error: Exception) -> bool:
+            return _unserved(error) and time.monotonic() < wait_until
+
+        return Retry(
+            "client.call",
+            on=unserved,
+            attempts=resilience.attempts,
+            timeout=seconds,
+            wait_initial=resilience.initial_backoff,
+            wait_max=resilience.max_backoff,
+            wait_jitter=resilience.initial_backoff,
+        )
+
+    async def _when_ready(self, until: float) -> None:
+        """Waits, until the monotonic time `until` at the latest, for a ready server.
+
+        Costs one state check while the channel is READY. The call that follows is sent
+        either way: when none became ready it fails as gRPC fails it (no connection, or
+        SERVER_NOT_READY), which says more than a timeout would.
+        """
+        if self._has_ready_server():
+            return
+        budget = until - time.monotonic()
+        if budget <= 0:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(budget):
+                await self.channel.channel_ready()
 
     async def _stream(
         self,
@@ -312,6 +399,18 @@ class Client:
         finally:
             stream.cancel()
             call.end(code)
+
+
+def _unserved(error: Exception) -> bool:
+    """Whether no server answered the call: UNAVAILABLE without a server's answer (refused
+    connection, no ready server, a connection that went away) or a call the server
+    cancelled unanswered. Such a call is tried again only for idempotent methods: one
+    that went away mid-call may have been served."""
+    return (
+        isinstance(error, grpc.aio.AioRpcError)
+        and error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+        and not _answered(error)
+    )
 
 
 def _answered(error: grpc.RpcError) -> bool:

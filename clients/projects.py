@@ -23,7 +23,9 @@ have a default deadline (`Resilience.deadline`, or `timeout=` per call, never mo
 the caller's own remaining deadline), and gRPC retries UNAVAILABLE with backoff when
 that is safe (`IDEMPOTENT`): for reads, and for creates and updates because each
 carries a request id (one is generated when the caller gives none). Deletes and
-undeletes are not retried: a repeated one would fail as already done.
+undeletes are not retried: a repeated one would fail as already done. A server restart
+is ridden out: calls wait for the new server (`Resilience.ready_wait`), and reads,
+creates and updates that no server answered go again (see `clients.base`).
 """
 
 from __future__ import annotations

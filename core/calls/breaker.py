@@ -13,6 +13,12 @@ answer). Every other code is an answer from a working server (NOT_FOUND, INVALID
 server sent with error details (its database is down, it is stopping) as a success: the
 server is up and answering, and its reason is more useful to the caller than CIRCUIT_OPEN.
 
+A breaker that opened because no server was there to take the calls (the failures came
+while the client's channel had no ready server: refused connections, a restart, every
+replica not ready) half-opens as soon as a client sees a ready server again (`recover`),
+rather than after `reset`: a restart that opened it costs no fast failures once the new
+server is up. One opened by a server that is there but too slow waits out `reset`.
+
 `watch_breakers(listener)` hears of every breaker opening (from closed) and closing
 again, once per transition: a failed trial call re-opens a half-open breaker without a
 new announcement, so a target that stays down is announced once.
@@ -77,6 +83,8 @@ class CircuitBreaker:
         self._state = BreakerState.CLOSED
         self._opened_at = 0.0
         self._in_trial = 0
+        self._unreachable = False  # the last failure came while no server was ready
+        self._opened_unreachable = False
 
     @property
     def state(self) -> BreakerState:
@@ -104,8 +112,23 @@ class CircuitBreaker:
             metadata={"target": self.target, "state": state.value},
         )
 
-    def record(self, code: grpc.StatusCode) -> None:
-        """Counts the outcome of a call that `check` let through."""
+    @property
+    def awaits_server(self) -> bool:
+        """Open because no server was ready: `recover` half-opens it once one is."""
+        return self._state is BreakerState.OPEN and self._opened_unreachable
+
+    def recover(self) -> None:
+        """A server of the target is ready again: an open breaker that opened because none
+        was (`awaits_server`) half-opens now, to let its trial calls through."""
+        if not self.awaits_server:
+            return
+        self._state = BreakerState.HALF_OPEN
+        self._in_trial = 0
+        log.info("breaker.half_open", target=self.target, cause="a server is ready again")
+
+    def record(self, code: grpc.StatusCode, *, unreachable: bool = False) -> None:
+        """Counts the outcome of a call that `check` let through; `unreachable` says that
+        the call failed while the client had no ready server (see `recover`)."""
         half_open = self._state is BreakerState.HALF_OPEN
         if half_open:
             self._in_trial = max(0, self._in_trial - 1)
@@ -119,6 +142,7 @@ class CircuitBreaker:
                 _announce(self, BreakerState.CLOSED)
             return
         self.failures += 1
+        self._unreachable = unreachable
         if half_open or (
             self._state is BreakerState.CLOSED and self.failures >= self._failures_to_open
         ):
@@ -128,6 +152,7 @@ class CircuitBreaker:
         was_closed = self._state is BreakerState.CLOSED
         self._state = BreakerState.OPEN
         self._opened_at = self._clock()
+        self._opened_unreachable = self._unreachable
         self.opened += 1
         log.warning(
             "breaker.opened",
@@ -135,6 +160,7 @@ class CircuitBreaker:
             failures=self.failures,
             code=code.name,
             reset_s=self._reset,
+            no_ready_server=self._unreachable,
         )
         if was_closed:
             _announce(self, BreakerState.OPEN)

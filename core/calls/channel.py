@@ -15,6 +15,8 @@ again. A server without the health service counts as healthy.
 
 Retries are gRPC's own (the service config's `retryPolicy`): only for the methods a
 client names as idempotent, only on UNAVAILABLE, all within the call's one deadline.
+Riding out a restart (no ready server for a second or two) is the typed clients' part,
+`Resilience.ready_wait` (see `clients.base`).
 
 Usage::
 
@@ -53,6 +55,12 @@ class Resilience:
         initial_backoff: Seconds before the first retry; each next pause may double,
             up to `max_backoff` (gRPC picks a random pause up to that bound).
         max_backoff: Longest pause between two tries.
+        ready_wait: Seconds a call may wait, unsent, for a ready server while the client
+            has none (the server restarts, is deployed, is still starting), in all and
+            never more than half of the call's deadline; then it is sent and fails
+            UNAVAILABLE as it would have at once. An idempotent call that no server took
+            (UNAVAILABLE without a server's answer) is tried again once one is ready,
+            within `attempts` and the deadline. 0: fail at once, as gRPC does.
         breaker_failures: Consecutive failures that open the target's circuit breaker.
         breaker_reset: Seconds an open breaker fails calls fast before it lets trials in.
         breaker_trials: Calls a half-open breaker lets through at once.
@@ -62,6 +70,7 @@ class Resilience:
     attempts: int = 3
     initial_backoff: float = 0.1
     max_backoff: float = 1.0
+    ready_wait: float = 5.0
     breaker_failures: int = 5
     breaker_reset: float = 5.0
     breaker_trials: int = 1
@@ -71,6 +80,8 @@ class Resilience:
             raise ValueError(f"attempts must be between 1 and {MAX_ATTEMPTS}")
         if min(self.deadline, self.initial_backoff, self.max_backoff, self.breaker_reset) <= 0:
             raise ValueError("deadline, backoffs and breaker_reset must be greater than 0")
+        if self.ready_wait < 0:
+            raise ValueError("ready_wait must be 0 or more")
         if self.breaker_failures < 1 or self.breaker_trials < 1:
             raise ValueError("breaker_failures and breaker_trials must be 1 or more")
 

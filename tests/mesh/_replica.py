@@ -7,6 +7,8 @@ a process of its own through the real `ProjectsClient`:
 - GetProject("projects/remaining"): `description` holds the seconds left of the deadline.
 - GetProject/DeleteProject("projects/unavailable"): UNAVAILABLE; "projects/slow-unavailable"
   waits 0.3 s first. Tests count tries by the `rpc.finished` log lines.
+- GetProject/DeleteProject("projects/dropped"): CANCELLED without an answer's details, as
+  a stopping server ends the calls it had not started.
 - GetProject("projects/sleep"): sleeps 30 s (for deadlines and the circuit breaker).
 - UpdateProject: asks the replica at MESH_TEST_NEXT_ADDRESS for GetProject("projects/
   remaining") with a 60 s timeout and returns its answer (deadline propagation).
@@ -24,6 +26,7 @@ import os
 import sys
 from pathlib import Path
 
+import grpc
 import structlog
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -95,11 +98,15 @@ class Probe(projects_pb2_grpc.ProjectServiceServicer):
             raise UnavailableError("probe: unavailable", reason="PROBE")
         if request.name == "projects/sleep":
             await asyncio.sleep(30)
+        if request.name == "projects/dropped":
+            await context.abort(grpc.StatusCode.CANCELLED, "dropped")
         raise NotFoundError(f"probe: {request.name} is nothing")
 
     async def DeleteProject(
         self, request: pb.DeleteProjectRequest, context: Context
     ) -> pb.DeleteProjectResponse:
+        if request.name == "projects/dropped":
+            await context.abort(grpc.StatusCode.CANCELLED, "dropped")
         raise UnavailableError("probe: unavailable", reason="PROBE")
 
     async def UpdateProject(

@@ -19,6 +19,7 @@ from structlog.testing import capture_logs
 
 import core.calls.deadlines
 from clients.admin import AdminClient
+from clients.base import SERVER_DROPPED_CALL
 from clients.projects import Project, ProjectsClient, Resilience
 from core.calls.breaker import BreakerState, CircuitBreaker, forget_breakers
 from core.config import ChannelSettings, TlsSettings
@@ -72,6 +73,20 @@ async def test_a_call_that_is_not_idempotent_is_tried_once(probe: MeshProcess) -
         with pytest.raises(UnavailableError):
             await projects.delete_project("projects/unavailable")
 
+    assert await tries(probe, "DeleteProject") == 1
+
+
+async def test_a_call_dropped_unanswered_is_unavailable_and_retried_if_idempotent(
+    probe: MeshProcess,
+) -> None:
+    async with ProjectsClient(probe.address, resilience=FAST_RETRIES) as projects:
+        with pytest.raises(UnavailableError) as read:
+            await projects.get_project("projects/dropped")
+        with pytest.raises(UnavailableError) as delete:
+            await projects.delete_project("projects/dropped")
+
+    assert read.value.reason == delete.value.reason == SERVER_DROPPED_CALL
+    assert await tries(probe, "GetProject") == FAST_RETRIES.attempts
     assert await tries(probe, "DeleteProject") == 1
 
 

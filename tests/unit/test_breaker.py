@@ -130,3 +130,29 @@ def test_one_breaker_per_target_process_wide() -> None:
     assert breaker_for("dns:///b:1") is not first
     assert [b.target for b in all_breakers()] == ["dns:///a:1", "dns:///b:1"]
     assert [s.value for s in BreakerState] == ["closed", "open", "half_open"]
+
+
+def test_opened_while_no_server_was_ready_it_half_opens_once_one_is(
+    breaker: CircuitBreaker,
+) -> None:
+    for _ in range(3):
+        breaker.check()
+        breaker.record(FAIL, unreachable=True)
+    assert breaker.awaits_server
+
+    with capture_logs() as logs:
+        breaker.recover()  # long before the reset time
+
+    assert breaker.state is BreakerState.HALF_OPEN
+    assert [e["event"] for e in logs] == ["breaker.half_open"]
+    fail(breaker, 1, OK)  # the trial
+    assert breaker.state is BreakerState.CLOSED
+
+
+def test_opened_by_a_slow_server_it_waits_out_the_reset(breaker: CircuitBreaker) -> None:
+    fail(breaker, 3, grpc.StatusCode.DEADLINE_EXCEEDED)  # a ready server, too slow
+
+    breaker.recover()
+
+    assert not breaker.awaits_server
+    assert breaker.state is BreakerState.OPEN

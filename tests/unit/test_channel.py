@@ -65,7 +65,14 @@ def test_one_attempt_or_no_idempotent_method_means_no_retry_policy() -> None:
 
 
 @pytest.mark.parametrize(
-    "values", [{"attempts": 0}, {"attempts": 6}, {"deadline": 0}, {"breaker_failures": 0}]
+    "values",
+    [
+        {"attempts": 0},
+        {"attempts": 6},
+        {"deadline": 0},
+        {"breaker_failures": 0},
+        {"ready_wait": -1},
+    ],
 )
 def test_impossible_resilience_is_refused(values: dict[str, float]) -> None:
     with pytest.raises(ValueError, match="must be"):
