@@ -14,6 +14,7 @@ from google.protobuf.message import Message
 from cli import output
 from clients.admin import AdminClient
 from clients.base import SERVER_NOT_READY
+from core.calls.channel import Resilience
 from core.config import Settings
 from core.errors import DomainError
 from mesh.admin.v1 import admin_pb2
@@ -22,11 +23,15 @@ C = TypeVar("C")
 
 NOT_READY_ASK_SECONDS = 3.0  # how long to wait for the admin service to say why
 
+# A person waits at the terminal: a call waits a second, not five, for a server to be
+# ready (enough for a quick restart), and a server that is down is said to be at once.
+CLI_RESILIENCE = Resilience(ready_wait=1.0)
+
 ADDRESS_HELP = "HOST:PORT of the server (default: MESH_ADDRESS)"
 
 # What a command does with its open client; a plain dict is printed as it is.
 Call = Callable[[C, argparse.Namespace], Awaitable[Message | dict[str, Any]]]
-# The typed client class, called as `Client(address, channel=settings.channel())`.
+# The typed client class, called as `Client(address, channel=..., resilience=...)`.
 OpenClient = Callable[..., AbstractAsyncContextManager[C]]
 ToJson = Callable[[Message], dict[str, Any]]
 ToText = Callable[[Message], str]
@@ -69,7 +74,8 @@ async def _call(
 ) -> int:
     address = args.address or settings.address
     try:
-        async with client(address, channel=settings.channel()) as opened:
+        opening = client(address, channel=settings.channel(), resilience=CLI_RESILIENCE)
+        async with opening as opened:
             result = await call(opened, args)
     except DomainError as exc:
         if exc.reason == SERVER_NOT_READY:

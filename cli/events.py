@@ -23,7 +23,7 @@ from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from cli import output
-from cli.commands import ADDRESS_HELP, Call, add_call
+from cli.commands import ADDRESS_HELP, CLI_RESILIENCE, Call, add_call
 from cli.output import Column, Table
 from clients.events import Event, EventsClient, make_event
 from core.config import Settings
@@ -233,9 +233,9 @@ async def _subscribe(args: argparse.Namespace, settings: Settings) -> int:
     try:
         if args.ack and not args.group:
             raise _invalid("--ack", "needs --group: only group deliveries are acked")
-        async with EventsClient(
-            args.address or settings.address, channel=settings.channel()
-        ) as client:
+        address = args.address or settings.address
+        opening = EventsClient(address, channel=settings.channel(), resilience=CLI_RESILIENCE)
+        async with opening as client:
             if args.group:
                 await _explain_group_start(client, args)
             stream = client.subscribe(
