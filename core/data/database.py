@@ -97,6 +97,9 @@ class Database(Component):
             current and fail the start, naming `mesh db upgrade`, when it is not.
         statement_timeout: Seconds before PostgreSQL cancels a statement.
         pool_size: Connections kept open (PostgreSQL).
+        pool_timeout: Seconds a checkout waits for a free connection (then DATABASE_BUSY).
+        connect_timeout: Seconds a new connection may take to open (PostgreSQL), so a
+            checkout from a hung server or network fails (DATABASE_UNAVAILABLE) in time.
     """
 
     name = "database"
@@ -111,6 +114,7 @@ class Database(Component):
         pool_size: int = 20,
         max_overflow: int = 0,
         pool_timeout: float = 5.0,
+        connect_timeout: float = 5.0,
     ) -> None:
         self.url = url
         self.migrations = list(migrations)
@@ -118,6 +122,7 @@ class Database(Component):
         self.migrate = migrate
         self.dialect = make_url(url).get_backend_name()
         self._statement_timeout = statement_timeout
+        self._connect_timeout = connect_timeout
         self._pool = {
             "pool_size": pool_size,
             "max_overflow": max_overflow,
@@ -388,6 +393,7 @@ class Database(Component):
         if self.dialect == "postgresql":
             ms = str(int(self._statement_timeout * 1000))
             connect_args["server_settings"] = {"statement_timeout": ms}
+            connect_args["timeout"] = self._connect_timeout  # asyncpg's default is 60 s
         # No pre-ping: it costs three round trips per checkout. A dropped connection is
         # invalidated when it fails (the call gets UNAVAILABLE), and recycled before servers
         # or proxies time it out. Looked up on the module at each call, so the SQLAlchemy

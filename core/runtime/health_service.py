@@ -11,7 +11,7 @@ Names served:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from grpc_health.v1 import health, health_pb2
 
@@ -92,16 +92,20 @@ class HealthServicer(health.aio.HealthServicer):  # type: ignore[misc]  # untype
 
 
 class HealthPublisher:
-    """Keeps a HealthServicer in step with a container's status and health."""
+    """Keeps a HealthServicer in step with a container's status and health; `then` runs
+    after each publication."""
 
     def __init__(
         self,
         servicer: HealthServicer,
         container: Container,
         services: Mapping[str, Iterable[str] | None],
+        *,
+        then: Callable[[], None] = lambda: None,
     ) -> None:
         self._servicer = servicer
         self._container = container
+        self._then = then
         self._services = {
             name: None if needs is None else tuple(needs) for name, needs in services.items()
         }
@@ -115,6 +119,7 @@ class HealthPublisher:
         await self._servicer.set(LIVENESS, _serving(alive))
         for name, needs in self._services.items():
             await self._servicer.set(name, _serving(container.ready(needs)))
+        self._then()
 
     async def run(self) -> None:
         """Publishes now and after every change until cancelled."""
