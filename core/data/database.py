@@ -16,13 +16,14 @@ Usage::
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext import asyncio as sqlalchemy_asyncio
@@ -133,6 +134,7 @@ class Database(Component):
         self._returning = ShieldedWork()  # connections on their way back to the pool
         self._checkpoints = BackgroundTask("wal-checkpoints")
         self._asyncpg: AsyncpgStatements | None = None
+        self._connections: weakref.WeakSet[Any] = weakref.WeakSet()  # asyncpg's, for interrupt
         self._variants: dict[tuple[tuple[str, Any], ...], AsyncEngine] = {}
         # SQLite: our begin hook skips BEGIN; PostgreSQL: the driver's autocommit.
         self._autocommit: dict[str, Any] = (
@@ -234,6 +236,17 @@ class Database(Component):
         except Exception as exc:  # whatever the driver raises, the answer is the same
             return Health.unhealthy(f"database unreachable: {type(exc).__name__}")
         return Health.healthy(dialect=self.dialect, **self.pool_figures())
+
+    def interrupt(self, health: Health) -> None:
+        """Found UNHEALTHY: ends every PostgreSQL connection at once, so calls waiting on a
+        hung server fail UNAVAILABLE now instead of at their deadlines, and starts a new
+        pool, so none of those connections is handed out again."""
+        if self._engine is None or self.dialect != "postgresql":
+            return
+        for conn in list(self._connections):
+            conn.terminate()  # closes the socket without a word to the server
+        self._engine.sync_engine.dispose(close=False)
+        log.warning("database.connections_dropped", reason=health.reason)
 
     @asynccontextmanager
     async def connect(
@@ -398,10 +411,16 @@ class Database(Component):
         # invalidated when it fails (the call gets UNAVAILABLE), and recycled before servers
         # or proxies time it out. Looked up on the module at each call, so the SQLAlchemy
         # instrumentation (core.telemetry, when tracing) wraps it whenever it was imported.
-        return sqlalchemy_asyncio.create_async_engine(
+        engine = sqlalchemy_asyncio.create_async_engine(
             self.url,
             pool_recycle=1800,
             hide_parameters=True,  # error texts must not carry request data
             connect_args=connect_args,
             **self._pool,
         )
+        if self.dialect == "postgresql":
+            event.listen(engine.sync_engine, "connect", self._opened)
+        return engine
+
+    def _opened(self, connection: Any, record: Any) -> None:
+        self._connections.add(connection.driver_connection)

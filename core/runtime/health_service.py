@@ -92,8 +92,8 @@ class HealthServicer(health.aio.HealthServicer):  # type: ignore[misc]  # untype
 
 
 class HealthPublisher:
-    """Keeps a HealthServicer in step with a container's status and health; `then` runs
-    after each publication."""
+    """Keeps a HealthServicer in step with a container's status and health; `on_change`
+    runs first at each publication, so what it does is done once a watcher hears of it."""
 
     def __init__(
         self,
@@ -101,16 +101,17 @@ class HealthPublisher:
         container: Container,
         services: Mapping[str, Iterable[str] | None],
         *,
-        then: Callable[[], None] = lambda: None,
+        on_change: Callable[[], None] = lambda: None,
     ) -> None:
         self._servicer = servicer
         self._container = container
-        self._then = then
+        self._on_change = on_change
         self._services = {
             name: None if needs is None else tuple(needs) for name, needs in services.items()
         }
 
     async def publish(self) -> None:
+        self._on_change()
         container = self._container
         ready = _serving(container.ready())
         await self._servicer.set("", ready)
@@ -119,7 +120,6 @@ class HealthPublisher:
         await self._servicer.set(LIVENESS, _serving(alive))
         for name, needs in self._services.items():
             await self._servicer.set(name, _serving(container.ready(needs)))
-        self._then()
 
     async def run(self) -> None:
         """Publishes now and after every change until cancelled."""

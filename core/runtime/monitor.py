@@ -160,7 +160,8 @@ class HealthMonitor:
             if component.status is Status.RUNNING and self._settled(component.name, health):
                 previous = self._latest.get(component.name)
                 self.record(component.name, health)
-                self._announce(component.name, previous, health)
+                if self._announce(component.name, previous, health) and not health.state.serving:
+                    _interrupt(component, health)
 
     def _settled(self, name: str, health: Health) -> bool:
         """Whether to record `health`: at once when it is the first check since the start
@@ -185,10 +186,11 @@ class HealthMonitor:
         )
         return False
 
-    def _announce(self, name: str, previous: Health | None, health: Health) -> None:
-        """Tells the watchers of a turn to UNHEALTHY, or of the recovery after one."""
+    def _announce(self, name: str, previous: Health | None, health: Health) -> bool:
+        """Tells the watchers of a turn to UNHEALTHY, or of the recovery after one; says
+        whether there was one."""
         if health.state.serving == (name not in self._failing):
-            return  # no transition: still serving, or still failing
+            return False  # no transition: still serving, or still failing
         if health.state.serving:
             self._failing.discard(name)
         else:
@@ -198,6 +200,7 @@ class HealthMonitor:
                 listener(name, previous, health)
             except Exception:
                 log.exception("health.watcher_failed", component=name)
+        return True
 
     async def _check_one(self, component: Component) -> Health:
         """The component's check, in a task of its own so that its result is in within the
@@ -220,13 +223,20 @@ class HealthMonitor:
                 check.cancel()
                 check.add_done_callback(_retrieve)  # whatever it ends with is not news
                 self._lingering[name] = check
-        if not check.done():
+        if not check.done() or check.cancelled():
             return timed_out
         error = check.exception()
         if error is None:
             return check.result()
         log.error("health.check_failed", component=name, exc_info=error)
         return Health.unhealthy(f"health check failed: {type(error).__name__}")
+
+
+def _interrupt(component: Component, health: Health) -> None:
+    try:
+        component.interrupt(health)
+    except Exception:
+        log.exception("health.interrupt_failed", component=component.name)
 
 
 def _retrieve(task: asyncio.Future[Health]) -> None:

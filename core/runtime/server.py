@@ -147,7 +147,7 @@ class GrpcServer(Component):
             self.health,
             container,
             {s.name: s.needs for s in self.services},
-            then=self._open_gates,
+            on_change=self._open_gates,
         )
         container.lifecycle.observe(lambda _: self._open_gates())
         limits = limits or LimitSettings()

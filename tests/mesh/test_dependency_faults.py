@@ -45,6 +45,7 @@ pytestmark = pytest.mark.timeout(120)
 DETECTED_WITHIN = 10.0  # seconds; about 3 with the defaults
 RECOVERED_WITHIN = 10.0  # seconds; about 1 with the defaults
 FAST = 2.0  # seconds a refused call may take: "at once", on a shared machine
+HELD = 12.0  # seconds a freeze is held after it was detected
 EVENTS = "mesh.events.v1.EventService"
 PROJECTS = "mesh.projects.v1.ProjectService"
 
@@ -213,24 +214,28 @@ async def test_a_frozen_postgresql_turns_readiness_off_and_calls_fail_fast(
         assert error.reason == "SERVER_NOT_READY"
         assert "database UNHEALTHY" in error.message
         assert took < FAST
-        await asyncio.sleep(1.0)  # calls still in flight from before: see below
-        in_flight = [c for c in calls.calls if c.started < frozen + detected and c.took < 0]
+        # Held past when the calls made before the detection would have ended at the thaw.
+        await asyncio.sleep(HELD)
         thawed = time.monotonic()
         proxy.thaw()
         recovered = await seconds_until(address, "readiness", "SERVING", RECOVERED_WITHIN)
         await answers(address)
     assert server.proc.returncode is None
-    during = [c for c in calls.since(frozen) if c.started > frozen + detected]
+    before = [c for c in calls.since(frozen) if c.started < frozen + detected]
+    during = [c for c in calls.since(frozen + detected) if c.started < thawed]
     assert during, "no call was made while readiness was NOT_SERVING"
-    assert {c.outcome for c in during if c.started < thawed} <= {"SERVER_NOT_READY"}
-    # Every call ended well before its 30 s deadline, and none as INTERNAL.
-    assert max(c.took for c in calls.calls) < 20
-    assert {c.outcome for c in calls.failed()} <= {"SERVER_NOT_READY", "DATABASE_UNAVAILABLE"}
+    assert {c.outcome for c in during} == {"SERVER_NOT_READY"}
+    # The calls caught by the freeze were let go (their connections dropped when the
+    # database was found UNHEALTHY, or their new ones not opened in 5 s), not held until
+    # the thaw or their 30 s deadline.
+    assert {c.outcome for c in before} <= {"DATABASE_UNAVAILABLE", "SERVER_NOT_READY"}
+    slowest = max(c.took for c in before)
+    assert slowest < HELD
     print(
         f"\nPostgreSQL frozen: NOT_SERVING after {detected:.2f} s; a call then failed in "
-        f"{took * 1000:.0f} ms ({error.reason}); {len(in_flight)} calls in flight at detection; "
-        f"slowest call {max(c.took for c in calls.calls):.2f} s; SERVING {recovered:.2f} s "
-        f"after the thaw"
+        f"{took * 1000:.0f} ms ({error.reason}); the {len(before)} calls made before that "
+        f"failed DATABASE_UNAVAILABLE within {slowest:.2f} s; SERVING {recovered:.2f} s after "
+        f"the thaw"
     )
 
 

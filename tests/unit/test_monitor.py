@@ -356,3 +356,23 @@ async def test_a_check_slow_to_cancel_fails_within_the_timeout_and_is_not_double
     assert (first < 1.0, second < 1.0) == (True, True)  # neither held by the cleanup
     assert probe.checks == 1
     await asyncio.wait_for(probe.cleaned.wait(), 5)
+
+
+class Interrupted(Probe):
+    def __init__(self) -> None:
+        super().__init__()
+        self.interrupts: list[str] = []
+
+    def interrupt(self, health: Health) -> None:
+        self.interrupts.append(health.reason)
+
+
+async def test_a_component_found_unhealthy_is_interrupted_once() -> None:
+    monitor = hysteresis(failures=2)
+    probe = await running(Interrupted())
+    monitor.record_status(probe)
+    ok, down = Health.healthy(), Health.unhealthy("hung")
+
+    await states_after(monitor, probe, [ok, down, down, down, ok, down, down])
+
+    assert probe.interrupts == ["hung", "hung"]
