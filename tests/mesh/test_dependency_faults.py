@@ -89,11 +89,14 @@ async def traffic(address: str, *, every: float = 0.2) -> AsyncIterator[Traffic]
                 call.outcome = exc.reason or exc.code.name
             call.took = time.monotonic() - call.started
 
+        running: set[asyncio.Task[None]] = set()
+
         async def calling() -> None:
-            async with asyncio.TaskGroup() as calls:
-                while True:
-                    calls.create_task(one())
-                    await asyncio.sleep(every)
+            while True:
+                task = asyncio.create_task(one())
+                running.add(task)
+                task.add_done_callback(running.discard)
+                await asyncio.sleep(every)
 
         loop = asyncio.create_task(calling())
         try:
@@ -101,6 +104,7 @@ async def traffic(address: str, *, every: float = 0.2) -> AsyncIterator[Traffic]
         finally:
             loop.cancel()
             await asyncio.gather(loop, return_exceptions=True)
+            await asyncio.gather(*running, return_exceptions=True)  # each bounded by 30 s
 
 
 @dataclass
