@@ -26,7 +26,7 @@ from typing import Generic, TypeVar
 from clients.base import Client
 from clients.health import HealthClient
 from core.errors import DomainError
-from core.runtime.health import Health
+from core.runtime.health import PROBE_TIMEOUT, Health
 from core.runtime.lifecycle import Component
 
 ClientT = TypeVar("ClientT", bound=Client)
@@ -45,7 +45,7 @@ class RemoteService(Component, Generic[ClientT]):
             client's own service, e.g. "mesh.events.v1.EventService").
     """
 
-    check_timeout = 1.0  # seconds a health check waits for the remote
+    check_timeout = PROBE_TIMEOUT  # seconds a health check waits for the remote
 
     def __init__(
         self,

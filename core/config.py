@@ -219,8 +219,12 @@ class Settings:
     max_message_bytes: int = 4 * 1024 * 1024
     log_format: str = "auto"
     log_level: str = "info"
-    health_interval: float = 5.0
-    health_timeout: float = 2.0
+    # Health checks (core.runtime.monitor): every interval, each bounded by the timeout;
+    # UNHEALTHY after `failures` failed checks in a row, serving after `recoveries` passed.
+    health_interval: float = 1.0
+    health_timeout: float = 1.0
+    health_failures: int = 2
+    health_recoveries: int = 1
     start_policy: StartPolicy = field(default_factory=StartPolicy)
     # URLs may carry passwords: kept out of repr; log them through core.data.database.redacted.
     database_url: str = field(default="", repr=False)
@@ -323,8 +327,10 @@ class Settings:
             log_level=reader.get(
                 "MESH_LOG_LEVEL", value.choice("debug", "info", "warning", "error"), "info"
             ),
-            health_interval=reader.get("MESH_HEALTH_INTERVAL_SECONDS", value.positive, 5.0),
-            health_timeout=reader.get("MESH_HEALTH_TIMEOUT_SECONDS", value.positive, 2.0),
+            health_interval=reader.get("MESH_HEALTH_INTERVAL_SECONDS", value.positive, 1.0),
+            health_timeout=reader.get("MESH_HEALTH_TIMEOUT_SECONDS", value.positive, 1.0),
+            health_failures=reader.get("MESH_HEALTH_FAILURE_THRESHOLD", value.positive_int, 2),
+            health_recoveries=reader.get("MESH_HEALTH_RECOVERY_THRESHOLD", value.positive_int, 1),
             database_url=reader.get("MESH_DATABASE_URL", value.database_url, "", secret=True),
             redis_url=reader.get("MESH_REDIS_URL", value.redis_url, "", secret=True),
             migrate_on_start=reader.get("MESH_MIGRATE_ON_START", value.boolean, None),

@@ -16,13 +16,14 @@ Usage::
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext import asyncio as sqlalchemy_asyncio
@@ -98,6 +99,9 @@ class Database(Component):
             current and fail the start, naming `mesh db upgrade`, when it is not.
         statement_timeout: Seconds before PostgreSQL cancels a statement.
         pool_size: Connections kept open (PostgreSQL).
+        pool_timeout: Seconds a checkout waits for a free connection (then DATABASE_BUSY).
+        connect_timeout: Seconds a new connection may take to open (PostgreSQL), so a
+            checkout from a hung server or network fails (DATABASE_UNAVAILABLE) in time.
     """
 
     name = "database"
@@ -112,6 +116,7 @@ class Database(Component):
         pool_size: int = 20,
         max_overflow: int = 0,
         pool_timeout: float = 5.0,
+        connect_timeout: float = 5.0,
     ) -> None:
         self.url = url
         self.migrations = list(migrations)
@@ -119,6 +124,7 @@ class Database(Component):
         self.migrate = migrate
         self.dialect = make_url(url).get_backend_name()
         self._statement_timeout = statement_timeout
+        self._connect_timeout = connect_timeout
         self._pool = {
             "pool_size": pool_size,
             "max_overflow": max_overflow,
@@ -129,6 +135,7 @@ class Database(Component):
         self._returning = ShieldedWork()  # connections on their way back to the pool
         self._checkpoints = BackgroundTask("wal-checkpoints")
         self._asyncpg: AsyncpgStatements | None = None
+        self._connections: weakref.WeakSet[Any] = weakref.WeakSet()  # asyncpg's, for interrupt
         self._variants: dict[tuple[tuple[str, Any], ...], AsyncEngine] = {}
         # SQLite: our begin hook skips BEGIN; PostgreSQL: the driver's autocommit.
         self._autocommit: dict[str, Any] = (
@@ -230,6 +237,17 @@ class Database(Component):
         except Exception as exc:  # whatever the driver raises, the answer is the same
             return Health.unhealthy(f"database unreachable: {type(exc).__name__}")
         return Health.healthy(dialect=self.dialect, **self.pool_figures())
+
+    def interrupt(self, health: Health) -> None:
+        """Found UNHEALTHY: ends every PostgreSQL connection at once, so calls waiting on a
+        hung server fail UNAVAILABLE now instead of at their deadlines, and starts a new
+        pool, so none of those connections is handed out again."""
+        if self._engine is None or self.dialect != "postgresql":
+            return
+        for conn in list(self._connections):
+            conn.terminate()  # closes the socket without a word to the server
+        self._engine.sync_engine.dispose(close=False)
+        log.warning("database.connections_dropped", reason=health.reason)
 
     @asynccontextmanager
     async def connect(
@@ -393,14 +411,21 @@ class Database(Component):
         if self.dialect == "postgresql":
             ms = str(int(self._statement_timeout * 1000))
             connect_args["server_settings"] = {"statement_timeout": ms}
+            connect_args["timeout"] = self._connect_timeout  # asyncpg's default is 60 s
         # No pre-ping: it costs three round trips per checkout. A dropped connection is
         # invalidated when it fails (the call gets UNAVAILABLE), and recycled before servers
         # or proxies time it out. Looked up on the module at each call, so the SQLAlchemy
         # instrumentation (core.telemetry, when tracing) wraps it whenever it was imported.
-        return sqlalchemy_asyncio.create_async_engine(
+        engine = sqlalchemy_asyncio.create_async_engine(
             self.url,
             pool_recycle=1800,
             hide_parameters=True,  # error texts must not carry request data
             connect_args=connect_args,
             **self._pool,
         )
+        if self.dialect == "postgresql":
+            event.listen(engine.sync_engine, "connect", self._opened)
+        return engine
+
+    def _opened(self, connection: Any, record: Any) -> None:
+        self._connections.add(connection.driver_connection)

@@ -15,6 +15,7 @@ Usage::
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator, Sequence
 
 import structlog
@@ -39,7 +40,7 @@ from core.events.model import (
     State,
 )
 from core.events.publisher import Publisher
-from core.runtime.health import Health
+from core.runtime.health import PROBE_TIMEOUT, Health
 from core.runtime.lifecycle import Component
 from core.runtime.tasks import ShieldedWork
 
@@ -134,11 +135,17 @@ class EventBus(Component):
             "delivered": str(self.delivered),
         }
         try:
-            problem = await self.store.check()
-        except DomainError as exc:  # unreachable: the store says which and why
+            async with asyncio.timeout(PROBE_TIMEOUT):
+                problem = await self.store.check()
+        except (DomainError, TimeoutError) as exc:  # unreachable: the store says which and why
+            why = (
+                exc.message
+                if isinstance(exc, DomainError)
+                else f"the event store did not answer within {PROBE_TIMEOUT:g}s"
+            )
             if self.serving:
-                return Health.unhealthy(exc.message, **details)
-            return Health.degraded(f"{exc.message}; events wait in the outbox", **details)
+                return Health.unhealthy(why, **details)
+            return Health.degraded(f"{why}; events wait in the outbox", **details)
         if problem:
             return Health.degraded(problem, **details)
         return Health.healthy(**details)

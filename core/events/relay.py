@@ -49,7 +49,7 @@ from core.events.model import Event
 from core.events.outbox import outbox
 from core.events.tracing import publish_span
 from core.retries import Retry
-from core.runtime.health import Health
+from core.runtime.health import PROBE_TIMEOUT, Health
 from core.runtime.lifecycle import Component
 from core.runtime.tasks import BackgroundTask
 
@@ -155,7 +155,8 @@ class OutboxRelay(Component):
         }
         if self._last_error:
             try:
-                backlog = str(await self.backlog())
+                async with asyncio.timeout(PROBE_TIMEOUT):  # DEGRADED, even if the database hangs
+                    backlog = str(await self.backlog())
             except Exception:  # the database is what fails: its own health says so
                 backlog = "an unknown number of"
             return Health.degraded(

@@ -25,7 +25,7 @@ import asyncio
 import inspect
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, cast
 
 import grpc
@@ -84,14 +84,12 @@ class BoundaryServer:
         server: grpc.aio.Server,
         guard: Guard | None = None,
         limits: CallLimits | None = None,
-        readiness: Readiness = ALWAYS_READY,
-        gated: Collection[str] = (),
+        gates: Mapping[str, Readiness] | None = None,
     ) -> None:
         self._server = server
         self._guard = guard
         self._limits = limits or UNLIMITED
-        self._readiness = readiness
-        self._gated = gated  # the services whose calls wait for `readiness`
+        self._gates = gates or {}  # by service: what its calls wait for; none: always open
         self._methods = _MethodTable()
         # First, so it answers before the generated generic handlers of the same methods.
         server.add_generic_rpc_handlers((self._methods,))
@@ -114,8 +112,7 @@ class BoundaryServer:
             return None, UNLIMITED, ALWAYS_READY
         admit = None if self._guard is None else self._guard.admission(method)
         service = method.split("/")[1] if method.count("/") == 2 else ""
-        ready = self._readiness if service in self._gated else ALWAYS_READY
-        return admit, self._limits, ready
+        return admit, self._limits, self._gates.get(service, ALWAYS_READY)
 
 
 class _MethodTable(grpc.GenericRpcHandler):
@@ -210,7 +207,7 @@ def _unary(
         span = observed.start(context)
         try:
             with limits.calls:  # refused at once when the process is full
-                if not ready.open:  # or when what the service needs is not running yet
+                if not ready.open:  # or when what the service needs is not running or down
                     ready.refuse(method)
                 if admit is not None:  # authenticated and authorized before the handler runs
                     await admit(context)

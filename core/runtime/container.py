@@ -74,13 +74,21 @@ class Container:
         self,
         policy: StartPolicy | None = None,
         *,
-        health_interval: float = 5.0,
-        health_timeout: float = 2.0,
+        health_interval: float = 1.0,
+        health_timeout: float = 1.0,
+        health_failures: int = 2,
+        health_recoveries: int = 1,
     ) -> None:
         self.policy = policy or StartPolicy()
         self.lifecycle = Lifecycle("container")
         self.changes = ChangeFeed()
-        self.monitor = HealthMonitor(health_interval, health_timeout, self.changes.notify)
+        self.monitor = HealthMonitor(
+            health_interval,
+            health_timeout,
+            self.changes.notify,
+            failures=health_failures,
+            recoveries=health_recoveries,
+        )
         self._components: dict[str, Component] = {}
         self._levels: list[list[Component]] = []
         self._monitoring = BackgroundTask("health-monitor")
@@ -199,7 +207,7 @@ class Container:
             raise
         await self.lifecycle.move(Status.RUNNING, "all components running")
         components = self.components
-        self._monitoring.repeat(lambda: self.monitor.check(components), every=self.monitor.interval)
+        self._monitoring.start(self.monitor.run(components))
 
     async def stop(self, cause: str = "stop requested") -> None:
         """Stops every level in reverse order; keeps going past failures and reports them all.
@@ -255,8 +263,10 @@ class Container:
 
     def ready(self, names: Iterable[str] | None = None) -> bool:
         """True when the container is RUNNING and none of the named components is UNHEALTHY."""
-        if self.lifecycle.status is not Status.RUNNING:
-            return False
+        return self.lifecycle.status is Status.RUNNING and self.serving(names)
+
+    def serving(self, names: Iterable[str] | None = None) -> bool:
+        """True when none of the named components (default: every one) is UNHEALTHY."""
         chosen = self.components if names is None else [self.get(n) for n in names]
         return all(self.monitor.latest(c).state.serving for c in chosen)
 

@@ -34,6 +34,11 @@ class HealthState(enum.Enum):
 
 _SCORE = {HealthState.HEALTHY: 100, HealthState.DEGRADED: 50, HealthState.UNHEALTHY: 0}
 
+# The bound a check puts on its probe of a dependency whose outage it reports as DEGRADED,
+# so that a hung dependency reads as DEGRADED and not as the monitor's UNHEALTHY "timed out"
+# (MESH_HEALTH_TIMEOUT_SECONDS must stay above it).
+PROBE_TIMEOUT = 0.5
+
 
 @dataclass(frozen=True, slots=True)
 class Health:

@@ -11,7 +11,7 @@ Names served:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from grpc_health.v1 import health, health_pb2
 
@@ -92,21 +92,26 @@ class HealthServicer(health.aio.HealthServicer):  # type: ignore[misc]  # untype
 
 
 class HealthPublisher:
-    """Keeps a HealthServicer in step with a container's status and health."""
+    """Keeps a HealthServicer in step with a container's status and health; `on_change`
+    runs first at each publication, so what it does is done once a watcher hears of it."""
 
     def __init__(
         self,
         servicer: HealthServicer,
         container: Container,
         services: Mapping[str, Iterable[str] | None],
+        *,
+        on_change: Callable[[], None] = lambda: None,
     ) -> None:
         self._servicer = servicer
         self._container = container
+        self._on_change = on_change
         self._services = {
             name: None if needs is None else tuple(needs) for name, needs in services.items()
         }
 
     async def publish(self) -> None:
+        self._on_change()
         container = self._container
         ready = _serving(container.ready())
         await self._servicer.set("", ready)

@@ -54,4 +54,6 @@ def container_for(settings: Settings) -> Container:
         settings.start_policy,
         health_interval=settings.health_interval,
         health_timeout=settings.health_timeout,
+        health_failures=settings.health_failures,
+        health_recoveries=settings.health_recoveries,
     )

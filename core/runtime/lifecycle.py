@@ -166,5 +166,10 @@ class Component:
         """Returns the component's health; the monitor bounds it with a timeout."""
         return Health.healthy()
 
+    def interrupt(self, health: Health) -> None:
+        """Called once when the monitor finds the running component UNHEALTHY: work that
+        waits on a hung dependency (a query on a frozen connection) should fail now rather
+        than at its deadline. Must not block; does nothing by default."""
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} {self.status.value}>"

@@ -5,7 +5,9 @@ deadline for calls that arrive without one.
 The port opens before the components start (core.runtime.container: the server faces
 callers), so a call can arrive while the database is still coming up. Until the container
 runs every component, calls of a service that needs components fail at once with
-UNAVAILABLE, reason SERVER_NOT_READY, naming what is not running yet and why.
+UNAVAILABLE, reason SERVER_NOT_READY, naming what is not running yet and why; and so do
+they, naming it, while a component the service needs is UNHEALTHY (a hung database), rather
+than wait on it until their deadlines.
 
 A caller that sends more than its share is slowed before it crowds out the others: with
 `rate` set, each principal (a token's subject or a certificate's identity; an
@@ -40,7 +42,6 @@ from google.protobuf.message import Message
 from opentelemetry import metrics
 
 from core.errors import ResourceExhaustedError, UnavailableError
-from core.runtime.lifecycle import Status, Transition
 
 _shed = metrics.get_meter("meshkit.rpc").create_counter(
     "mesh.rpc.shed", unit="{call}", description="Calls refused because the process was full"
@@ -48,17 +49,15 @@ _shed = metrics.get_meter("meshkit.rpc").create_counter(
 
 
 class Readiness:
-    """Open from the container's RUNNING through its STOPPING (the drain serves calls)."""
+    """The gate of one service's calls; its owner (core.runtime.server) keeps `open` in
+    step with the container: open from RUNNING through STOPPING (the drain serves calls)
+    while none of the components the service needs is UNHEALTHY."""
 
     __slots__ = ("_why", "open")
 
     def __init__(self, why: Callable[[], str], *, open: bool = False) -> None:
         self.open = open
         self._why = why
-
-    def follow(self, transition: Transition) -> None:
-        """A container lifecycle observer."""
-        self.open = transition.new in (Status.RUNNING, Status.STOPPING)
 
     def refuse(self, method: str) -> NoReturn:
         """Raises UNAVAILABLE for a call of `method` (`/package.Service/Method`)."""

@@ -11,11 +11,12 @@ Usage::
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import os
 import signal
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -135,13 +136,21 @@ class GrpcServer(Component):
         self.reflection = reflection
         self._warn_plaintext = warn_plaintext
         self.health = HealthServicer()
+        # Calls of a service that needs components wait for the container to run them all,
+        # and are refused while one of them is UNHEALTHY.
+        self._gates = {
+            s.name: (s.needs, Readiness(functools.partial(_not_ready, container, s.needs)))
+            for s in self.services
+            if s.needs != ()
+        }
         self._publisher = HealthPublisher(
-            self.health, container, {s.name: s.needs for s in self.services}
+            self.health,
+            container,
+            {s.name: s.needs for s in self.services},
+            on_change=self._open_gates,
         )
+        container.lifecycle.observe(lambda _: self._open_gates())
         limits = limits or LimitSettings()
-        # Calls of a service that needs components wait for the container to run them all.
-        self._readiness = Readiness(lambda: _not_running(container))
-        container.lifecycle.observe(self._readiness.follow)
         self._limits = CallLimits.of(
             max_calls=limits.max_calls,
             max_streams=limits.max_streams,
@@ -211,8 +220,8 @@ class GrpcServer(Component):
         _LOOPS.add(asyncio.get_running_loop())
         server = grpc.aio.server(options=self._options)
         # Every handler passes through the RPC boundary (core.runtime.boundary) and its guard.
-        gated = {s.name for s in self.services if s.needs != ()}
-        bounded = BoundaryServer(server, self._guard, self._limits, self._readiness, gated)
+        gates = {name: gate for name, (_, gate) in self._gates.items()}
+        bounded = BoundaryServer(server, self._guard, self._limits, gates)
         for service in self.services:
             service.add_to_server(service.servicer, bounded)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, bounded)
@@ -294,6 +303,22 @@ class GrpcServer(Component):
         if self._probe is not None:  # answered NOT_SERVING throughout the drain
             await self._probe.stop(None)
             self._probe = None
+
+    def _open_gates(self) -> None:
+        """Opens the gate of each service whose needs serve, from RUNNING through STOPPING."""
+        container = self._container
+        serving = container.lifecycle.status in (Status.RUNNING, Status.STOPPING)
+        for needs, gate in self._gates.values():
+            gate.open = serving and container.serving(needs)
+
+
+def _not_ready(container: Container, needs: Iterable[str] | None) -> str:
+    """What a refused call is told: what is not running yet, or which needs are down."""
+    if container.lifecycle.status not in (Status.RUNNING, Status.STOPPING):
+        return _not_running(container)
+    chosen = container.components if needs is None else [container.get(n) for n in needs]
+    down = [(c.name, container.monitor.latest(c)) for c in chosen]
+    return "; ".join(f"{n} {h.state.value} ({h.reason})" for n, h in down if not h.state.serving)
 
 
 def _not_running(container: Container) -> str:

@@ -32,7 +32,8 @@ class StandInContainer(Container):
     Args:
         doubles: By component name, the object to run in its place; a double whose own
             `name` differs is renamed to the name it replaces.
-        policy, health_interval, health_timeout: As for `Container`.
+        policy, health_interval, health_timeout, health_failures, health_recoveries: As
+            for `Container`.
     """
 
     def __init__(
@@ -40,10 +41,18 @@ class StandInContainer(Container):
         doubles: Mapping[str, Component],
         policy: StartPolicy | None = None,
         *,
-        health_interval: float = 5.0,
-        health_timeout: float = 2.0,
+        health_interval: float = 1.0,
+        health_timeout: float = 1.0,
+        health_failures: int = 2,
+        health_recoveries: int = 1,
     ) -> None:
-        super().__init__(policy, health_interval=health_interval, health_timeout=health_timeout)
+        super().__init__(
+            policy,
+            health_interval=health_interval,
+            health_timeout=health_timeout,
+            health_failures=health_failures,
+            health_recoveries=health_recoveries,
+        )
         for name, double in doubles.items():
             if double.name != name:
                 double.name = name

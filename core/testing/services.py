@@ -168,6 +168,8 @@ def assemble(
             settings.start_policy,
             health_interval=settings.health_interval,
             health_timeout=settings.health_timeout,
+            health_failures=settings.health_failures,
+            health_recoveries=settings.health_recoveries,
         )
     else:
         container = container_for(settings)

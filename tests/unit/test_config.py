@@ -21,6 +21,8 @@ EVERY_VARIABLE = {
     "MESH_LOG_LEVEL": "debug",
     "MESH_HEALTH_INTERVAL_SECONDS": "1.5",
     "MESH_HEALTH_TIMEOUT_SECONDS": "0.5",
+    "MESH_HEALTH_FAILURE_THRESHOLD": "3",
+    "MESH_HEALTH_RECOVERY_THRESHOLD": "2",
     "MESH_START_ATTEMPTS": "5",
     "MESH_START_BASE_DELAY_SECONDS": "0.1",
     "MESH_START_MAX_DELAY_SECONDS": "3",
@@ -51,6 +53,8 @@ def test_every_variable_is_parsed() -> None:
         log_level="debug",
         health_interval=1.5,
         health_timeout=0.5,
+        health_failures=3,
+        health_recoveries=2,
         start_policy=StartPolicy(
             attempts=5, base_delay=0.1, max_delay=3.0, start_timeout=20.0, stop_timeout=4.0
         ),

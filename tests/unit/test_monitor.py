@@ -265,3 +265,114 @@ async def test_notify_wakes_every_waiter() -> None:
 
     async with asyncio.timeout(5):
         assert await asyncio.gather(*waiting) == [True, True]
+
+
+# -- hysteresis and checks that are slow to cancel ---------------------------------------------
+
+
+def hysteresis(failures: int = 2, recoveries: int = 1) -> HealthMonitor:
+    return HealthMonitor(
+        interval=1.0, timeout=0.05, on_change=Changes(), failures=failures, recoveries=recoveries
+    )
+
+
+async def states_after(monitor: HealthMonitor, probe: Probe, results: list[Health]) -> list[str]:
+    seen = []
+    for health in results:
+        probe.health = health
+        await monitor.check([probe])
+        seen.append(monitor.latest(probe).state.value)
+    return seen
+
+
+async def test_a_serving_component_turns_unhealthy_only_after_failures_in_a_row() -> None:
+    monitor = hysteresis(failures=2)
+    probe = await running(Probe())
+    monitor.record_status(probe)
+    ok, down = Health.healthy(), Health.unhealthy("connection refused")
+
+    with capture_logs() as logs:
+        seen = await states_after(monitor, probe, [ok, down, ok, down, down, ok])
+
+    assert seen == ["HEALTHY", "HEALTHY", "HEALTHY", "HEALTHY", "UNHEALTHY", "HEALTHY"]
+    pending = [e["checks"] for e in logs if e["event"] == "health.change_pending"]
+    assert pending == ["1/2", "1/2"]
+
+
+async def test_an_unhealthy_component_serves_again_only_after_recoveries_in_a_row() -> None:
+    monitor = hysteresis(failures=1, recoveries=2)
+    probe = await running(Probe())
+    monitor.record_status(probe)
+    ok, down = Health.healthy(), Health.unhealthy("connection refused")
+
+    seen = await states_after(monitor, probe, [ok, down, ok, down, ok, ok])
+
+    assert seen == ["HEALTHY", "UNHEALTHY", "UNHEALTHY", "UNHEALTHY", "UNHEALTHY", "HEALTHY"]
+
+
+async def test_the_first_check_after_a_start_is_taken_at_once() -> None:
+    monitor = hysteresis(failures=3)
+    probe = await running(Probe(health=Health.unhealthy("no schema")))
+    monitor.record_status(probe)
+
+    await monitor.check([probe])
+
+    assert monitor.latest(probe).reason == "no schema"
+
+
+class SlowToCancel(Probe):
+    """A check that hangs, and whose cancellation takes `cleanup` seconds more, like closing
+    a connection to a server that does not answer."""
+
+    def __init__(self, cleanup: float) -> None:
+        super().__init__()
+        self.cleanup = cleanup
+        self.hang = True
+        self.cleaned = asyncio.Event()
+
+    async def check_health(self) -> Health:
+        try:
+            return await super().check_health()
+        except asyncio.CancelledError:
+            await asyncio.shield(asyncio.sleep(self.cleanup))
+            self.cleaned.set()
+            raise
+
+
+async def test_a_check_slow_to_cancel_fails_within_the_timeout_and_is_not_doubled() -> None:
+    monitor = hysteresis(failures=1)
+    monitor.timeout = 0.1
+    probe = await running(SlowToCancel(cleanup=1.0))
+    monitor.record_status(probe)
+    loop = asyncio.get_running_loop()
+
+    started = loop.time()
+    await monitor.check([probe])
+    first = loop.time() - started
+    await monitor.check([probe])  # the first is still ending: waited for, none started
+    second = loop.time() - first - started
+
+    assert monitor.latest(probe).reason == "health check timed out after 0.1s"
+    assert (first < 1.0, second < 1.0) == (True, True)  # neither held by the cleanup
+    assert probe.checks == 1
+    await asyncio.wait_for(probe.cleaned.wait(), 5)
+
+
+class Interrupted(Probe):
+    def __init__(self) -> None:
+        super().__init__()
+        self.interrupts: list[str] = []
+
+    def interrupt(self, health: Health) -> None:
+        self.interrupts.append(health.reason)
+
+
+async def test_a_component_found_unhealthy_is_interrupted_once() -> None:
+    monitor = hysteresis(failures=2)
+    probe = await running(Interrupted())
+    monitor.record_status(probe)
+    ok, down = Health.healthy(), Health.unhealthy("hung")
+
+    await states_after(monitor, probe, [ok, down, down, down, ok, down, down])
+
+    assert probe.interrupts == ["hung", "hung"]
