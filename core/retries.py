@@ -167,7 +167,8 @@ class Retry:
             if timeout <= 0:
                 raise after
         retrying = stamina.retry(
-            on=self.on,
+            # Any: stamina 26.2 widened `on` to BaseException, which 26.1 does not accept.
+            on=cast(Any, self.on),
             attempts=self.attempts,
             timeout=timeout,
             wait_initial=self.wait_initial,
