@@ -131,7 +131,14 @@ async def _sessions(database: str) -> int:
 async def _figures(pid: int, metrics_url: str, database: str) -> dict[str, float]:
     await asyncio.sleep(1.5)  # let cancelled handlers and returned connections settle
     found = _proc_figures(pid)
-    found |= await asyncio.to_thread(_scrape, metrics_url)
+    scrapes = []
+    for _ in range(6):
+        scrapes.append(await asyncio.to_thread(_scrape, metrics_url))
+        await asyncio.sleep(0.25)
+    found |= scrapes[-1]
+    # A health check (every second) or the relay's poll holds a connection for an instant,
+    # so one scrape may catch it in use; a connection that leaked is in use in every one.
+    found["mesh_db_pool_in_use"] = min(s["mesh_db_pool_in_use"] for s in scrapes)
     found["pg_sessions"] = await _sessions(database)
     return found
 
