@@ -26,7 +26,6 @@ Usage (every client takes the same arguments)::
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import time
 from collections.abc import AsyncGenerator, Callable
@@ -36,15 +35,15 @@ from typing import ClassVar, Self, TypeVar
 
 import grpc
 
+from clients._restarts import answered, has_ready_server, retry_unserved, trailing, when_ready
 from core import telemetry
 from core.calls.breaker import CircuitBreaker, breaker_for
 from core.calls.channel import Resilience, channel_target, open_channel, service_config
 from core.calls.deadlines import remaining
-from core.calls.status import DETAILS_KEY, from_rpc_error
+from core.calls.status import from_rpc_error
 from core.calls.tokens import BearerToken
 from core.config import ChannelSettings
 from core.errors import DeadlineExceededError, DomainError, UnavailableError
-from core.retries import Retry
 from core.telemetry import CACHE_KEY
 
 __all__ = [
@@ -230,7 +229,7 @@ class Client:
         A call this process cancels raises `asyncio.CancelledError`, never this.
         """
         error = from_rpc_error(exc)
-        if error.code is grpc.StatusCode.CANCELLED and not _answered(exc):
+        if error.code is grpc.StatusCode.CANCELLED and not answered(exc):
             return UnavailableError(
                 f"{self.target} ended the call without an answer (was it stopping?)",
                 reason=SERVER_DROPPED_CALL,
@@ -239,7 +238,7 @@ class Client:
         if (
             self._health_checked
             and error.code is grpc.StatusCode.UNAVAILABLE
-            and not _answered(exc)
+            and not answered(exc)
             and NOT_READY_TEXT in error.message
         ):
             return UnavailableError(
@@ -265,8 +264,8 @@ class Client:
         metadata of the call's last attempt.
 
         A guarded client rides out a restart: while it has no ready server the call
-        waits for one (`_when_ready`), and an idempotent call that no server took is
-        tried again (`_restarts`), all within the call's deadline. gRPC's retry policy
+        waits for one, and an idempotent call that no server took is tried again
+        (`clients._restarts`), all within the call's deadline. gRPC's retry policy
         still retries a server's own UNAVAILABLE answers (see `core.calls.channel`).
         """
         call = telemetry.client_call(f"/{self.service}/{method}", self.target)
@@ -274,7 +273,7 @@ class Client:
         try:
             seconds = self._timeout(timeout)
             if breaker is not None:
-                if breaker.awaits_server and self._has_ready_server():
+                if breaker.awaits_server and has_ready_server(self.channel):
                     breaker.recover()  # opened while no server was ready; one is now
                 breaker.check()
         except DomainError as exc:
@@ -288,7 +287,7 @@ class Client:
         metadata = call.metadata + self.token.metadata()
 
         async def attempt() -> Response:
-            await self._when_ready(wait_until)
+            await when_ready(self.channel, wait_until)
             left = max(deadline - time.monotonic(), 0.001)  # none left: DEADLINE_EXCEEDED
             if trailers is None:
                 return await rpc(request, timeout=left, metadata=metadata)
@@ -299,19 +298,19 @@ class Client:
 
         try:
             if self.guarded and method in self.idempotent and self.resilience.attempts > 1:
-                restarts = self._restarts(seconds, wait_until)
+                restarts = retry_unserved(self.resilience, seconds, wait_until)
                 return await restarts.call(attempt, rpc=method, target=self.target)
             return await attempt()
         except grpc.RpcError as exc:
             if trailers is not None:
-                trailers.metadata = _trailing(exc)
+                trailers.metadata = trailing(exc)
             error = self._decode(exc)
             code = error.code
             # A server that answers with error details is up and chose the answer (its
             # database is down, it is stopping): only failures without them (no
             # connection, no ready server, no answer in time) count against the target.
-            outcome = grpc.StatusCode.OK if _answered(exc) else code
-            unreachable = not self._has_ready_server()
+            outcome = grpc.StatusCode.OK if answered(exc) else code
+            unreachable = not has_ready_server(self.channel)
             raise error from None
         except asyncio.CancelledError:
             code = outcome = grpc.StatusCode.CANCELLED
@@ -320,44 +319,6 @@ class Client:
             if breaker is not None:
                 breaker.record(outcome, unreachable=unreachable)
             call.end(code)
-
-    def _has_ready_server(self) -> bool:
-        return self.channel.get_state() is grpc.ChannelConnectivity.READY
-
-    def _restarts(self, seconds: float, wait_until: float) -> Retry:
-        """Tries an idempotent call again that no server took, once one is ready, while
-        its time to wait for one lasts: a server that stays not ready (its database is
-        down) gets one try after the wait, not a try per attempt."""
-        resilience = self.resilience
-
-        def unserved(error: Exception) -> bool:
-            return _unserved(error) and time.monotonic() < wait_until
-
-        return Retry(
-            "client.call",
-            on=unserved,
-            attempts=resilience.attempts,
-            timeout=seconds,
-            wait_initial=resilience.initial_backoff,
-            wait_max=resilience.max_backoff,
-            wait_jitter=resilience.initial_backoff,
-        )
-
-    async def _when_ready(self, until: float) -> None:
-        """Waits, until the monotonic time `until` at the latest, for a ready server.
-
-        Costs one state check while the channel is READY. The call that follows is sent
-        either way: when none became ready it fails as gRPC fails it (no connection, or
-        SERVER_NOT_READY), which says more than a timeout would.
-        """
-        if self._has_ready_server():
-            return
-        budget = until - time.monotonic()
-        if budget <= 0:
-            return
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(budget):
-                await self.channel.channel_ready()
 
     async def _stream(
         self,
@@ -399,29 +360,6 @@ class Client:
         finally:
             stream.cancel()
             call.end(code)
-
-
-def _unserved(error: Exception) -> bool:
-    """Whether no server answered the call: UNAVAILABLE without a server's answer (refused
-    connection, no ready server, a connection that went away) or a call the server
-    cancelled unanswered. Such a call is tried again only for idempotent methods: one
-    that went away mid-call may have been served."""
-    return (
-        isinstance(error, grpc.aio.AioRpcError)
-        and error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
-        and not _answered(error)
-    )
-
-
-def _answered(error: grpc.RpcError) -> bool:
-    """Whether a meshkit server sent this failure (with a google.rpc.Status in details)."""
-    return any(key == DETAILS_KEY for key, _ in _trailing(error))
-
-
-def _trailing(error: grpc.RpcError) -> tuple[tuple[str, str | bytes], ...]:
-    """The trailing metadata of a failed call; empty when it has none."""
-    trailing = getattr(error, "trailing_metadata", None)
-    return tuple((trailing() if callable(trailing) else None) or ())
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

@@ -1,7 +1,7 @@
 """The database component and its unit of work, over SQLAlchemy 2 async.
 
 The embedded default is SQLite (aiosqlite, WAL mode) in the data folder; PostgreSQL is
-reached through asyncpg with a pool, pre-ping and a statement timeout.
+reached through asyncpg with a pool and a statement timeout.
 
 Usage::
 
@@ -43,6 +43,7 @@ from core.data.pool import (
     unavailable,
 )
 from core.data.revisions import CORE_MIGRATIONS, at_heads
+from core.data.transaction import Transaction
 from core.errors import DeadlineExceededError, UnavailableError
 from core.retries import Retry
 from core.runtime.health import Health
@@ -55,7 +56,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger()
 
 T = TypeVar("T")
-Hook = Callable[[], Awaitable[None] | None]
 
 # PostgreSQL serialization failure and deadlock; both mean "run the transaction again".
 _RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
@@ -64,28 +64,6 @@ _RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
 def redacted(url: str) -> str:
     """The URL with its password hidden, for logs and errors."""
     return make_url(url).render_as_string(hide_password=True)
-
-
-class Transaction:
-    """One unit of work: a connection inside a transaction, plus after-commit hooks."""
-
-    def __init__(self, conn: AsyncConnection) -> None:
-        self.conn = conn
-        self._hooks: list[Hook] = []
-
-    def after_commit(self, hook: Hook) -> None:
-        """Runs `hook` (sync or async) after a successful commit; never after a rollback."""
-        self._hooks.append(hook)
-
-    async def _run_hooks(self) -> None:
-        for hook in self._hooks:
-            try:
-                result = hook()
-                if result is not None:
-                    await result
-            except Exception:
-                # The commit stands; a failed hook (e.g. a cache invalidation) is logged.
-                log.exception("transaction.hook_failed")
 
 
 class Database(Component):
@@ -342,7 +320,7 @@ class Database(Component):
             ) from None
         finally:
             if committed:  # even if cancelled while the connection was being returned
-                await tx._run_hooks()
+                await tx.run_hooks()
 
     def _variant(self, **options: Any) -> AsyncEngine:
         """The engine with these execution options, made once: it shares the one pool."""

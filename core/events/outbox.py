@@ -24,7 +24,7 @@ from google.protobuf import any_pb2
 from google.protobuf.message import Message
 from opentelemetry import propagate, trace
 
-from core.data.database import Transaction
+from core.data.transaction import Transaction
 
 metadata = sa.MetaData()
 

@@ -31,7 +31,7 @@ from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescript
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
-from core.data.database import Transaction
+from core.data.transaction import Transaction
 from core.events.outbox import metadata, outbox
 from core.resources.resource import Resource
 from core.security.principal import current_principal

@@ -28,7 +28,8 @@ from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.message import Message
 from sqlalchemy.exc import IntegrityError
 
-from core.data.database import Database, Transaction
+from core.data.database import Database
+from core.data.transaction import Transaction
 from core.errors import (
     AbortedError,
     FailedPreconditionError,

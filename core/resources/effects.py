@@ -15,7 +15,7 @@ from typing import Any, Generic, TypeVar, cast
 import sqlalchemy as sa
 from google.protobuf.message import Message
 
-from core.data.database import Transaction
+from core.data.transaction import Transaction
 from core.events.outbox import emit, event_row, with_event
 from core.resources import audit
 from core.resources.cache import Cache

@@ -23,7 +23,8 @@ from google.protobuf.message import Message
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from core.data.database import Database, Transaction
+from core.data.database import Database
+from core.data.transaction import Transaction
 from core.errors import FieldViolation, InvalidArgumentError
 from core.events.outbox import metadata
 from core.security.principal import current_principal

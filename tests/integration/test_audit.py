@@ -11,7 +11,8 @@ import pytest
 import sqlalchemy as sa
 
 from clients.projects import ProjectsClient
-from core.data.database import Database, Transaction
+from core.data.database import Database
+from core.data.transaction import Transaction
 from core.errors import AbortedError, InvalidArgumentError
 from core.resources import audit
 from core.resources.audit import audit_records

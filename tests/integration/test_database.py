@@ -14,9 +14,10 @@ import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError
 from structlog.testing import capture_logs
 
-from core.data.database import Database, Transaction
+from core.data.database import Database
 from core.data.migrate import require_current
 from core.data.revisions import CORE_MIGRATIONS, at_heads
+from core.data.transaction import Transaction
 from core.errors import DeadlineExceededError, NotFoundError, UnavailableError
 from core.runtime.container import StartError
 from core.runtime.health import HealthState

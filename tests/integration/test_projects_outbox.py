@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from clients.projects import ProjectsClient
-from core.data.database import Database, Transaction
+from core.data.database import Database
+from core.data.transaction import Transaction
 from core.errors import AbortedError, AlreadyExistsError, InvalidArgumentError, NotFoundError
 from core.events.outbox import emit
 from mesh.projects.v1.projects_pb2 import Project
