@@ -20,7 +20,7 @@ from core.errors import ConfigError
 from core.logging import configure_logging
 from core.runtime.declaration import ServiceDeclaration
 from core.runtime.host import container_for, host
-from core.runtime.server import serve
+from core.runtime.process import serve
 from core.telemetry import configure_telemetry
 
 Services = Mapping[str, ServiceDeclaration]

@@ -5,16 +5,13 @@ Usage::
     container = Container(settings.start_policy)
     container.register(Database(settings.database_url))
     server = GrpcServer.for_container(container, [admin_service(container)], settings)
-    exit_code = await serve(container)   # until SIGTERM or SIGINT
+    exit_code = await serve(container)   # core.runtime.process: until SIGTERM or SIGINT
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import gc
-import os
-import signal
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -30,12 +27,12 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from core.calls.channel import keepalive_timeout_options, server_credentials
 from core.config import AuthSettings, LimitSettings, Settings, TlsSettings
 from core.runtime.boundary import BoundaryServer
-from core.runtime.container import Container, StartError, StopError
+from core.runtime.container import Container
 from core.runtime.health_service import HealthPublisher, HealthServicer
 from core.runtime.lifecycle import Component, FatalStartError, Status
 from core.runtime.limits import CallLimits, Readiness
 from core.runtime.reflection import enable_reflection
-from core.runtime.tasks import BackgroundTask, cancel_and_wait
+from core.runtime.tasks import BackgroundTask
 from core.security.access import access_rules
 from core.security.guard import Guard
 
@@ -344,64 +341,3 @@ def _listen(
             f"cannot listen on {address}: the address is already in use or not "
             "available here; choose another HOST:PORT"
         ) from None
-
-
-async def serve(container: Container) -> int:
-    """Runs the container until SIGTERM or SIGINT, then stops it; returns the exit code.
-
-    A second signal exits at once. Returns 0 after a clean stop, 1 when the start or
-    the stop failed.
-    """
-    loop = asyncio.get_running_loop()
-    stop_requested = asyncio.Event()
-
-    def on_signal(sig: signal.Signals) -> None:
-        if stop_requested.is_set():
-            log.warning("shutdown.forced", signal=sig.name)
-            os._exit(128 + sig.value)
-        log.info("shutdown.requested", signal=sig.name)
-        stop_requested.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal, sig)
-    try:
-        return await _run(container, stop_requested)
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
-
-
-async def _run(container: Container, stop_requested: asyncio.Event) -> int:
-    starting = asyncio.create_task(container.start(), name="container-start")
-    waiting = asyncio.create_task(stop_requested.wait(), name="stop-signal")
-    try:
-        return await _until_stopped(container, starting, waiting)
-    finally:  # whatever ended the run, neither task outlives it
-        await cancel_and_wait(starting, waiting)
-
-
-async def _until_stopped(
-    container: Container, starting: asyncio.Task[None], waiting: asyncio.Task[bool]
-) -> int:
-    await asyncio.wait({starting, waiting}, return_when=asyncio.FIRST_COMPLETED)
-    if not starting.done():  # a signal arrived while starting: undo the start and leave
-        await cancel_and_wait(starting)
-        log.info("shutdown.finished", during="start")
-        return 0
-    try:
-        starting.result()
-    except StartError as exc:
-        log.error("service.start_failed", cause=str(exc))
-        return 1
-    # Everything allocated at start lives for the whole run: keep the garbage collector
-    # from walking it again and again under load.
-    gc.freeze()
-    log.info("service.running")
-    await waiting
-    try:
-        await container.stop("signal received")
-    except StopError as exc:
-        log.error("shutdown.failed", cause=str(exc))
-        return 1
-    log.info("shutdown.finished")
-    return 0

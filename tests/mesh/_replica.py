@@ -39,7 +39,8 @@ from core.runtime.boundary import Context
 from core.runtime.container import Container
 from core.runtime.health import Health
 from core.runtime.lifecycle import Component
-from core.runtime.server import GrpcServer, Service, serve
+from core.runtime.process import serve
+from core.runtime.server import GrpcServer, Service
 from mesh.projects.v1 import projects_pb2 as pb
 from mesh.projects.v1 import projects_pb2_grpc
 from servers.admin.server import admin_service
